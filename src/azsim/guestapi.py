@@ -1,0 +1,71 @@
+"""The seam between azsim's ARM state and the guests it runs.
+
+ARM owns power state; a guest owns what runs inside the VM. ARM calls a guest's ``start`` and
+``stop`` when a VM is started, powered off or deallocated; a guest that shuts itself down (sysprep
+``/shutdown``, ``shutdown -h`` inside Linux) calls ``GuestContext.on_guest_shutdown`` so that ARM
+shows the VM *stopped* (not deallocated), as Azure does.
+
+Implementations: ``azsim.linuxguest.LinuxGuest`` (real sshd and waagent in a sandbox) and
+``azsim.windows.guest.WindowsGuest`` (real WS-Man endpoints over a Windows machine model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass
+class GuestContext:
+    """Everything a guest needs from azsim, handed over at creation."""
+
+    #: resource group and VM name
+    resource_group: str
+    vm_name: str
+    #: the VM's osProfile.adminUsername
+    admin_user: str
+    #: a directory owned by this guest (rootfs upper dir, logs, model state)
+    state_dir: Path
+    #: the scenario's `guest:` mapping, unparsed; each guest validates its own keys
+    spec: dict[str, Any]
+    #: azsim's CA-signed server certificate and key (PEM paths) for TLS endpoints
+    tls_cert: Path
+    tls_key: Path
+    #: OpenSSH public key line authorised for the admin user (Linux)
+    ssh_public_key: str = ""
+    #: the admin password (Windows); generated per state dir, never in a scenario
+    admin_password: str = ""
+    #: where the cached Debian root file system lives (Linux)
+    cache_dir: Path = field(default_factory=lambda: Path("/var/cache/azsim"))
+    #: called by the guest when it powers itself off (from inside)
+    on_guest_shutdown: Callable[[], None] = lambda: None
+
+
+class GuestController(Protocol):
+    """A VM's guest as ARM sees it."""
+
+    def start(self) -> None:
+        """Boot the guest; return once its endpoint answers. Idempotent."""
+
+    def stop(self) -> None:
+        """Power the guest off; return once its endpoint is gone. Idempotent."""
+
+    @property
+    def running(self) -> bool:
+        """True while the guest is up."""
+
+    def endpoints(self) -> dict[str, str]:
+        """Where the guest listens, e.g. ``{"ssh": "127.0.0.1:40123"}`` or
+        ``{"winrm_https": "127.0.0.1:40124", "winrm_http": "127.0.0.1:40125"}``."""
+
+    def run_command(self, script: str, timeout: float) -> tuple[int, str, str]:
+        """Azure Run Command: run ``script`` as root (Linux ``sh``) or SYSTEM (Windows
+        PowerShell) through the agent, returning (exit code, stdout, stderr)."""
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary for ``azsim status``."""
+
+    def close(self) -> None:
+        """Stop and release everything (processes, ports, mounts). Idempotent."""

@@ -1,0 +1,1 @@
+"""The guest transports behind one interface (see base.py)."""

@@ -1,0 +1,127 @@
+"""The one interface every guest transport implements.
+
+A transport runs a script on the guest OS and returns its exit code and output. Nothing else
+about the guest is known here: facts, scans and actions are scripts run through this interface.
+
+Contract for implementations:
+
+* ``run`` never raises for a non-zero exit code; it returns it. It raises :class:`GuestError`
+  subclasses for transport problems, each with a one-line message that names the VM, the
+  endpoint and what went wrong (never a credential).
+* Every call has a deadline (``timeout`` seconds, wall clock). Past it, the remote command is
+  abandoned (signalled where the protocol allows) and :class:`GuestTimeout` is raised.
+* Linux (ssh, run-command): ``script`` is POSIX ``sh`` source, run by ``sh -c`` on the guest
+  (as root with ``sudo -n`` when ``elevated``); ``stdin`` is fed to it and then closed.
+* Windows (winrm, run-command): ``script`` is PowerShell source. It travels over stdin (never on
+  the command line, so its size is not bound by the cmd.exe limit) and runs under
+  ``powershell.exe -NoProfile -NonInteractive`` with ``$ProgressPreference='SilentlyContinue'``;
+  output is UTF-8. ``stdin`` must be empty.
+* Credentials come from the environment, an agent, a key file or Key Vault, never from argv or a
+  host string, and never appear in an exception message, a log line or ``repr``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Literal
+
+OsType = Literal["Linux", "Windows"]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one remote script produced."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def text(self) -> str:
+        """stdout decoded as UTF-8 (replacement characters for undecodable bytes)."""
+        return self.stdout.decode("utf-8", errors="replace")
+
+
+class GuestError(Exception):
+    """A transport-level failure. ``str(err)`` is one line fit for a report."""
+
+    category = "guest unreachable"
+
+
+class GuestUnreachable(GuestError):
+    """No connection: refused, no route, DNS, TLS handshake, the VM is not running."""
+
+
+class GuestAuthError(GuestError):
+    """The guest refused the credentials."""
+
+    category = "guest authentication"
+
+
+class GuestTimeout(GuestError):
+    """A connect or command deadline passed."""
+
+    category = "timeout"
+
+
+class GuestDisconnected(GuestError):
+    """The connection dropped while a command ran (e.g. the guest shut down)."""
+
+
+class GuestNotAllowed(GuestError):
+    """The transport may not do this (e.g. sysprep over Run Command, which runs as SYSTEM)."""
+
+    category = "not allowed"
+
+
+@dataclass
+class GuestIdentity:
+    """What the audit records about the endpoint we talked to (never a secret)."""
+
+    transport: str
+    endpoint: str
+    user: str = ""
+    # e.g. {"ssh_host_key": "ssh-ed25519 SHA256:...", "tls_cert_sha256": "..."}
+    evidence: dict[str, str] = field(default_factory=dict)
+
+
+class Guest(abc.ABC):
+    """A connection to one VM's guest OS through one transport."""
+
+    #: "ssh", "winrm" or "run-command"
+    transport: str = ""
+    #: "Linux" or "Windows"
+    os_type: OsType
+    #: True for transports that may only read (Run Command runs as SYSTEM/root without a user
+    #: context; the harness only reads facts through it)
+    read_only: bool = False
+
+    @property
+    @abc.abstractmethod
+    def identity(self) -> GuestIdentity:
+        """Endpoint identity for the audit record."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        script: str,
+        *,
+        timeout: float,
+        stdin: bytes = b"",
+        elevated: bool = False,
+    ) -> CommandResult:
+        """Run ``script`` on the guest and wait at most ``timeout`` seconds for it."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the connection (idempotent)."""
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
