@@ -16,6 +16,9 @@ Contract for implementations:
   the command line, so its size is not bound by the cmd.exe limit) and runs under
   ``powershell.exe -NoProfile -NonInteractive`` with ``$ProgressPreference='SilentlyContinue'``;
   output is UTF-8. ``stdin`` must be empty.
+* Progress: a script may print lines starting with ``PROGRESS `` on stderr; where the protocol
+  streams (ssh, winrm), ``on_progress`` is called with each such line (prefix stripped) as it
+  arrives. Those lines stay in ``stderr`` too.
 * Credentials come from the environment, an agent, a key file or Key Vault, never from argv or a
   host string, and never appear in an exception message, a log line or ``repr``.
 """
@@ -23,6 +26,7 @@ Contract for implementations:
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -114,6 +118,7 @@ class Guest(abc.ABC):
         timeout: float,
         stdin: bytes = b"",
         elevated: bool = False,
+        on_progress: Callable[[str], None] | None = None,
     ) -> CommandResult:
         """Run ``script`` on the guest and wait at most ``timeout`` seconds for it."""
 
