@@ -1,1 +1,255 @@
+"""imageready's pytest glue: options, VM parametrization, the gate, report hooks.
 
+Checks (``@pytest.mark.check``) and actions (``@pytest.mark.action``) are parametrized by VM.
+Checks run first; a VM's actions run only when its gate is open (see ``imageready.gate``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imageready import hookspecs
+from imageready.facts import ITEM_SOURCES, FactsUnavailable, VmFacts
+from imageready.gate import WaiverBook, WaiverError, load_waivers, parse_duration
+from imageready.gatekeeper import RUN, GateKeeper, Sorter, run_state
+from imageready.runstate import RunState
+from imageready.target import TargetError, VmRef, parse_vms
+
+MARKERS = (
+    "check(id, title, severity, os, doc, each=None): an imageready pre-flight check. id: stable "
+    "check id (e.g. IR-WIN-001); severity: critical|high|medium|low; os: Linux|Windows|any; doc: "
+    "the URL it enforces; each: parametrize per VM over an item source (role, disk, volume, ...)",
+    "action(step): an imageready action step; runs only behind a green gate, changes the VM "
+    "only with --apply",
+)
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("imageready", "imageready: generalize Azure VMs safely")
+    group.addoption(
+        "--vm",
+        action="append",
+        default=[],
+        metavar="RG/NAME",
+        help="VM to check and act on: RG/NAME or a full virtualMachines resource id. Repeatable.",
+    )
+    group.addoption(
+        "--subscription",
+        metavar="ID",
+        help="subscription of RG/NAME targets (default: $AZURE_SUBSCRIPTION_ID).",
+    )
+    group.addoption(
+        "--apply",
+        action="store_true",
+        default=False,
+        help="let actions change the VM. Without it, actions only report their plan.",
+    )
+    group.addoption(
+        "--verdict",
+        action="append",
+        default=[],
+        metavar="FILE",
+        type=Path,
+        help="verdict file (or directory of them) from an earlier checks stage that may open "
+        "the gate for actions. Repeatable.",
+    )
+    group.addoption(
+        "--verdict-max-age",
+        default="24h",
+        metavar="AGE",
+        help="refuse --verdict files older than this (e.g. 24h, 90m; default 24h).",
+    )
+    group.addoption(
+        "--waivers",
+        metavar="FILE",
+        type=Path,
+        help="YAML or TOML file of waivers (check, parameter, reason, approver, expires).",
+    )
+    group.addoption(
+        "--change-ticket",
+        metavar="ID",
+        help="change ticket recorded in the verdict, the audit and the Allure environment.",
+    )
+    group.addoption(
+        "--report-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="where verdicts, the audit report and Allure results go (default: reports/out).",
+    )
+    parser.addini(
+        "imageready_checks_dir",
+        "directory (relative to rootdir) holding the policy: every check module in it must "
+        "run for a VM's gate to open",
+        default="checks",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Keep each VM's checks and actions on one xdist worker, in order."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        # a worker re-parses the command line and so does not know the controller's choice
+        if workerinput.get("imageready_loadgroup"):
+            config.option.loadgroup = True
+        return
+    if not config.getoption("vm") or not config.pluginmanager.hasplugin("xdist"):
+        return
+    dist = config.getoption("dist", "no")
+    if config.getoption("numprocesses", None) and dist in ("no", "load"):
+        config.option.dist = "loadgroup"
+    elif dist not in ("no", "load", "loadgroup"):
+        raise pytest.UsageError(
+            f"--dist {dist}: imageready runs each VM's checks and actions on one worker; "
+            "use -n N alone (imageready selects --dist loadgroup)"
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    try:
+        vms = parse_vms(config.getoption("vm"), config.getoption("subscription"))
+    except TargetError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        max_age = parse_duration(config.getoption("verdict_max_age"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--verdict-max-age {exc}") from None
+    for path in config.getoption("verdict"):
+        if not path.exists():
+            raise pytest.UsageError(f"--verdict {path}: no such file or directory")
+    book = WaiverBook()
+    waiver_file = config.getoption("waivers")
+    if waiver_file is not None:
+        try:
+            book.waivers = load_waivers(waiver_file)
+        except WaiverError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    report_dir = config.getoption("report_dir") or Path("reports") / "out"
+    checks_dir = config.rootpath / config.getini("imageready_checks_dir")
+    state = RunState(
+        config=config,
+        vms=vms,
+        apply=bool(config.getoption("apply")),
+        verdict_paths=list(config.getoption("verdict")),
+        verdict_max_age=max_age,
+        waivers=book,
+        change_ticket=config.getoption("change_ticket"),
+        report_dir=report_dir.absolute(),
+        checks_dir=checks_dir,
+        policy_paths=policy_paths(checks_dir),
+    )
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "imageready_facts" in workerinput:
+        for key, data in json.loads(workerinput["imageready_facts"]).items():
+            state.facts_cache[key] = VmFacts.from_json(data)
+        state.run_id = workerinput.get("imageready_run_id", state.run_id)
+    for waiver in book.waivers:
+        if waiver.expired(book.now):
+            config.issue_config_time_warning(
+                pytest.PytestWarning(
+                    f"EXPIRED waiver ignored: {waiver.check} [{waiver.vm} {waiver.parameter}] by "
+                    f"{waiver.approver}, expired {waiver.expires:%Y-%m-%d}: {waiver.reason}"
+                ),
+                stacklevel=2,
+            )
+    config.stash[RUN] = state
+    config.pluginmanager.register(GateKeeper(state), "imageready-gatekeeper")
+    config.pluginmanager.register(Sorter(state), "imageready-sorter")
+
+
+def policy_paths(checks_dir: Path) -> list[Path]:
+    """What the policy digest covers: the checks directory and the packaged rule data."""
+    return [checks_dir, Path(__file__).parent / "policy"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: gather facts once and ship them, so every worker collects the same."""
+    state = run_state(node.config)
+    facts = {vm.key: state.facts(vm).to_json() for vm in state.vms}
+    node.workerinput["imageready_facts"] = json.dumps(facts)
+    node.workerinput["imageready_run_id"] = state.run_id
+    node.workerinput["imageready_loadgroup"] = node.config.getoption("dist") == "loadgroup"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(RUN, None)
+    if state is not None and state._provider is not None:
+        state._provider.close()
+
+
+# --- parametrization ---------------------------------------------------------------------------
+
+
+class Sentinel:
+    """A parameter value standing for "no item": readable in test ids and reports."""
+
+    def __init__(self, text: str, error: FactsUnavailable | None = None) -> None:
+        self.text = text
+        self.error = error
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+NOTHING_TO_EXAMINE = Sentinel("nothing-to-examine")
+NOT_APPLICABLE_PARAM = Sentinel("not-applicable")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize checks and actions by VM and, for ``each=...`` checks, by what they examine."""
+    check = metafunc.definition.get_closest_marker("check")
+    action = metafunc.definition.get_closest_marker("action")
+    if check is None and action is None:
+        return
+    if "vm" not in metafunc.fixturenames:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: imageready checks and actions take a `vm` argument"
+        )
+    state = run_state(metafunc.config)
+    if not state.vms:
+        state.needs_vm = True
+    each = check.kwargs.get("each") if check is not None else None
+    if each is None:
+        metafunc.parametrize("vm", state.vms, ids=[vm.key for vm in state.vms])
+        return
+    source = ITEM_SOURCES.get(each)
+    if source is None:
+        known = ", ".join(sorted(ITEM_SOURCES)) or "none registered"
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown each={each!r} ({known})")
+    check_os = check.kwargs.get("os", "any") if check is not None else "any"
+    values: list[tuple[VmRef, Any]] = []
+    ids: list[str] = []
+    for vm in state.vms:
+        facts = state.facts(vm)
+        if check_os != "any" and facts.os_type is not None and facts.os_type != check_os:
+            values.append((vm, NOT_APPLICABLE_PARAM))
+            ids.append(vm.key)
+            continue
+        try:
+            items = source(facts)
+        except FactsUnavailable as exc:
+            values.append((vm, Sentinel("facts-unavailable", exc)))
+            ids.append(f"{vm.key}-facts-unavailable")
+            continue
+        if not items:
+            values.append((vm, NOTHING_TO_EXAMINE))
+            ids.append(f"{vm.key}-none")
+        for param_id, value in items:
+            values.append((vm, value))
+            ids.append(f"{vm.key}-{param_id}")
+    metafunc.parametrize(["vm", each], values, ids=ids)

@@ -6,7 +6,10 @@ import os
 import re
 from dataclasses import dataclass
 
-VM_FORMS = "RG/NAME or /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/NAME"
+VM_FORMS = (
+    "RG/NAME or "
+    "/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/NAME"
+)
 
 # Azure's own naming rules, loosely: resource group names allow letters, digits, '_', '-', '.',
 # '(' and ')' (not ending in '.'); VM names allow letters, digits, '_', '-' and '.' (1-64).

@@ -1,0 +1,45 @@
+"""Exit codes of an imageready run (docs/ci.md).
+
+pytest's own codes stay as they are (2 interrupted, 3 internal error, 4 usage error, 5 no tests);
+when tests failed (pytest's 1), the cause is named more precisely so a pipeline can branch on it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imageready.runstate import RunState
+
+GREEN = 0
+RED_CHECKS = 1  # a check failed: the VM is not ready (policy), or any other test failed
+INTERRUPTED = 2
+INTERNAL_ERROR = 3
+USAGE_ERROR = 4
+NO_TESTS = 5
+ACTIONS_BLOCKED = (
+    10  # checks passed in this run, but an action's gate stayed shut (e.g. verdict refused)
+)
+ACTION_FAILED = 11  # an action step started and failed: the VM may be half-done; re-run to resume
+INFRASTRUCTURE_ERROR = 12  # Azure API, guest unreachable or timeout: not a verdict on the VM
+
+INFRA_CATEGORIES = frozenset(
+    {"Azure API error", "guest unreachable", "guest authentication", "timeout"}
+)
+
+
+def classify(exitstatus: int, state: RunState) -> int:
+    """Refine pytest's "tests failed" into the imageready code that names the cause."""
+    if exitstatus != 1:
+        return exitstatus
+    actions = state.action_outcomes.values()
+    if any(outcome in ("failed", "error") for outcome in actions):
+        return ACTION_FAILED
+    cases = [case for gate in state.gates.values() for case in gate.cases.values()]
+    if any(case.outcome == "error" and case.category in INFRA_CATEGORIES for case in cases):
+        return INFRASTRUCTURE_ERROR
+    if any(case.outcome in ("failed", "error", "xfailed", "xpassed", "skipped") for case in cases):
+        return RED_CHECKS
+    if any(outcome == "blocked" for outcome in actions):
+        return ACTIONS_BLOCKED
+    return RED_CHECKS

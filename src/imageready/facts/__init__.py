@@ -1,0 +1,130 @@
+"""Facts about a VM: from Azure (VM, instance view, disks, extensions) and from the guest (one
+script per OS, one round trip), gathered once per VM per run and shared by every check.
+
+Facts are plain JSON so that, under xdist, the controller gathers them once and ships them to
+every worker (identical collection everywhere), and so that the audit can keep them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from imageready.target import VmRef
+
+
+class FactsUnavailable(Exception):
+    """A check needs facts that could not be gathered. The check errors (gate shut)."""
+
+    def __init__(self, message: str, category: str = "Azure API error") -> None:
+        super().__init__(message)
+        self.category = category
+
+
+@dataclass
+class VmFacts:
+    """Everything the checks read about one VM, JSON-able."""
+
+    vm: str  # rg/name
+    resource_id: str
+    gathered_at: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    )
+    #: ARM view: {"vm": <VM with instanceView>, "disks": {id: disk}, "snapshots": {id: snap},
+    #: "extensions": [...], "nics": {id: nic}}
+    azure: dict[str, Any] | None = None
+    azure_error: str | None = None
+    azure_error_category: str = ""
+    #: the facts script's JSON (facts/SCHEMA.md)
+    guest: dict[str, Any] | None = None
+    guest_error: str | None = None
+    guest_error_category: str = ""
+    #: transport, endpoint, host key or certificate: what the audit records about the guest
+    guest_identity: dict[str, Any] = field(default_factory=dict)
+
+    # --- derived views -------------------------------------------------------------------
+
+    @property
+    def vm_model(self) -> dict[str, Any]:
+        if self.azure is None:
+            raise FactsUnavailable(
+                self.azure_error or "no Azure facts", self.azure_error_category or "Azure API error"
+            )
+        vm: dict[str, Any] = self.azure["vm"]
+        return vm
+
+    @property
+    def vm_id(self) -> str | None:
+        if self.azure is None:
+            return None
+        value = self.azure["vm"].get("properties", {}).get("vmId")
+        return str(value) if value else None
+
+    @property
+    def os_type(self) -> str | None:
+        """ "Linux" or "Windows" as ARM reports it for the OS disk (None when unknown)."""
+        if self.azure is None:
+            return None
+        disk = self.azure["vm"].get("properties", {}).get("storageProfile", {}).get("osDisk", {})
+        value = disk.get("osType")
+        if value in ("Linux", "Windows"):
+            return str(value)
+        return None
+
+    def require_guest(self) -> dict[str, Any]:
+        if self.guest is None:
+            raise FactsUnavailable(
+                self.guest_error or f"{self.vm}: no guest facts",
+                self.guest_error_category or "guest unreachable",
+            )
+        return self.guest
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VmFacts:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class FactsProvider(Protocol):
+    """Where a run gets its facts and live identities. The default talks to Azure and the guest
+    (``imageready.facts.gather.AzureFactsProvider``); a conftest may supply another through the
+    ``pytest_imageready_facts_provider`` hook (e.g. to replay recorded facts)."""
+
+    def facts(self, vm: VmRef) -> VmFacts:
+        """Gather (once) and return the facts of ``vm``; never raises: errors are recorded."""
+
+    def live_vm_id(self, vm: VmRef) -> str | None:
+        """The VM's current ``vmId`` read now from Azure (for verdict files), None if unknown."""
+
+    def operator(self) -> dict[str, str]:
+        """Who runs this: object id, UPN or app id, tenant (never a token)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+# --- what a check is parametrized over ---------------------------------------------------------
+
+#: An item source turns a VM's facts into the things a check examines: (parameter id, value).
+ItemSource = Callable[[VmFacts], list[tuple[str, Any]]]
+ITEM_SOURCES: dict[str, ItemSource] = {}
+
+
+def item_source(name: str) -> Callable[[ItemSource], ItemSource]:
+    """Register an item source for ``@pytest.mark.check(..., each=name)``.
+
+    The check function then takes an argument called ``name``; it is parametrized per VM with what
+    the source returns. A source may raise FactsUnavailable: the VM then gets one erroring case.
+    """
+
+    def register(source: ItemSource) -> ItemSource:
+        ITEM_SOURCES[name] = source
+        return source
+
+    return register

@@ -1,0 +1,439 @@
+"""The gate: per-VM verdict from check outcomes, fail closed.
+
+Pure logic, no pytest: the plugin feeds it what was expected and what happened; the gate says
+whether a VM's actions may run, and why not. Verdict files carry a green gate from a checks stage
+to a later actions stage.
+
+Rules (``docs/gate.md``): a VM's gate opens only when every expected check case of that VM ended
+``passed``, ``waived`` or ``not_applicable`` (the plugin decides "not applicable", only from the
+check's OS). Anything else — failed, error, xfailed, xpassed, skipped for any other reason,
+deselected, not collected, not run — keeps it shut. One VM's gate never depends on another's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from imageready.target import VmRef
+
+GREEN_OUTCOMES = frozenset({"passed", "waived", "not_applicable"})
+OUTCOMES = GREEN_OUTCOMES | {
+    "failed",
+    "error",
+    "skipped",
+    "xfailed",
+    "xpassed",
+    "deselected",
+    "not_run",
+}
+VERDICT_SCHEMA = 1
+
+GateStatus = Literal["green", "red", "incomplete", "absent"]
+
+
+@dataclass
+class CaseRecord:
+    """One check case of one VM, as the gate and every report see it."""
+
+    case_id: str  # the pytest node id without any xdist group suffix
+    check_id: str
+    title: str
+    severity: str
+    vm: str  # rg/name
+    parameter: str  # what the case examines ("AD-Domain-Services"), "" if only the VM
+    outcome: str = "not_run"
+    message: str = ""  # one redacted line
+    category: str = ""  # for errors: "Azure API error", "guest unreachable", "timeout", ...
+    waiver: dict[str, str] | None = None
+    doc: str = ""
+    duration: float = 0.0
+
+    @property
+    def green(self) -> bool:
+        return self.outcome in GREEN_OUTCOMES
+
+
+@dataclass
+class VmGate:
+    """What the gate knows about one VM in this run."""
+
+    vm: VmRef
+    cases: dict[str, CaseRecord] = field(default_factory=dict)
+    #: check modules under the policy directory that this run did not collect at all
+    missing_modules: list[str] = field(default_factory=list)
+
+    def expect(self, record: CaseRecord) -> None:
+        self.cases.setdefault(record.case_id, record)
+
+    def record(self, case_id: str, **changes: Any) -> None:
+        case = self.cases[case_id]
+        for key, value in changes.items():
+            setattr(case, key, value)
+
+    @property
+    def status(self) -> GateStatus:
+        if not self.cases and self.missing_modules:
+            return "absent"
+        if any(
+            c.outcome not in GREEN_OUTCOMES | {"deselected", "not_run"} for c in self.cases.values()
+        ):
+            return "red"
+        if self.missing_modules or any(not c.green for c in self.cases.values()):
+            return "incomplete"
+        return "green" if self.cases else "absent"
+
+    def blockers(self) -> list[str]:
+        """Why the gate is shut, one line per blocking case or module (empty when green)."""
+        lines = [
+            f"{c.case_id}: {describe_outcome(c)}"
+            for c in sorted(self.cases.values(), key=lambda c: c.case_id)
+            if not c.green
+        ]
+        lines += [f"{m}: not collected in this run" for m in self.missing_modules]
+        return lines
+
+
+def describe_outcome(case: CaseRecord) -> str:
+    words = {
+        "failed": "failed",
+        "error": "errored",
+        "skipped": "skipped",
+        "xfailed": "marked xfail (a check may not be expected to fail)",
+        "xpassed": "marked xfail (a check may not be expected to fail)",
+        "deselected": "deselected (-k, -m or --deselect)",
+        "not_run": "did not run",
+    }
+    text = words.get(case.outcome, case.outcome)
+    return f"{text}: {case.message}" if case.message and case.outcome != "deselected" else text
+
+
+# --- waivers ----------------------------------------------------------------------------------
+
+
+class WaiverError(ValueError):
+    """A waiver file that cannot be used; one line."""
+
+
+@dataclass(frozen=True)
+class Waiver:
+    check: str
+    reason: str
+    approver: str
+    expires: dt.datetime
+    parameter: str = "*"  # "*" = any parameter of that check
+    vm: str = "*"  # rg/name or "*"
+    fingerprint: str = ""  # sensitive-data findings: waive one finding by its fingerprint
+
+    def expired(self, now: dt.datetime) -> bool:
+        return now >= self.expires
+
+    def matches(self, check_id: str, vm: str, parameter: str) -> bool:
+        return (
+            self.check == check_id
+            and self.vm.lower() in ("*", vm.lower())
+            and self.parameter in ("*", parameter)
+        )
+
+    def as_record(self) -> dict[str, str]:
+        record = {
+            "check": self.check,
+            "parameter": self.parameter,
+            "vm": self.vm,
+            "reason": self.reason,
+            "approver": self.approver,
+            "expires": self.expires.isoformat(),
+        }
+        if self.fingerprint:
+            record["fingerprint"] = self.fingerprint
+        return record
+
+
+def parse_expiry(value: object, where: str) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        # a date waives through the end of that day, UTC
+        moment = dt.datetime.combine(value, dt.time.max)
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                day = dt.date.fromisoformat(value.strip())
+            except ValueError:
+                raise WaiverError(f"{where}: expires {value!r} is not a date") from None
+            moment = dt.datetime.combine(day, dt.time.max)
+    else:
+        raise WaiverError(f"{where}: expires is required (a date such as 2026-12-31)")
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def load_waivers(path: Path) -> list[Waiver]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) waiver file.
+
+    Shape: a top-level ``waivers`` list of tables with ``check``, ``reason``, ``approver``,
+    ``expires`` and optionally ``parameter``, ``vm``, ``fingerprint``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WaiverError(f"--waivers {path}: cannot read: {exc.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError / tomllib.TOMLDecodeError: both one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WaiverError(f"--waivers {path}: not valid {path.suffix or 'YAML'}: {first}") from None
+    entries = data.get("waivers") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise WaiverError(f"--waivers {path}: expected a top-level 'waivers' list")
+    allowed = {"check", "parameter", "vm", "fingerprint", "reason", "approver", "expires"}
+    waivers = []
+    for index, entry in enumerate(entries, 1):
+        where = f"--waivers {path}: waiver {index}"
+        if not isinstance(entry, dict):
+            raise WaiverError(f"{where}: expected a table of keys")
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            raise WaiverError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        for key in ("check", "reason", "approver"):
+            if not str(entry.get(key) or "").strip():
+                raise WaiverError(f"{where}: '{key}' is required")
+        waivers.append(
+            Waiver(
+                check=str(entry["check"]).strip(),
+                parameter=str(entry.get("parameter", "*")).strip() or "*",
+                vm=str(entry.get("vm", "*")).strip() or "*",
+                fingerprint=str(entry.get("fingerprint", "")).strip(),
+                reason=str(entry["reason"]).strip(),
+                approver=str(entry["approver"]).strip(),
+                expires=parse_expiry(entry.get("expires"), where),
+            )
+        )
+    return waivers
+
+
+@dataclass
+class WaiverBook:
+    """The waivers of a run and what happened to them."""
+
+    waivers: list[Waiver] = field(default_factory=list)
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    applied: list[tuple[str, Waiver]] = field(default_factory=list)  # (case id, waiver)
+
+    def find(
+        self, check_id: str, vm: str, parameter: str, *, fingerprint: str = ""
+    ) -> Waiver | None:
+        """The live waiver for a failed case (or, with ``fingerprint``, for one finding).
+        Expired waivers never match; the run lists them loudly (``expired``)."""
+        for waiver in self.waivers:
+            if (
+                waiver.fingerprint == fingerprint
+                and waiver.matches(check_id, vm, parameter)
+                and not waiver.expired(self.now)
+            ):
+                return waiver
+        return None
+
+    def expired(self) -> list[Waiver]:
+        return [w for w in self.waivers if w.expired(self.now)]
+
+
+# --- policy digest ----------------------------------------------------------------------------
+
+_POLICY_SUFFIXES = {".py", ".yaml", ".yml", ".json", ".toml", ".ps1", ".sh", ".txt", ".md"}
+
+
+def policy_digest(paths: Iterable[Path]) -> str:
+    """SHA-256 over the policy: every file under the given directories (or the files), by
+    relative path and content. Byte-identical policy gives the same digest on any machine."""
+    hasher = hashlib.sha256()
+    for base in sorted({Path(p) for p in paths}):
+        if base.is_file():
+            files = [(base.name, base)]
+        elif base.is_dir():
+            files = sorted(
+                (f.relative_to(base).as_posix(), f)
+                for f in base.rglob("*")
+                if f.is_file() and f.suffix in _POLICY_SUFFIXES and "__pycache__" not in f.parts
+            )
+        else:
+            continue
+        for rel, file in files:
+            hasher.update(f"{base.name}/{rel}\0".encode())
+            hasher.update(hashlib.sha256(file.read_bytes()).digest())
+    return "sha256:" + hasher.hexdigest()
+
+
+# --- verdict files ----------------------------------------------------------------------------
+
+
+def verdict_document(
+    gate: VmGate,
+    *,
+    vm_id: str | None,
+    policy: str,
+    harness_version: str,
+    operator: Mapping[str, str],
+    change_ticket: str | None,
+    waivers: WaiverBook,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The verdict record of one VM after its checks."""
+    moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    cases = sorted(gate.cases.values(), key=lambda c: c.case_id)
+    return {
+        "schema": VERDICT_SCHEMA,
+        "kind": "imageready-verdict",
+        "vm": gate.vm.key,
+        "resource_id": gate.vm.id,
+        "vm_id": vm_id,
+        "green": gate.status == "green",
+        "status": gate.status,
+        "blockers": gate.blockers(),
+        "checks": [asdict(c) for c in cases],
+        "missing_modules": list(gate.missing_modules),
+        "waivers_applied": [
+            {"case": case_id, **w.as_record()}
+            for case_id, w in waivers.applied
+            if case_id in gate.cases
+        ],
+        "policy_digest": policy,
+        "harness_version": harness_version,
+        "operator": dict(operator),
+        "change_ticket": change_ticket,
+        "created_at": moment.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def verdict_filename(vm: VmRef) -> str:
+    safe = f"{vm.resource_group}__{vm.name}".replace("/", "_")
+    return f"verdict-{safe}.json"
+
+
+def write_verdict(directory: Path, document: Mapping[str, Any]) -> Path:
+    """Write atomically (a reader never sees half a verdict)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vm = document["vm"]
+    rg, _, name = str(vm).partition("/")
+    target = directory / verdict_filename(VmRef(str(document.get("resource_id", "")), rg, name))
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+class VerdictError(ValueError):
+    """A --verdict file or directory that cannot be read at all; one line."""
+
+
+def load_verdicts(paths: Iterable[Path]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Verdict documents by lower-cased resource id, from files or directories of files."""
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in paths:
+        files = sorted(path.glob("verdict-*.json")) if path.is_dir() else [path]
+        if not files:
+            raise VerdictError(f"--verdict {path}: no verdict-*.json files in this directory")
+        for file in files:
+            try:
+                document = json.loads(file.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise VerdictError(f"--verdict {file}: cannot read: {exc.strerror}") from None
+            except json.JSONDecodeError as exc:
+                raise VerdictError(
+                    f"--verdict {file}: not JSON ({exc.msg}, line {exc.lineno})"
+                ) from None
+            if not isinstance(document, dict) or document.get("kind") != "imageready-verdict":
+                raise VerdictError(f"--verdict {file}: not an imageready verdict file")
+            found[str(document.get("resource_id", "")).lower()] = (file, document)
+    return found
+
+
+@dataclass(frozen=True)
+class VerdictDecision:
+    accepted: bool
+    reason: str  # why accepted or refused, one line
+    source: str = ""
+
+
+def judge_verdict(
+    document: Mapping[str, Any],
+    *,
+    source: Path,
+    vm: VmRef,
+    live_vm_id: str | None,
+    policy: str,
+    max_age: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> VerdictDecision:
+    """Accept a verdict only if it is green, fresh, for this very VM and from this policy."""
+    moment = now or dt.datetime.now(dt.UTC)
+    where = str(source)
+
+    def refuse(why: str) -> VerdictDecision:
+        return VerdictDecision(False, f"verdict {where} refused: {why}", where)
+
+    if document.get("schema") != VERDICT_SCHEMA:
+        return refuse(f"schema {document.get('schema')!r}, expected {VERDICT_SCHEMA}")
+    if str(document.get("resource_id", "")).lower() != vm.id.lower():
+        return refuse(f"it is for {document.get('resource_id')}, not {vm.id}")
+    if document.get("green") is not True or document.get("status") != "green":
+        blockers = document.get("blockers") or []
+        first = f" ({blockers[0]}{' ...' if len(blockers) > 1 else ''})" if blockers else ""
+        return refuse(f"it is not green{first}")
+    try:
+        created = dt.datetime.fromisoformat(str(document["created_at"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return refuse("it has no valid created_at time")
+    age = moment - created
+    if age > max_age:
+        return refuse(f"stale: created {_human(age)} ago, the limit is {_human(max_age)}")
+    if age < -dt.timedelta(minutes=5):
+        return refuse(f"created_at {document['created_at']} lies in the future")
+    if not live_vm_id:
+        return refuse("the VM's vmId could not be read from Azure to compare")
+    if str(document.get("vm_id") or "").lower() != live_vm_id.lower():
+        return refuse(
+            f"it was made for vmId {document.get('vm_id')}, but {vm.key} now has vmId {live_vm_id} "
+            "(the VM was recreated)"
+        )
+    if document.get("policy_digest") != policy:
+        return refuse(
+            f"policy digest {document.get('policy_digest')} differs from this run's {policy} "
+            "(checks or rules changed since)"
+        )
+    return VerdictDecision(True, f"verdict {where} accepted (green, {_human(age)} old)", where)
+
+
+def _human(delta: dt.timedelta) -> str:
+    seconds = int(abs(delta.total_seconds()))
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``24h``, ``90m``, ``3600s``, ``2d`` or a bare number of hours."""
+    value = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if value and value[-1] in units:
+            return dt.timedelta(seconds=float(value[:-1]) * units[value[-1]])
+        return dt.timedelta(hours=float(value))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (e.g. 24h, 90m, 3600s)") from None

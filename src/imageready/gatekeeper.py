@@ -1,0 +1,476 @@
+"""The gate's pytest hooks: inventory every check case, record outcomes, block actions.
+
+One ``GateKeeper`` is registered per run (``plugin.pytest_configure``). It sees each case at
+collection (before any deselection), at each phase report, and at the first action of a VM, where
+it asks ``RunState.decide`` whether that VM's gate is open.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pytest.runner import CallInfo
+
+from imageready import exitcodes
+from imageready.facts import FactsUnavailable
+from imageready.gate import (
+    CaseRecord,
+    VerdictError,
+    Waiver,
+    parse_expiry,
+    verdict_document,
+    write_verdict,
+)
+from imageready.redact import one_line
+from imageready.runstate import GateDecision, ItemInfo, RunState
+from imageready.target import VmRef
+
+RUN = pytest.StashKey[RunState]()
+INFO = pytest.StashKey[ItemInfo]()
+PHASES = pytest.StashKey[dict[str, str]]()
+CASE_WAIVERS = pytest.StashKey[list[dict[str, str]]]()
+NOT_APPLICABLE = pytest.StashKey[str]()
+VERDICTS_WRITTEN = pytest.StashKey[list[Path]]()
+
+SEVERITIES = ("critical", "high", "medium", "low")
+OS_VALUES = ("Linux", "Windows", "any")
+USER_PROPERTY = "imageready"
+
+# how bad a phase outcome is; a case's outcome is the worst of its phases
+_RANK = {
+    "passed": 0,
+    "not_applicable": 1,
+    "waived": 2,
+    "skipped": 3,
+    "xpassed": 4,
+    "xfailed": 5,
+    "failed": 6,
+    "error": 7,
+}
+
+
+def run_state(config: pytest.Config) -> RunState:
+    return config.stash[RUN]
+
+
+def item_info(item: pytest.Item) -> ItemInfo | None:
+    return item.stash.get(INFO, None)
+
+
+def record_waiver(item: pytest.Item, waiver: Waiver) -> None:
+    """Note a waiver applied inside a case (e.g. to one sensitive-data finding)."""
+    item.stash.setdefault(CASE_WAIVERS, []).append(waiver.as_record())
+
+
+class GateKeeper:
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    # --- collection --------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Before any deselection: know every check case, so a missing one keeps the gate shut."""
+        state = self.state
+        for item in items:
+            check = item.get_closest_marker("check")
+            action = item.get_closest_marker("action")
+            if check is None and action is None:
+                if _in_dir(item.path, state.checks_dir):
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: every test under {state.checks_dir.name}/ must declare "
+                        "@pytest.mark.check(id=..., title=..., severity=..., os=..., doc=...)"
+                    )
+                continue
+            callspec = getattr(item, "callspec", None)
+            vm = callspec.params.get("vm") if callspec is not None else None
+            if not isinstance(vm, VmRef):
+                continue
+            info = (
+                _check_info(item, check, vm)
+                if check is not None
+                else _action_info(item, action, vm)
+            )
+            if info.kind == "check":
+                state.gate(vm).expect(
+                    CaseRecord(
+                        case_id=info.case_id,
+                        check_id=info.check_id,
+                        title=info.title,
+                        severity=info.severity,
+                        vm=vm.key,
+                        parameter=info.parameter,
+                        doc=info.doc,
+                    )
+                )
+            item.stash[INFO] = info
+            item.add_marker(pytest.mark.xdist_group(name=f"imageready-{vm.key}"))
+        if state.needs_vm:
+            raise pytest.UsageError("no VM given: pass --vm RG/NAME (repeatable)")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """After every deselection: what will not run, which policy modules were not collected."""
+        state = self.state
+        selected = {info.case_id for item in session.items if (info := item_info(item))}
+        for gate in state.gates.values():
+            for case in gate.cases.values():
+                if case.case_id not in selected:
+                    case.outcome = "deselected"
+        expected = _policy_modules(session.config, state.checks_dir)
+        for vm in state.vms:
+            gate = state.gate(vm)
+            seen = {case.case_id.split("::", 1)[0] for case in gate.cases.values()}
+            gate.missing_modules = sorted(m for m in expected if m not in seen)
+
+    # --- running ---------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """A check for another OS is not applicable: the only skip the gate accepts."""
+        info = item_info(item)
+        if info is None or info.kind != "check":
+            return
+        callspec = getattr(item, "callspec", None)
+        for value in callspec.params.values() if callspec is not None else ():
+            error = getattr(value, "error", None)
+            if isinstance(error, FactsUnavailable):
+                raise error
+        if info.os == "any":
+            return
+        facts = self.state.facts(info.vm)
+        if facts.os_type is None:
+            raise FactsUnavailable(
+                facts.azure_error
+                or f"{info.vm.key}: OS type unknown, cannot judge whether {info.check_id} applies",
+                facts.azure_error_category or "Azure API error",
+            )
+        if facts.os_type != info.os:
+            reason = f"not applicable: {info.os}-only check, {info.vm.key} runs {facts.os_type}"
+            item.stash[NOT_APPLICABLE] = reason
+            pytest.skip(reason)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        """A blocked action fails, naming what blocked it, and none of its fixtures run."""
+        info = item_info(item)
+        if info is None or info.kind != "action":
+            return None
+        try:
+            decision = self.state.decide(info.vm)
+        except VerdictError as exc:
+            decision = GateDecision(False, (str(exc),), "verdict")
+            self.state.decisions[info.vm.key] = decision
+        if decision.open:
+            return None
+        _report_blocked(item, nextitem, decision)
+        return True
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        info = item_info(item)
+        if info is None:
+            return report
+        phases = item.stash.setdefault(PHASES, {})
+        outcome = _phase_outcome(item, report)
+        exc = call.excinfo.value if call.excinfo is not None else None
+        if outcome == "failed" and getattr(exc, "category", None):
+            # a broken environment (Azure, guest, timeout) is an error, not a finding on the VM
+            outcome = "error"
+        if info.kind == "check" and outcome == "failed":
+            waiver = self.state.waivers.find(info.check_id, info.vm.key, info.parameter)
+            if waiver is not None:
+                phases["message"] = one_line(_failure_text(call, report))
+                report.outcome = "passed"
+                report.sections.append(
+                    (
+                        "imageready waiver",
+                        f"WAIVED {info.check_id} [{info.vm.key} {info.parameter or '*'}] by "
+                        f"{waiver.approver} until {waiver.expires:%Y-%m-%d}: {waiver.reason}",
+                    )
+                )
+                record_waiver(item, waiver)
+                outcome = "waived"
+        if outcome in ("failed", "error") and "message" not in phases:
+            phases["message"] = one_line(_failure_text(call, report))
+            phases["category"] = str(getattr(exc, "category", "") or "")
+        if _RANK[outcome] >= _RANK.get(phases.get("outcome", "passed"), 0):
+            phases["outcome"] = outcome
+        if report.when == "teardown":
+            record = {
+                "kind": info.kind,
+                "vm": info.vm.key,
+                "case_id": info.case_id,
+                "outcome": phases.get("outcome", "not_run"),
+                "message": phases.get("message", ""),
+                "category": phases.get("category", ""),
+                "waivers": item.stash.get(CASE_WAIVERS, []),
+                "blocked": phases.get("blocked") == "yes",
+            }
+            report.user_properties.append((USER_PROPERTY, json.dumps(record)))
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Update the gate from finished cases, on the worker that ran them and the controller."""
+        if report.when != "teardown":
+            return
+        for name, value in report.user_properties:
+            if name == USER_PROPERTY:
+                self._apply(json.loads(str(value)))
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        state = self.state
+        if record["kind"] == "action":
+            outcome = "blocked" if record["blocked"] else record["outcome"]
+            state.action_outcomes[record["case_id"]] = outcome
+            return
+        gate = state.gates.get(record["vm"])
+        if gate is None or record["case_id"] not in gate.cases:
+            return
+        case = gate.cases[record["case_id"]]
+        case.outcome = record["outcome"]
+        case.message = record["message"]
+        case.category = record["category"]
+        case.waiver = record["waivers"][0] if record["waivers"] else None
+        for raw in record["waivers"]:
+            state.waivers.applied.append((record["case_id"], _waiver(raw)))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: merge what each worker knows about its VMs' gates."""
+        output = getattr(node, "workeroutput", None) or {}
+        if "imageready_gates" in output:
+            self.state.merge_gates(json.loads(output["imageready_gates"]))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        state = self.state
+        if session.config.option.collectonly:
+            return
+        if state.is_worker:
+            workeroutput: dict[str, Any] = session.config.workeroutput  # type: ignore[attr-defined]
+            workeroutput["imageready_gates"] = json.dumps(state.export_gates())
+            return
+        session.config.stash[VERDICTS_WRITTEN] = write_verdicts(state)
+        session.exitstatus = exitcodes.classify(int(session.exitstatus), state)
+
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        state = self.state
+        if not state.vms or state.is_worker or config.option.collectonly:
+            return
+        tr = terminalreporter
+        tr.section("imageready gate")
+        for vm in state.vms:
+            gate = state.gates.get(vm.key)
+            status = gate.status if gate is not None else "absent"
+            decision = state.decisions.get(vm.key)
+            if decision is None:
+                tr.line(
+                    f"{vm.key}: checks {status}", green=status == "green", red=status != "green"
+                )
+                reasons = gate.blockers() if gate is not None else []
+            else:
+                word = "OPEN" if decision.open else "SHUT"
+                tr.line(
+                    f"{vm.key}: checks {status}; gate {word} (via {decision.via})",
+                    green=decision.open,
+                    red=not decision.open,
+                )
+                reasons = list(decision.reasons)
+            for reason in reasons[:25]:
+                tr.line(f"    {reason}")
+            if len(reasons) > 25:
+                tr.line(f"    ... and {len(reasons) - 25} more")
+        for case_id, waiver in state.waivers.applied:
+            tr.line(
+                f"waiver applied: {case_id} by {waiver.approver} until {waiver.expires:%Y-%m-%d}: "
+                f"{waiver.reason}",
+                yellow=True,
+            )
+        for waiver in state.waivers.expired():
+            tr.line(
+                f"EXPIRED waiver ignored: {waiver.check} [{waiver.vm} {waiver.parameter}] by "
+                f"{waiver.approver}, expired {waiver.expires:%Y-%m-%d}",
+                red=True,
+            )
+        for path in config.stash.get(VERDICTS_WRITTEN, []):
+            tr.line(f"verdict written: {os.path.relpath(path)}")
+        if not state.apply and any(o != "blocked" for o in state.action_outcomes.values()):
+            tr.line("actions ran as a PLAN only (no --apply): nothing was changed", yellow=True)
+
+
+class Sorter:
+    """Each VM: its checks, then its actions; stable within each, after pytest's reordering.
+
+    A separate plugin object because the gatekeeper's own modifyitems hook must run first.
+    Runs before xdist reports the collection to the controller, so every worker agrees."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        order = {vm.key: n for n, vm in enumerate(self.state.vms)}
+
+        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+            index, item = pair
+            info = item_info(item)
+            if info is None:
+                return (-1, 0, index)
+            return (order.get(info.vm.key, len(order)), 0 if info.kind == "check" else 1, index)
+
+        items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _check_info(item: pytest.Item, mark: pytest.Mark, vm: VmRef) -> ItemInfo:
+    kwargs = mark.kwargs
+    problems = [
+        f"'{k}' is required" for k in ("id", "title", "severity", "os", "doc") if not kwargs.get(k)
+    ]
+    if kwargs.get("severity") and kwargs["severity"] not in SEVERITIES:
+        problems.append(f"severity must be one of {', '.join(SEVERITIES)}")
+    if kwargs.get("os") and kwargs["os"] not in OS_VALUES:
+        problems.append(f"os must be one of {', '.join(OS_VALUES)}")
+    if problems:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.check: {'; '.join(problems)}")
+    return ItemInfo(
+        kind="check",
+        vm=vm,
+        case_id=item.nodeid,
+        check_id=str(kwargs["id"]),
+        title=str(kwargs["title"]),
+        severity=str(kwargs["severity"]),
+        os=str(kwargs["os"]),
+        doc=str(kwargs["doc"]),
+        parameter=_case_parameter(item, vm),
+    )
+
+
+def _action_info(item: pytest.Item, mark: pytest.Mark | None, vm: VmRef) -> ItemInfo:
+    step = item.name
+    if mark is not None:
+        step = str(mark.kwargs.get("step") or (mark.args[0] if mark.args else item.name))
+    return ItemInfo(kind="action", vm=vm, case_id=item.nodeid, step=step)
+
+
+def _case_parameter(item: pytest.Item, vm: VmRef) -> str:
+    callspec = getattr(item, "callspec", None)
+    ident = str(callspec.id) if callspec is not None else ""
+    if ident == vm.key:
+        return ""
+    return ident[len(vm.key) + 1 :] if ident.startswith(vm.key + "-") else ident
+
+
+def _in_dir(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _policy_modules(config: pytest.Config, checks_dir: Path) -> list[str]:
+    """Node-id paths of every test module in the policy directory."""
+    if not checks_dir.is_dir():
+        return []
+    patterns = config.getini("python_files") or ["test_*.py"]
+    modules = []
+    for path in sorted(checks_dir.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        if any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns):
+            modules.append(path.relative_to(config.rootpath).as_posix())
+    return modules
+
+
+def _phase_outcome(item: pytest.Item, report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.skipped:
+        return "not_applicable" if NOT_APPLICABLE in item.stash else "skipped"
+    if report.failed:
+        return "failed" if report.when == "call" else "error"
+    return "passed"
+
+
+def _failure_text(call: pytest.CallInfo[None], report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message)
+    if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        return str(report.longrepr[2])
+    if call.excinfo is not None and str(call.excinfo.value):
+        return str(call.excinfo.value)
+    return str(report.longrepr or "")
+
+
+def _report_blocked(
+    item: pytest.Item, nextitem: pytest.Item | None, decision: GateDecision
+) -> None:
+    """Report a blocked action as failed, running none of its fixtures (pytest's own protocol
+    would set them up before the test body could refuse)."""
+    info = item.stash[INFO]
+    message = "\n".join(
+        [f"BLOCKED by the gate of {info.vm.key}: step '{info.step}' did not run."]
+        + [f"  - {reason}" for reason in decision.reasons]
+    )
+    item.stash[PHASES] = {"blocked": "yes"}
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reraise = (pytest.exit.Exception, KeyboardInterrupt)
+    phases = (
+        ("setup", lambda: None),
+        ("call", lambda: pytest.fail(message, pytrace=False)),
+        ("teardown", lambda: item.session._setupstate.teardown_exact(nextitem)),
+    )
+    for when, func in phases:
+        call = CallInfo.from_call(func, when=when, reraise=reraise)  # type: ignore[arg-type]
+        report = ihook.pytest_runtest_makereport(item=item, call=call)
+        ihook.pytest_runtest_logreport(report=report)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+def _waiver(raw: dict[str, str]) -> Waiver:
+    return Waiver(
+        check=raw["check"],
+        parameter=raw.get("parameter", "*"),
+        vm=raw.get("vm", "*"),
+        fingerprint=raw.get("fingerprint", ""),
+        reason=raw["reason"],
+        approver=raw["approver"],
+        expires=parse_expiry(raw["expires"], "waiver"),
+    )
+
+
+def write_verdicts(state: RunState) -> list[Path]:
+    """One verdict file per VM whose checks this run collected (controller only)."""
+    paths = []
+    for vm in state.vms:
+        gate = state.gates.get(vm.key)
+        if gate is None or not gate.cases:
+            continue
+        facts = state.facts_cache.get(vm.key)
+        document = verdict_document(
+            gate,
+            vm_id=facts.vm_id if facts is not None else None,
+            policy=state.digest,
+            harness_version=state.harness_version,
+            operator=state.operator(),
+            change_ticket=state.change_ticket,
+            waivers=state.waivers,
+        )
+        paths.append(write_verdict(state.report_dir / "verdicts", document))
+    return paths

@@ -1,0 +1,220 @@
+"""The state of one imageready run: targets, facts, gates, waivers, verdicts.
+
+Lives in ``config.stash[RUN]``; the plugin's hooks and fixtures read and update it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imageready import __version__
+from imageready.facts import FactsProvider, VmFacts
+from imageready.gate import (
+    VerdictDecision,
+    VmGate,
+    WaiverBook,
+    judge_verdict,
+    load_verdicts,
+    policy_digest,
+)
+from imageready.target import VmRef
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """What imageready knows about one collected check or action case."""
+
+    kind: str  # "check" | "action"
+    vm: VmRef
+    case_id: str
+    check_id: str = ""
+    title: str = ""
+    severity: str = ""
+    os: str = "any"
+    doc: str = ""
+    parameter: str = ""
+    step: str = ""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    open: bool
+    reasons: tuple[str, ...]
+    via: str  # "checks" | "verdict" | ""
+
+
+@dataclass
+class RunState:
+    config: pytest.Config
+    vms: list[VmRef]
+    apply: bool
+    verdict_paths: list[Path]
+    verdict_max_age: dt.timedelta
+    waivers: WaiverBook
+    change_ticket: str | None
+    report_dir: Path
+    checks_dir: Path
+    policy_paths: list[Path]
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    gates: dict[str, VmGate] = field(default_factory=dict)
+    facts_cache: dict[str, VmFacts] = field(default_factory=dict)
+    decisions: dict[str, GateDecision] = field(default_factory=dict)
+    blocked_actions: list[str] = field(default_factory=list)
+    action_outcomes: dict[str, str] = field(default_factory=dict)  # case id -> outcome
+    needs_vm: bool = False
+    _provider: FactsProvider | None = None
+    _digest: str | None = None
+    _operator: dict[str, str] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- roles in an xdist run -----------------------------------------------------------
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    @property
+    def is_xdist_controller(self) -> bool:
+        return not self.is_worker and self.config.pluginmanager.hasplugin("dsession")
+
+    # --- lazily built ------------------------------------------------------------------
+
+    @property
+    def provider(self) -> FactsProvider:
+        if self._provider is None:
+            provider = self.config.hook.pytest_imageready_facts_provider(config=self.config)
+            if provider is None:
+                from imageready.facts.gather import AzureFactsProvider
+
+                provider = AzureFactsProvider(self.config)
+            self._provider = provider
+        return self._provider
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = policy_digest(self.policy_paths)
+        return self._digest
+
+    def gate(self, vm: VmRef) -> VmGate:
+        return self.gates.setdefault(vm.key, VmGate(vm))
+
+    def facts(self, vm: VmRef) -> VmFacts:
+        with self._lock:
+            cached = self.facts_cache.get(vm.key)
+        if cached is None:
+            cached = self.provider.facts(vm)
+            with self._lock:
+                self.facts_cache.setdefault(vm.key, cached)
+        return cached
+
+    def operator(self) -> dict[str, str]:
+        if self._operator is None:
+            try:
+                identity = dict(self.provider.operator())
+            except Exception as exc:  # the record says why; a run is not refused for it
+                identity = {"error": f"operator identity unavailable: {type(exc).__name__}"}
+            identity.setdefault("local_user", f"{getpass.getuser()}@{socket.gethostname()}")
+            self._operator = identity
+        return self._operator
+
+    # --- the gate ------------------------------------------------------------------------
+
+    def decide(self, vm: VmRef) -> GateDecision:
+        """Whether ``vm``'s actions may run, decided once per run (at its first action)."""
+        if vm.key in self.decisions:
+            return self.decisions[vm.key]
+        gate = self.gate(vm)
+        status = gate.status
+        blockers = tuple(gate.blockers())
+        decision: GateDecision
+        if status == "red":
+            decision = GateDecision(False, blockers, "checks")
+        elif self.verdict_paths:
+            verdict = self._judge_verdict(vm)
+            if verdict.accepted:
+                decision = GateDecision(True, (verdict.reason,), "verdict")
+            else:
+                extra = blockers if status == "incomplete" else ()
+                decision = GateDecision(False, (verdict.reason, *extra), "verdict")
+        elif status == "green":
+            decision = GateDecision(
+                True, (f"all {len(gate.cases)} check cases of {vm.key} green",), "checks"
+            )
+        elif status == "absent":
+            decision = GateDecision(
+                False,
+                (
+                    f"no check of {vm.key} ran in this run: run the checks with the actions, "
+                    "or pass --verdict FILE from a green checks stage",
+                ),
+                "checks",
+            )
+        else:
+            decision = GateDecision(False, blockers, "checks")
+        self.decisions[vm.key] = decision
+        return decision
+
+    def _judge_verdict(self, vm: VmRef) -> VerdictDecision:
+        documents = load_verdicts(self.verdict_paths)
+        found = documents.get(vm.id.lower())
+        if found is None:
+            where = ", ".join(str(p) for p in self.verdict_paths)
+            return VerdictDecision(False, f"no verdict for {vm.id} in --verdict {where}")
+        source, document = found
+        try:
+            live_vm_id = self.provider.live_vm_id(vm)
+        except Exception as exc:  # one line: the gate stays shut and says why
+            return VerdictDecision(False, f"verdict {source} refused: cannot read vmId: {exc}")
+        return judge_verdict(
+            document,
+            source=source,
+            vm=vm,
+            live_vm_id=live_vm_id,
+            policy=self.digest,
+            max_age=self.verdict_max_age,
+        )
+
+    # --- shipping state between xdist workers and the controller -------------------------
+
+    def export_gates(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {
+            key: {
+                "vm": [g.vm.subscription, g.vm.resource_group, g.vm.name],
+                "missing_modules": g.missing_modules,
+                "cases": {cid: asdict(c) for cid, c in g.cases.items()},
+                "decision": asdict(self.decisions[key]) if key in self.decisions else None,
+            }
+            for key, g in self.gates.items()
+        }
+
+    def merge_gates(self, exported: dict[str, Any]) -> None:
+        from imageready.gate import CaseRecord
+
+        for key, data in exported.items():
+            gate = self.gates.setdefault(key, VmGate(VmRef(*data["vm"])))
+            gate.missing_modules = sorted(set(gate.missing_modules) | set(data["missing_modules"]))
+            if data.get("decision") is not None:
+                raw = data["decision"]
+                self.decisions[key] = GateDecision(raw["open"], tuple(raw["reasons"]), raw["via"])
+            for cid, raw in data["cases"].items():
+                record = CaseRecord(**raw)
+                mine = gate.cases.get(cid)
+                if mine is None or (mine.outcome == "not_run" and record.outcome != "not_run"):
+                    gate.cases[cid] = record
+
+    @property
+    def harness_version(self) -> str:
+        return __version__
