@@ -17,15 +17,11 @@ INTERRUPTED = 2
 INTERNAL_ERROR = 3
 USAGE_ERROR = 4
 NO_TESTS = 5
-ACTIONS_BLOCKED = (
-    10  # checks passed in this run, but an action's gate stayed shut (e.g. verdict refused)
-)
+ACTIONS_BLOCKED = 10  # checks passed in this run, but an action's gate stayed shut (e.g. verdict refused)
 ACTION_FAILED = 11  # an action step started and failed: the VM may be half-done; re-run to resume
 INFRASTRUCTURE_ERROR = 12  # Azure API, guest unreachable or timeout: not a verdict on the VM
 
-INFRA_CATEGORIES = frozenset(
-    {"Azure API error", "guest unreachable", "guest authentication", "timeout"}
-)
+INFRA_CATEGORIES = frozenset({"Azure API error", "guest unreachable", "guest authentication", "timeout"})
 
 
 def classify(exitstatus: int, state: RunState) -> int:

@@ -53,7 +53,7 @@ class CaseRecord:
     category: str = ""  # for errors: "Azure API error", "guest unreachable", "timeout", ...
     waiver: dict[str, str] | None = None
     doc: str = ""
-    duration: float = 0.0
+    evidence: list[str] = field(default_factory=list)  # redacted one-line summaries
 
     @property
     def green(self) -> bool:
@@ -81,9 +81,7 @@ class VmGate:
     def status(self) -> GateStatus:
         if not self.cases and self.missing_modules:
             return "absent"
-        if any(
-            c.outcome not in GREEN_OUTCOMES | {"deselected", "not_run"} for c in self.cases.values()
-        ):
+        if any(c.outcome not in GREEN_OUTCOMES | {"deselected", "not_run"} for c in self.cases.values()):
             return "red"
         if self.missing_modules or any(not c.green for c in self.cases.values()):
             return "incomplete"
@@ -234,9 +232,7 @@ class WaiverBook:
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     applied: list[tuple[str, Waiver]] = field(default_factory=list)  # (case id, waiver)
 
-    def find(
-        self, check_id: str, vm: str, parameter: str, *, fingerprint: str = ""
-    ) -> Waiver | None:
+    def find(self, check_id: str, vm: str, parameter: str, *, fingerprint: str = "") -> Waiver | None:
         """The live waiver for a failed case (or, with ``fingerprint``, for one finding).
         Expired waivers never match; the run lists them loudly (``expired``)."""
         for waiver in self.waivers:
@@ -307,9 +303,7 @@ def verdict_document(
         "checks": [asdict(c) for c in cases],
         "missing_modules": list(gate.missing_modules),
         "waivers_applied": [
-            {"case": case_id, **w.as_record()}
-            for case_id, w in waivers.applied
-            if case_id in gate.cases
+            {"case": case_id, **w.as_record()} for case_id, w in waivers.applied if case_id in gate.cases
         ],
         "policy_digest": policy,
         "harness_version": harness_version,
@@ -353,9 +347,7 @@ def load_verdicts(paths: Iterable[Path]) -> dict[str, tuple[Path, dict[str, Any]
             except OSError as exc:
                 raise VerdictError(f"--verdict {file}: cannot read: {exc.strerror}") from None
             except json.JSONDecodeError as exc:
-                raise VerdictError(
-                    f"--verdict {file}: not JSON ({exc.msg}, line {exc.lineno})"
-                ) from None
+                raise VerdictError(f"--verdict {file}: not JSON ({exc.msg}, line {exc.lineno})") from None
             if not isinstance(document, dict) or document.get("kind") != "imageready-verdict":
                 raise VerdictError(f"--verdict {file}: not an imageready verdict file")
             found[str(document.get("resource_id", "")).lower()] = (file, document)

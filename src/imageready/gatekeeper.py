@@ -18,6 +18,7 @@ import pytest
 from _pytest.runner import CallInfo
 
 from imageready import exitcodes
+from imageready.checking import evidence_summaries
 from imageready.facts import FactsUnavailable
 from imageready.gate import (
     CaseRecord,
@@ -92,11 +93,7 @@ class GateKeeper:
             vm = callspec.params.get("vm") if callspec is not None else None
             if not isinstance(vm, VmRef):
                 continue
-            info = (
-                _check_info(item, check, vm)
-                if check is not None
-                else _action_info(item, action, vm)
-            )
+            info = _check_info(item, check, vm) if check is not None else _action_info(item, action, vm)
             if info.kind == "check":
                 state.gate(vm).expect(
                     CaseRecord(
@@ -157,9 +154,7 @@ class GateKeeper:
             pytest.skip(reason)
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> bool | None:
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
         """A blocked action fails, naming what blocked it, and none of its fixtures run."""
         info = item_info(item)
         if info is None or info.kind != "action":
@@ -217,6 +212,7 @@ class GateKeeper:
                 "category": phases.get("category", ""),
                 "waivers": item.stash.get(CASE_WAIVERS, []),
                 "blocked": phases.get("blocked") == "yes",
+                "evidence": evidence_summaries(item),
             }
             report.user_properties.append((USER_PROPERTY, json.dumps(record)))
         return report
@@ -243,6 +239,7 @@ class GateKeeper:
         case.message = record["message"]
         case.category = record["category"]
         case.waiver = record["waivers"][0] if record["waivers"] else None
+        case.evidence = list(record.get("evidence", []))
         for raw in record["waivers"]:
             state.waivers.applied.append((record["case_id"], _waiver(raw)))
 
@@ -275,9 +272,7 @@ class GateKeeper:
             status = gate.status if gate is not None else "absent"
             decision = state.decisions.get(vm.key)
             if decision is None:
-                tr.line(
-                    f"{vm.key}: checks {status}", green=status == "green", red=status != "green"
-                )
+                tr.line(f"{vm.key}: checks {status}", green=status == "green", red=status != "green")
                 reasons = gate.blockers() if gate is not None else []
             else:
                 word = "OPEN" if decision.open else "SHUT"
@@ -337,9 +332,7 @@ class Sorter:
 
 def _check_info(item: pytest.Item, mark: pytest.Mark, vm: VmRef) -> ItemInfo:
     kwargs = mark.kwargs
-    problems = [
-        f"'{k}' is required" for k in ("id", "title", "severity", "os", "doc") if not kwargs.get(k)
-    ]
+    problems = [f"'{k}' is required" for k in ("id", "title", "severity", "os", "doc") if not kwargs.get(k)]
     if kwargs.get("severity") and kwargs["severity"] not in SEVERITIES:
         problems.append(f"severity must be one of {', '.join(SEVERITIES)}")
     if kwargs.get("os") and kwargs["os"] not in OS_VALUES:
@@ -417,9 +410,7 @@ def _failure_text(call: pytest.CallInfo[None], report: pytest.TestReport) -> str
     return str(report.longrepr or "")
 
 
-def _report_blocked(
-    item: pytest.Item, nextitem: pytest.Item | None, decision: GateDecision
-) -> None:
+def _report_blocked(item: pytest.Item, nextitem: pytest.Item | None, decision: GateDecision) -> None:
     """Report a blocked action as failed, running none of its fixtures (pytest's own protocol
     would set them up before the test body could refuse)."""
     info = item.stash[INFO]

@@ -19,6 +19,9 @@ from imageready.gatekeeper import RUN, GateKeeper, Sorter, run_state
 from imageready.runstate import RunState
 from imageready.target import TargetError, VmRef, parse_vms
 
+# the fixtures checks and actions request, and the item sources their `each=` names
+pytest_plugins = ["imageready.fixtures", "imageready.facts.items"]
+
 MARKERS = (
     "check(id, title, severity, os, doc, each=None): an imageready pre-flight check. id: stable "
     "check id (e.g. IR-WIN-001); severity: critical|high|medium|low; os: Linux|Windows|any; doc: "

@@ -148,9 +148,7 @@ class RunState:
                 extra = blockers if status == "incomplete" else ()
                 decision = GateDecision(False, (verdict.reason, *extra), "verdict")
         elif status == "green":
-            decision = GateDecision(
-                True, (f"all {len(gate.cases)} check cases of {vm.key} green",), "checks"
-            )
+            decision = GateDecision(True, (f"all {len(gate.cases)} check cases of {vm.key} green",), "checks")
         elif status == "absent":
             decision = GateDecision(
                 False,

@@ -6,10 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
-VM_FORMS = (
-    "RG/NAME or "
-    "/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/NAME"
-)
+VM_FORMS = "RG/NAME or /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/NAME"
 
 # Azure's own naming rules, loosely: resource group names allow letters, digits, '_', '-', '.',
 # '(' and ')' (not ending in '.'); VM names allow letters, digits, '_', '-' and '.' (1-64).
@@ -91,8 +88,6 @@ def parse_vms(values: list[str], subscription_option: str | None) -> list[VmRef]
     for ref in sorted(refs):
         other = keys.get(ref.key.lower())
         if other is not None and other != ref:
-            raise TargetError(
-                f"--vm {ref.id} and {other.id} share the id {ref.key!r}; run them separately"
-            )
+            raise TargetError(f"--vm {ref.id} and {other.id} share the id {ref.key!r}; run them separately")
         keys[ref.key.lower()] = ref
     return sorted(refs, key=lambda r: (r.key.lower(), r.subscription))

@@ -168,9 +168,7 @@ def test_one_red_vm_never_blocks_another(project: Project) -> None:
     result = project.run("--vm", "rg/bad", "--vm", "rg/good", "--apply")
     assert project.acted("good")
     assert not project.acted("bad")
-    result.stdout.fnmatch_lines(
-        ["*rg/bad: checks red; gate SHUT*", "*rg/good: checks green; gate OPEN*"]
-    )
+    result.stdout.fnmatch_lines(["*rg/bad: checks red; gate SHUT*", "*rg/good: checks green; gate OPEN*"])
 
 
 def test_each_vm_runs_its_checks_then_its_actions(project: Project) -> None:

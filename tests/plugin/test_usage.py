@@ -29,9 +29,7 @@ def test_malformed_vm_is_one_usage_line(project: Project, value: str) -> None:
 
 
 def test_real_command_line_prints_one_usage_line(pytester: pytest.Pytester) -> None:
-    result = pytester.run(
-        sys.executable, "-m", "pytest", "--vm", "bad-value", "-p", "no:cacheprovider"
-    )
+    result = pytester.run(sys.executable, "-m", "pytest", "--vm", "bad-value", "-p", "no:cacheprovider")
     assert result.ret == exitcodes.USAGE_ERROR
     assert [line for line in result.errlines if line.strip()] == [
         "ERROR: --vm 'bad-value': expected RG/NAME or "
@@ -78,9 +76,7 @@ def test_check_without_metadata_is_refused(project: Project) -> None:
     project.write("checks/test_rogue.py", "def test_rogue(vm):\n    pass\n")
     result = project.run("--vm", "rg/good")
     assert result.ret == exitcodes.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        ["ERROR: checks/test_rogue.py::test_rogue*must declare @pytest.mark.check*"]
-    )
+    result.stderr.fnmatch_lines(["ERROR: checks/test_rogue.py::test_rogue*must declare @pytest.mark.check*"])
 
 
 def test_check_with_bad_severity_is_refused(project: Project) -> None:

@@ -97,9 +97,7 @@ def test_verdict_for_another_vm_does_not_open_this_one(project: Project) -> None
     source = project.root / VERDICTS / "verdict-rg__good.json"
     result = project.run("actions", "--vm", "rg/other", "--apply", "--verdict", str(source))
     assert not project.acted("other")
-    result.stdout.fnmatch_lines(
-        ["*no verdict for /subscriptions/*/virtualMachines/other in --verdict*"]
-    )
+    result.stdout.fnmatch_lines(["*no verdict for /subscriptions/*/virtualMachines/other in --verdict*"])
 
 
 def test_tampered_verdict_file_gives_a_clear_reason(project: Project) -> None:

@@ -57,9 +57,7 @@ def test_waived_failure_passes_with_waiver_and_is_named(project: Project) -> Non
 
 
 def test_toml_waivers_work_too(project: Project) -> None:
-    result = project.run(
-        "--vm", "rg/bad", "--apply", "--waivers", waiver_file(project, FUTURE, "toml")
-    )
+    result = project.run("--vm", "rg/bad", "--apply", "--waivers", waiver_file(project, FUTURE, "toml"))
     assert project.acted("bad")
     assert result.ret == exitcodes.GREEN
 
@@ -69,9 +67,7 @@ def test_expired_waiver_is_ignored_loudly(project: Project) -> None:
     result = project.run("--vm", "rg/bad", "--apply", "--waivers", waivers)
     assert not project.acted("bad")
     assert result.ret == exitcodes.RED_CHECKS
-    result.stdout.fnmatch_lines(
-        ["*EXPIRED waiver ignored: T-002 [[]rg/bad *] by jane.doe@example.com*"]
-    )
+    result.stdout.fnmatch_lines(["*EXPIRED waiver ignored: T-002 [[]rg/bad *] by jane.doe@example.com*"])
 
 
 def test_waiver_for_another_parameter_does_not_apply(project: Project) -> None:
@@ -103,6 +99,4 @@ def test_bad_waiver_file_is_a_usage_error(project: Project) -> None:
     path = project.write("waivers.yaml", "waivers:\n  - check: T-002\n    reason: x\n")
     result = project.run("--vm", "rg/bad", "--waivers", str(path))
     assert result.ret == exitcodes.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        ["ERROR: --waivers *waivers.yaml: waiver 1: 'approver' is required"]
-    )
+    result.stderr.fnmatch_lines(["ERROR: --waivers *waivers.yaml: waiver 1: 'approver' is required"])
