@@ -38,10 +38,13 @@ PHASES = pytest.StashKey[dict[str, str]]()
 CASE_WAIVERS = pytest.StashKey[list[dict[str, str]]]()
 NOT_APPLICABLE = pytest.StashKey[str]()
 VERDICTS_WRITTEN = pytest.StashKey[list[Path]]()
+AUDIT_WRITTEN = pytest.StashKey[tuple[Path, Path, str]]()
 
 SEVERITIES = ("critical", "high", "medium", "low")
 OS_VALUES = ("Linux", "Windows", "any")
 USER_PROPERTY = "imageready"
+STEP_PROPERTY = "imageready-step"
+STEP_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
 
 # how bad a phase outcome is; a case's outcome is the worst of its phases
 _RANK = {
@@ -62,6 +65,11 @@ def run_state(config: pytest.Config) -> RunState:
 
 def item_info(item: pytest.Item) -> ItemInfo | None:
     return item.stash.get(INFO, None)
+
+
+def record_step(item: pytest.Item, step: dict[str, Any]) -> None:
+    """Attach an action step's record to the case reporting it (it reaches the audit)."""
+    item.stash.setdefault(STEP_RECORDS, []).append(step)
 
 
 def record_waiver(item: pytest.Item, waiver: Waiver) -> None:
@@ -215,6 +223,8 @@ class GateKeeper:
                 "evidence": evidence_summaries(item),
             }
             report.user_properties.append((USER_PROPERTY, json.dumps(record)))
+            for step in item.stash.get(STEP_RECORDS, []):
+                report.user_properties.append((STEP_PROPERTY, json.dumps(step)))
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -224,6 +234,9 @@ class GateKeeper:
         for name, value in report.user_properties:
             if name == USER_PROPERTY:
                 self._apply(json.loads(str(value)))
+            elif name == STEP_PROPERTY:
+                step = json.loads(str(value))
+                self.state.step_records.setdefault(step["vm"], []).append(step)
 
     def _apply(self, record: dict[str, Any]) -> None:
         state = self.state
@@ -259,6 +272,8 @@ class GateKeeper:
             workeroutput["imageready_gates"] = json.dumps(state.export_gates())
             return
         session.config.stash[VERDICTS_WRITTEN] = write_verdicts(state)
+        if state.vms:
+            session.config.stash[AUDIT_WRITTEN] = write_audit(state)
         session.exitstatus = exitcodes.classify(int(session.exitstatus), state)
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
@@ -300,6 +315,10 @@ class GateKeeper:
             )
         for path in config.stash.get(VERDICTS_WRITTEN, []):
             tr.line(f"verdict written: {os.path.relpath(path)}")
+        audit_files = config.stash.get(AUDIT_WRITTEN, None)
+        if audit_files is not None:
+            json_path, html_path, digest = audit_files
+            tr.line(f"audit: {os.path.relpath(html_path)} ({os.path.relpath(json_path)} sha256 {digest})")
         if not state.apply and any(o != "blocked" for o in state.action_outcomes.values()):
             tr.line("actions ran as a PLAN only (no --apply): nothing was changed", yellow=True)
 
@@ -465,3 +484,20 @@ def write_verdicts(state: RunState) -> list[Path]:
         )
         paths.append(write_verdict(state.report_dir / "verdicts", document))
     return paths
+
+
+def write_audit(state: RunState) -> tuple[Path, Path, str]:
+    """audit.json, its SHA-256 and audit.html for this run (controller only)."""
+    from imageready import audit
+
+    final_states: dict[str, dict[str, Any]] = {}
+    reader = getattr(state.provider, "current_state", None)
+    for vm in state.vms:
+        if reader is None:
+            continue
+        try:
+            final_states[vm.key] = dict(reader(vm))
+        except Exception as exc:  # the audit records why, one line
+            final_states[vm.key] = {"error": one_line(str(exc)) or type(exc).__name__}
+    record = audit.from_run_state(state, state.step_records, final_states)
+    return audit.write(record, state.report_dir)

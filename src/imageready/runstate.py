@@ -71,6 +71,8 @@ class RunState:
     decisions: dict[str, GateDecision] = field(default_factory=dict)
     blocked_actions: list[str] = field(default_factory=list)
     action_outcomes: dict[str, str] = field(default_factory=dict)  # case id -> outcome
+    #: step records of the actions, per VM key, in the order they finished (for the audit)
+    step_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     needs_vm: bool = False
     _provider: FactsProvider | None = None
     _digest: str | None = None

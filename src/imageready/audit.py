@@ -1,0 +1,324 @@
+"""The audit record of a run, for change boards: ``audit.json`` (the record) and ``audit.html``
+(self-contained, printable, one page per VM), plus ``audit.json.sha256``.
+
+Everything in it is already redacted at its source (check messages, evidence summaries, step
+details); it is redacted once more here, as the last sink before disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import html
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from imageready.redact import redact
+
+AUDIT_SCHEMA = 1
+
+
+def _utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def vm_verdict(status: str, decision: Mapping[str, Any] | None, steps: list[dict[str, Any]]) -> str:
+    """One word for the top of a VM's page."""
+    if any(s.get("status") == "failed" for s in steps):
+        return "ACTION FAILED"
+    if decision is not None and not decision.get("open"):
+        return "BLOCKED" if status in ("green", "absent") else "NOT READY"
+    if steps and all(s.get("status") in ("done", "already done", "skipped") for s in steps):
+        if any(s.get("step") == "generalize" for s in steps):
+            return "GENERALIZED"
+        return "ACTIONS DONE"
+    if steps and any(s.get("status") == "planned" for s in steps):
+        return "READY (PLAN ONLY)"
+    return {"green": "READY", "red": "NOT READY"}.get(status, "INCOMPLETE")
+
+
+def build_record(
+    *,
+    run: Mapping[str, Any],
+    vms: Iterable[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The audit document. ``run``: run-level fields; ``vms``: one mapping per VM (identity,
+    checks, waivers, steps, final state) as assembled by ``from_run_state``."""
+    vm_list = [dict(v) for v in vms]
+    order = [
+        "ACTION FAILED",
+        "NOT READY",
+        "BLOCKED",
+        "INCOMPLETE",
+        "READY (PLAN ONLY)",
+        "READY",
+        "ACTIONS DONE",
+        "GENERALIZED",
+    ]
+    worst = min((v["verdict"] for v in vm_list), key=order.index, default="INCOMPLETE")
+    record = {
+        "schema": AUDIT_SCHEMA,
+        "kind": "imageready-audit",
+        "verdict": worst,
+        **dict(run),
+        "vms": vm_list,
+    }
+    return json.loads(redact(json.dumps(record, sort_keys=True, default=str)))
+
+
+def from_run_state(
+    state: Any, steps: Mapping[str, list[dict[str, Any]]], final_states: Mapping[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Assemble the record from a finished run (controller side)."""
+    from imageready.facts.azure_view import provenance_chain
+
+    vms = []
+    for vm in state.vms:
+        gate = state.gates.get(vm.key)
+        cases = sorted(gate.cases.values(), key=lambda c: c.case_id) if gate is not None else []
+        decision = state.decisions.get(vm.key)
+        facts = state.facts_cache.get(vm.key)
+        identity: dict[str, Any] = {"resource_id": vm.id, "key": vm.key}
+        if facts is not None and facts.azure is not None:
+            model = facts.azure["vm"]
+            props = model.get("properties", {})
+            os_disk = props.get("storageProfile", {}).get("osDisk", {})
+            disk_id = str((os_disk.get("managedDisk") or {}).get("id") or "")
+            identity.update(
+                vm_id=facts.vm_id,
+                os=facts.os_type,
+                size=props.get("hardwareProfile", {}).get("vmSize"),
+                region=model.get("location"),
+                os_disk=disk_id,
+                os_disk_provenance=provenance_chain(facts, disk_id) if disk_id else [],
+                guest=facts.guest_identity,
+            )
+        elif facts is not None:
+            identity["error"] = facts.azure_error
+        vm_steps = list(steps.get(vm.key, []))
+        status = gate.status if gate is not None else "absent"
+        decision_dict = asdict(decision) if decision is not None else None
+        vms.append(
+            {
+                "vm": vm.key,
+                "verdict": vm_verdict(status, decision_dict, vm_steps),
+                "identity": identity,
+                "checks_status": status,
+                "gate": decision_dict,
+                "blockers": gate.blockers() if gate is not None else [],
+                "checks": [asdict(c) for c in cases],
+                "waivers": [
+                    {"case": case_id, **w.as_record()}
+                    for case_id, w in state.waivers.applied
+                    if any(c.case_id == case_id for c in cases)
+                ],
+                "actions": vm_steps,
+                "final_state": final_states.get(vm.key, {}),
+            }
+        )
+    run = {
+        "run_id": state.run_id,
+        "started_at": _utc(state.started_at),
+        "finished_at": _utc(dt.datetime.now(dt.UTC)),
+        "change_ticket": state.change_ticket,
+        "operator": state.operator(),
+        "harness_version": state.harness_version,
+        "policy_digest": state.digest,
+        "apply": state.apply,
+        "expired_waivers_ignored": [w.as_record() for w in state.waivers.expired()],
+    }
+    return build_record(run=run, vms=vms)
+
+
+def write(record: Mapping[str, Any], directory: Path) -> tuple[Path, Path, str]:
+    """Write audit.json, its .sha256 and audit.html; return (json path, html path, sha256)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    digest = hashlib.sha256(body).hexdigest()
+    json_path = directory / "audit.json"
+    json_path.write_bytes(body)
+    (directory / "audit.json.sha256").write_text(f"{digest}  audit.json\n", encoding="utf-8")
+    html_path = directory / "audit.html"
+    html_path.write_text(render_html(record, digest), encoding="utf-8")
+    return json_path, html_path, digest
+
+
+# --- HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1b1f23;margin:0;background:#f6f7f9}
+main{max-width:1100px;margin:0 auto;padding:24px}
+section.vm{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:20px 24px;margin:20px 0}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:0 0 8px} h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;width:100%;margin:6px 0} th,td{border:1px solid #d0d7de;padding:4px 6px;
+text-align:left;vertical-align:top;font-size:12.5px} th{background:#f0f2f4}
+.verdict{display:inline-block;padding:4px 12px;border-radius:14px;font-weight:700;color:#fff}
+.v-ok{background:#1a7f37}.v-warn{background:#9a6700}.v-bad{background:#cf222e}
+.o-passed,.o-done,.o-waived,.o-not_applicable,.o-already{color:#1a7f37;font-weight:600}
+.o-failed,.o-error,.o-blocked{color:#cf222e;font-weight:600}
+.mono{font-family:ui-monospace,monospace;font-size:12px}
+dl{display:grid;grid-template-columns:190px 1fr;gap:2px 12px;margin:6px 0} dt{color:#57606a} dd{margin:0}
+@media print{body{background:#fff}main{padding:0}section.vm{page-break-before:always;border:none;padding:0}
+section.vm:first-of-type{page-break-before:auto}}
+"""
+
+_OK = {"GENERALIZED", "ACTIONS DONE", "READY"}
+_WARN = {"READY (PLAN ONLY)", "INCOMPLETE", "BLOCKED"}
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value if value is not None else ""))
+
+
+def _badge(verdict: str) -> str:
+    cls = "v-ok" if verdict in _OK else "v-warn" if verdict in _WARN else "v-bad"
+    return f'<span class="verdict {cls}">{_e(verdict)}</span>'
+
+
+def _dl(pairs: Iterable[tuple[str, Any]]) -> str:
+    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in pairs) + "</dl>"
+
+
+def _vm_page(vm: Mapping[str, Any]) -> str:
+    ident = vm.get("identity", {})
+    chain = " → ".join(
+        f"{link.get('kind')} {str(link.get('id', '')).rsplit('/', 1)[-1]}"
+        + (f" ({link['create_option']})" if link.get("create_option") else "")
+        + (" [deleted]" if link.get("exists") is False else "")
+        for link in ident.get("os_disk_provenance") or []
+    )
+    parts = [f'<section class="vm" id="{_e(vm["vm"])}">', f"<h2>{_e(vm['vm'])} {_badge(vm['verdict'])}</h2>"]
+    parts.append(
+        _dl(
+            [
+                ("Resource id", ident.get("resource_id")),
+                ("vmId", ident.get("vm_id")),
+                ("OS / size / region", f"{ident.get('os')} / {ident.get('size')} / {ident.get('region')}"),
+                ("OS disk", ident.get("os_disk")),
+                ("OS disk provenance", chain or "unknown"),
+                ("Guest endpoint", json.dumps(ident.get("guest") or {}, sort_keys=True)),
+                ("Checks", vm.get("checks_status")),
+                ("Gate", "; ".join((vm.get("gate") or {}).get("reasons") or []) or "not evaluated"),
+            ]
+        )
+    )
+    rows = []
+    for case in vm.get("checks", []):
+        waiver = case.get("waiver") or {}
+        waiver_text = (
+            f"{waiver.get('approver')} until {waiver.get('expires', '')[:10]}: {waiver.get('reason')}"
+            if waiver
+            else ""
+        )
+        rows.append(
+            "<tr>"
+            f"<td class='mono'>{_e(case['check_id'])}</td><td>{_e(case['title'])}"
+            f"<div class='mono'>{_e(case['case_id'])}</div></td>"
+            f"<td class='o-{_e(case['outcome'])}'>{_e(case['outcome'])}</td>"
+            f"<td>{_e(case.get('message'))}<div>{_e('; '.join(case.get('evidence') or []))}</div></td>"
+            f"<td>{_e(waiver_text)}</td></tr>"
+        )
+    parts.append(
+        "<h3>Checks</h3><table><tr><th>Id</th><th>Check</th><th>Result</th>"
+        "<th>Finding / evidence</th><th>Waiver</th></tr>" + "".join(rows) + "</table>"
+    )
+    steps = []
+    for step in vm.get("actions", []):
+        ids = ", ".join(
+            f"{c.get('operation')}: {', '.join(c.get('request_ids') or [])} "
+            f"(correlation {c.get('correlation_id')})"
+            for c in step.get("azure") or []
+        )
+        status = str(step.get("status"))
+        steps.append(
+            f"<tr><td>{_e(step.get('step'))}</td><td class='o-{_e(status.split()[0])}'>{_e(status)}</td>"
+            f"<td>{_e(step.get('started'))}</td><td>{_e(step.get('ended'))}</td>"
+            f"<td>{_e(step.get('detail'))}<div class='mono'>{_e(ids)}</div></td></tr>"
+        )
+    parts.append(
+        "<h3>Actions</h3>"
+        + (
+            "<table><tr><th>Step</th><th>Result</th><th>Started (UTC)</th><th>Ended (UTC)</th>"
+            "<th>Detail and Azure request ids</th></tr>" + "".join(steps) + "</table>"
+            if steps
+            else "<p>No action ran for this VM in this run.</p>"
+        )
+    )
+    final = vm.get("final_state") or {}
+    parts.append(
+        "<h3>Final state (read back from Azure)</h3>"
+        + (
+            _dl(
+                sorted(
+                    (k, json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v)
+                    for k, v in final.items()
+                )
+            )
+            if final
+            else "<p>Not read.</p>"
+        )
+    )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_html(record: Mapping[str, Any], digest: str) -> str:
+    operator = record.get("operator") or {}
+    who = operator.get("upn") or operator.get("appid") or operator.get("oid") or operator.get("local_user")
+    head = _dl(
+        [
+            ("Change ticket", record.get("change_ticket") or "none given"),
+            (
+                "Operator",
+                f"{who} (tenant {operator.get('tid', 'unknown')}, object {operator.get('oid', 'unknown')})",
+            ),
+            (
+                "Run",
+                f"{record.get('run_id')}: {record.get('started_at')} to {record.get('finished_at')} (UTC)",
+            ),
+            ("Mode", "apply (changes allowed)" if record.get("apply") else "plan only (nothing changed)"),
+            ("Harness version", record.get("harness_version")),
+            ("Policy digest", record.get("policy_digest")),
+            ("Expired waivers ignored", len(record.get("expired_waivers_ignored") or [])),
+            ("SHA-256 of audit.json", digest),
+        ]
+    )
+    summary = "".join(
+        f"<tr><td><a href='#{_e(vm['vm'])}'>{_e(vm['vm'])}</a></td><td>{_badge(vm['verdict'])}</td></tr>"
+        for vm in record.get("vms", [])
+    )
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>imageready audit {_e(record.get('run_id'))}</title><style>{_CSS}</style></head><body><main>"
+        f"<h1>imageready audit report {_badge(str(record.get('verdict')))}</h1>{head}"
+        f"<table><tr><th>VM</th><th>Verdict</th></tr>{summary}</table>"
+        + "".join(_vm_page(vm) for vm in record.get("vms", []))
+        + "</main></body></html>\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """imageready-report: re-render audit.html from an audit.json (and check its SHA-256)."""
+    parser = argparse.ArgumentParser(prog="imageready-report", description=main.__doc__)
+    parser.add_argument("report_dir", type=Path, nargs="?", default=Path("reports/out"))
+    args = parser.parse_args(argv)
+    path = args.report_dir / "audit.json"
+    try:
+        body = path.read_bytes()
+        record = json.loads(body)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"imageready-report: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    digest = hashlib.sha256(body).hexdigest()
+    recorded = args.report_dir / "audit.json.sha256"
+    if recorded.exists() and recorded.read_text().split()[0] != digest:
+        print(f"imageready-report: {path} does not match {recorded}: it was changed", file=sys.stderr)
+        return 1
+    (args.report_dir / "audit.html").write_text(render_html(record, digest), encoding="utf-8")
+    print(f"{args.report_dir / 'audit.html'} (audit.json sha256 {digest})")
+    return 0
