@@ -7,6 +7,7 @@ Checks run first; a VM's actions run only when its gate is open (see ``imageread
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,64 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="where verdicts, the audit report and Allure results go (default: reports/out).",
     )
+    group.addoption(
+        "--cloud",
+        choices=("public", "usgov", "china", "custom"),
+        default=None,
+        help="Azure cloud (default: $IMAGEREADY_CLOUD, else public; custom needs --arm-endpoint).",
+    )
+    group.addoption(
+        "--arm-endpoint",
+        metavar="URL",
+        help="Resource Manager endpoint of a custom cloud (default: $IMAGEREADY_ARM_ENDPOINT).",
+    )
+    group.addoption(
+        "--ca-bundle",
+        metavar="PEM",
+        help="CA bundle that signs ARM's and the guests' TLS certificates (default: "
+        "$IMAGEREADY_CA_BUNDLE, else the system store).",
+    )
+    group.addoption(
+        "--lro-deadline",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="deadline for each long-running Azure operation (default 1800).",
+    )
+    group.addoption(
+        "--transport",
+        choices=("auto", "ssh", "winrm", "run-command"),
+        default="auto",
+        help="how to reach the guest: auto (ssh for Linux, WinRM for Windows, Azure Run Command "
+        "for read-only facts when there is no network path), or one of them.",
+    )
+    group.addoption(
+        "--guest-address",
+        action="append",
+        default=[],
+        metavar="RG/NAME=HOST:PORT",
+        help="guest address instead of the NIC's private IP (also $IMAGEREADY_GUEST_ADDRESSES, "
+        "a JSON object or file). Repeatable.",
+    )
+    group.addoption(
+        "--guest-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="deadline for each script run on a guest (default 300).",
+    )
+    group.addoption(
+        "--ssh-strict-host-keys",
+        action="store_true",
+        default=False,
+        help="refuse SSH host keys not in $IMAGEREADY_KNOWN_HOSTS (default: record them in the audit).",
+    )
+    group.addoption(
+        "--winrm-auth",
+        choices=("ntlm", "kerberos", "basic", "credssp"),
+        default="ntlm",
+        help="WinRM authentication (default ntlm; kerberos: see docs/guests.md).",
+    )
     parser.addini(
         "imageready_checks_dir",
         "directory (relative to rootdir) holding the policy: every check module in it must "
@@ -141,6 +200,18 @@ def pytest_configure(config: pytest.Config) -> None:
             book.waivers = load_waivers(waiver_file)
         except WaiverError as exc:
             raise pytest.UsageError(str(exc)) from None
+    from imageready.facts.gather import GuestConfigError, parse_guest_addresses
+
+    try:
+        parse_guest_addresses(
+            list(config.getoption("guest_address")), os.environ.get("IMAGEREADY_GUEST_ADDRESSES")
+        )
+    except GuestConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if config.getoption("cloud") == "custom" and not (
+        config.getoption("arm_endpoint") or os.environ.get("IMAGEREADY_ARM_ENDPOINT")
+    ):
+        raise pytest.UsageError("--cloud custom needs --arm-endpoint URL (or $IMAGEREADY_ARM_ENDPOINT)")
     report_dir = config.getoption("report_dir") or Path("reports") / "out"
     checks_dir = config.rootpath / config.getini("imageready_checks_dir")
     state = RunState(

@@ -1,0 +1,296 @@
+"""The default facts provider: Azure through the SDK, the guest through one facts script.
+
+Per VM: a fixed, small number of ARM calls (VM with instance view, each attached disk, the OS
+disk's source snapshot and its source disk, extensions, the NIC unless an address is given) and one
+guest round trip, whatever the number of checks. Connections are kept for the rest of the run
+(the sensitive-data scan and the actions reuse them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imageready import progress
+from imageready.azure import AzureSession, resolve_ca_bundle, resolve_cloud
+from imageready.azure_errors import AzureError, AzureNotFound
+from imageready.facts import VmFacts
+from imageready.guest.base import Guest, GuestError, GuestUnreachable
+from imageready.redact import one_line
+from imageready.target import VmRef
+
+NIC_API = "2024-05-01"
+DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
+NOT_RUNNING = "vm not running"  # a category of its own: the VM's state, not broken infrastructure
+
+
+class GuestConfigError(ValueError):
+    """A --guest-address or IMAGEREADY_GUEST_ADDRESSES value that cannot be used; one line."""
+
+
+def parse_guest_addresses(values: list[str], env_value: str | None) -> dict[str, str]:
+    """``RG/NAME=HOST:PORT`` options, over ``IMAGEREADY_GUEST_ADDRESSES`` (a JSON object, inline
+    or in a file), keyed by lower-cased ``rg/name``."""
+    found: dict[str, str] = {}
+    if env_value:
+        text = env_value.strip()
+        if not text.startswith("{"):
+            try:
+                text = Path(text).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES {env_value}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES: not a JSON object ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise GuestConfigError("IMAGEREADY_GUEST_ADDRESSES: not a JSON object")
+        found.update({str(k).lower(): str(v) for k, v in data.items()})
+    for value in values:
+        key, sep, address = value.partition("=")
+        if not sep or "/" not in key or not address.strip():
+            raise GuestConfigError(f"--guest-address {value!r}: expected RG/NAME=HOST[:PORT]")
+        found[key.strip().lower()] = address.strip()
+    return found
+
+
+class AzureFactsProvider:
+    """Facts from Azure and the guest; connections shared with the scan and the actions."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.cloud = resolve_cloud(config.getoption("cloud"), config.getoption("arm_endpoint"))
+        self.ca_bundle = resolve_ca_bundle(config.getoption("ca_bundle"))
+        self.transport = str(config.getoption("transport"))
+        self.guest_timeout = float(config.getoption("guest_timeout"))
+        self.addresses = parse_guest_addresses(
+            list(config.getoption("guest_address")), os.environ.get("IMAGEREADY_GUEST_ADDRESSES")
+        )
+        self._sessions: dict[str, AzureSession] = {}
+        self._guests: dict[str, Guest] = {}
+        self._lock = threading.RLock()
+
+    # --- connections ---------------------------------------------------------------------
+
+    def azure(self, vm: VmRef) -> AzureSession:
+        with self._lock:
+            session = self._sessions.get(vm.subscription)
+            if session is None:
+                session = AzureSession(
+                    vm.subscription,
+                    cloud=self.cloud,
+                    ca_bundle=self.ca_bundle,
+                    lro_deadline=float(self.config.getoption("lro_deadline")),
+                    progress=progress.emit,
+                )
+                self._sessions[vm.subscription] = session
+            return session
+
+    def guest(self, vm: VmRef, model: dict[str, Any] | None = None) -> Guest:
+        """The guest connection of ``vm`` (opened once; ``model`` spares a VM read)."""
+        with self._lock:
+            cached = self._guests.get(vm.key)
+            if cached is not None:
+                return cached
+        model = model or self.azure(vm).get_vm(vm, instance_view=False)
+        guest = self._connect(vm, model)
+        with self._lock:
+            self._guests[vm.key] = guest
+        return guest
+
+    def drop_guest(self, vm: VmRef) -> None:
+        """Forget a guest connection (e.g. after the guest shut down)."""
+        with self._lock:
+            guest = self._guests.pop(vm.key, None)
+        if guest is not None:
+            guest.close()
+
+    def _connect(self, vm: VmRef, model: dict[str, Any]) -> Guest:
+        props = model.get("properties", {})
+        os_type = props.get("storageProfile", {}).get("osDisk", {}).get("osType")
+        admin = str(props.get("osProfile", {}).get("adminUsername") or "")
+        kind = {"Linux": "ssh", "Windows": "winrm"}.get(str(os_type))
+        if kind is None:
+            raise GuestError(f"{vm.key}: unknown OS type {os_type!r}, no transport for it")
+        if self.transport == "run-command":
+            return self._run_command(vm, str(os_type))
+        if self.transport not in ("auto", kind):
+            raise GuestError(f"{vm.key}: --transport {self.transport} does not fit a {os_type} VM")
+        address = self.addresses.get(vm.key.lower()) or self._nic_address(vm, model, kind)
+        try:
+            if kind == "ssh":
+                from imageready.guest.ssh import connect_ssh
+
+                return connect_ssh(
+                    address,
+                    os.environ.get("IMAGEREADY_SSH_USER") or admin,
+                    vm_key=vm.key,
+                    known_hosts=os.environ.get("IMAGEREADY_KNOWN_HOSTS"),
+                    strict=bool(self.config.getoption("ssh_strict_host_keys")),
+                )
+            from imageready.guest.winrm import connect_winrm
+
+            return connect_winrm(
+                address,
+                os.environ.get("IMAGEREADY_WINRM_USER") or admin,
+                vm_key=vm.key,
+                auth=self.config.getoption("winrm_auth"),
+                ca_bundle=os.environ.get("IMAGEREADY_WINRM_CA_BUNDLE") or self.ca_bundle,
+            )
+        except GuestUnreachable as exc:
+            if self.transport != "auto":
+                raise
+            progress.emit(f"{vm.key}: {exc}; falling back to Azure Run Command (read-only facts)")
+            return self._run_command(vm, str(os_type))
+
+    def _run_command(self, vm: VmRef, os_type: str) -> Guest:
+        from imageready.guest.runcommand import RunCommandGuest
+
+        return RunCommandGuest(self.azure(vm), vm, "Linux" if os_type == "Linux" else "Windows")
+
+    def _nic_address(self, vm: VmRef, model: dict[str, Any], kind: str) -> str:
+        nics = model.get("properties", {}).get("networkProfile", {}).get("networkInterfaces") or []
+        if not nics:
+            raise GuestUnreachable(f"{vm.key}: no network interface; give --guest-address {vm.key}=HOST:PORT")
+        primary = next((n for n in nics if (n.get("properties") or {}).get("primary")), nics[0])
+        nic = self.azure(vm).get_resource(str(primary["id"]), NIC_API)
+        for config in nic.get("properties", {}).get("ipConfigurations") or []:
+            address = (config.get("properties") or {}).get("privateIPAddress")
+            if address:
+                return f"{address}:{DEFAULT_PORTS[kind]}"
+        raise GuestUnreachable(f"{vm.key}: its NIC has no private IP; give --guest-address")
+
+    # --- FactsProvider -----------------------------------------------------------------
+
+    def facts(self, vm: VmRef) -> VmFacts:
+        facts = VmFacts(vm=vm.key, resource_id=vm.id)
+        try:
+            facts.azure = self._azure_facts(vm)
+        except AzureNotFound as exc:
+            facts.azure_error, facts.azure_error_category = str(exc), "not found"
+            return facts
+        except AzureError as exc:
+            facts.azure_error, facts.azure_error_category = str(exc), exc.category
+            return facts
+        self._guest_facts(vm, facts)
+        return facts
+
+    def _azure_facts(self, vm: VmRef) -> dict[str, Any]:
+        azure = self.azure(vm)
+        model = azure.get_vm(vm, instance_view=True)
+        storage = model.get("properties", {}).get("storageProfile", {})
+        entries = [storage.get("osDisk") or {}, *(storage.get("dataDisks") or [])]
+        disks: dict[str, Any] = {}
+        for entry in entries:
+            disk_id = str((entry.get("managedDisk") or {}).get("id") or "")
+            if disk_id:
+                disks[disk_id.lower()] = azure.get_disk(disk_id)
+        snapshots: dict[str, Any] = {}
+        sources: dict[str, Any] = {}
+        missing: list[str] = []
+        os_disk_id = str(((storage.get("osDisk") or {}).get("managedDisk") or {}).get("id") or "")
+        source = _source_id(disks.get(os_disk_id.lower()))
+        # the OS disk's provenance: at most two hops (disk -> snapshot -> disk)
+        for _ in range(2):
+            if not source:
+                break
+            try:
+                if "/snapshots/" in source.lower():
+                    found = azure.get_snapshot(source)
+                    snapshots[source.lower()] = found
+                else:
+                    found = azure.get_disk(source)
+                    sources[source.lower()] = found
+            except AzureNotFound:
+                missing.append(source)
+                break
+            source = _source_id(found)
+        return {
+            "vm": model,
+            "disks": disks,
+            "snapshots": snapshots,
+            "sources": sources,
+            "missing_sources": missing,
+            "extensions": azure.list_extensions(vm),
+        }
+
+    def _guest_facts(self, vm: VmRef, facts: VmFacts) -> None:
+        from imageready.facts.azure_view import power_state
+
+        state = power_state(facts)
+        if state != "running":
+            facts.guest_error = f"{vm.key} is {state}: guest facts need a running VM"
+            facts.guest_error_category = NOT_RUNNING
+            return
+        try:
+            guest = self.guest(vm, facts.vm_model)
+            facts.guest_identity = _identity(guest)
+            script, parse = _facts_script(facts.os_type)
+            result = guest.run(script, timeout=self.guest_timeout, elevated=True)
+            if not result.ok and not result.stdout.strip():
+                why = one_line(result.stderr.decode("utf-8", "replace"))
+                raise GuestError(f"{vm.key}: facts script exited {result.exit_code}: {why}")
+            facts.guest = parse(result.stdout)
+        except GuestError as exc:
+            facts.guest_error, facts.guest_error_category = str(exc), exc.category
+        except ValueError as exc:  # the facts parsers' FactsError
+            facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", "guest facts"
+
+    def live_vm_id(self, vm: VmRef) -> str | None:
+        model = self.azure(vm).get_vm(vm, instance_view=False)
+        value = model.get("properties", {}).get("vmId")
+        return str(value) if value else None
+
+    def operator(self) -> dict[str, str]:
+        subscription = next(iter(self._sessions), None)
+        if subscription is None:
+            return {}
+        return self._sessions[subscription].operator_identity()
+
+    def current_state(self, vm: VmRef) -> dict[str, Any]:
+        """What Azure says now: power and OS state, provisioning, imageready tags."""
+        model = self.azure(vm).get_vm(vm, instance_view=True)
+        props = model.get("properties", {})
+        statuses = [str(s.get("code")) for s in (props.get("instanceView") or {}).get("statuses") or []]
+        return {
+            "provisioning_state": props.get("provisioningState"),
+            "statuses": statuses,
+            "vm_id": props.get("vmId"),
+            "tags": {k: v for k, v in (model.get("tags") or {}).items() if k.startswith("imageready")},
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            guests, self._guests = list(self._guests.values()), {}
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for guest in guests:
+            guest.close()
+        for session in sessions:
+            session.close()
+
+
+def _source_id(model: dict[str, Any] | None) -> str:
+    data = (model or {}).get("properties", {}).get("creationData") or {}
+    return str(data.get("sourceResourceId") or "")
+
+
+def _identity(guest: Guest) -> dict[str, Any]:
+    ident = guest.identity
+    return {"transport": ident.transport, "endpoint": ident.endpoint, "user": ident.user, **ident.evidence}
+
+
+def _facts_script(os_type: str | None) -> tuple[str, Any]:
+    if os_type == "Linux":
+        from imageready.facts import linux
+
+        return linux.SCRIPT, linux.parse
+    if os_type == "Windows":
+        from imageready.facts import windows
+
+        return windows.SCRIPT, windows.parse
+    raise GuestError(f"unknown OS type {os_type!r}: no facts script")
