@@ -267,6 +267,8 @@ class GateKeeper:
         state = self.state
         if session.config.option.collectonly:
             return
+        for actions in state.vm_actions.values():
+            actions.release_quietly()
         if state.is_worker:
             workeroutput: dict[str, Any] = session.config.workeroutput  # type: ignore[attr-defined]
             workeroutput["imageready_gates"] = json.dumps(state.export_gates())

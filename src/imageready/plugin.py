@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from imageready.runstate import RunState
 from imageready.target import TargetError, VmRef, parse_vms
 
 # the fixtures checks and actions request, and the item sources their `each=` names
-pytest_plugins = ["imageready.fixtures", "imageready.facts.items"]
+pytest_plugins = ["imageready.fixtures", "imageready.facts.items", "imageready.allure_support"]
 
 MARKERS = (
     "check(id, title, severity, os, doc, each=None): an imageready pre-flight check. id: stable "
@@ -150,6 +152,49 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="ntlm",
         help="WinRM authentication (default ntlm; kerberos: see docs/guests.md).",
     )
+    group.addoption(
+        "--capture",
+        metavar="image:NAME|gallery:G/D/V",
+        help="after generalizing, capture a managed image or an Azure Compute Gallery image version.",
+    )
+    group.addoption(
+        "--lease-ttl",
+        default="30m",
+        metavar="AGE",
+        help="how long the VM's lease lasts without renewal (default 30m; renewed at every step).",
+    )
+    group.addoption(
+        "--break-lease",
+        action="store_true",
+        default=False,
+        help="take a live lease held by another run (only once you know that run is dead).",
+    )
+    group.addoption(
+        "--sysprep-args",
+        default="/generalize /oobe /shutdown /mode:vm",
+        metavar="ARGS",
+        help="sysprep.exe arguments (default: /generalize /oobe /shutdown /mode:vm).",
+    )
+    group.addoption(
+        "--sysprep-deadline",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long sysprep may take before the step fails (default 3600).",
+    )
+    group.addoption(
+        "--scan-rules",
+        type=Path,
+        metavar="FILE",
+        help="extra sensitive-data rules (YAML, docs/scan-rules.md) on top of the built-in ones.",
+    )
+    group.addoption(
+        "--scan-deadline",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="deadline of one sensitive-data scan of a guest (default 900).",
+    )
     parser.addini(
         "imageready_checks_dir",
         "directory (relative to rootdir) holding the policy: every check module in it must "
@@ -190,6 +235,19 @@ def pytest_configure(config: pytest.Config) -> None:
         max_age = parse_duration(config.getoption("verdict_max_age"))
     except ValueError as exc:
         raise pytest.UsageError(f"--verdict-max-age {exc}") from None
+    try:
+        lease_ttl = parse_duration(config.getoption("lease_ttl"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--lease-ttl {exc}") from None
+    from imageready.steps.capture import CaptureSpecError, parse_capture
+
+    try:
+        parse_capture(config.getoption("capture"))
+    except CaptureSpecError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    scan_rules = config.getoption("scan_rules")
+    if scan_rules is not None and not scan_rules.is_file():
+        raise pytest.UsageError(f"--scan-rules {scan_rules}: no such file")
     for path in config.getoption("verdict"):
         if not path.exists():
             raise pytest.UsageError(f"--verdict {path}: no such file or directory")
@@ -224,8 +282,9 @@ def pytest_configure(config: pytest.Config) -> None:
         change_ticket=config.getoption("change_ticket"),
         report_dir=report_dir.absolute(),
         checks_dir=checks_dir,
-        policy_paths=policy_paths(checks_dir),
+        policy_paths=policy_paths(checks_dir) + ([scan_rules] if scan_rules is not None else []),
     )
+    state.lease_ttl = lease_ttl
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and "imageready_facts" in workerinput:
         for key, data in json.loads(workerinput["imageready_facts"]).items():
@@ -241,8 +300,23 @@ def pytest_configure(config: pytest.Config) -> None:
                 stacklevel=2,
             )
     config.stash[RUN] = state
+    _handle_sigterm(config)
     config.pluginmanager.register(GateKeeper(state), "imageready-gatekeeper")
     config.pluginmanager.register(Sorter(state), "imageready-sorter")
+
+
+PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _handle_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled) unwinds like Ctrl-C: the lease is released, the verdict and
+    the audit are written, and a re-run resumes where this one stopped."""
+    if threading.current_thread() is threading.main_thread():
+        config.stash[PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
 
 
 def policy_paths(checks_dir: Path) -> list[Path]:
@@ -261,6 +335,9 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(PREVIOUS_SIGTERM, None)
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
     state = config.stash.get(RUN, None)
     if state is not None and state._provider is not None:
         state._provider.close()

@@ -74,6 +74,9 @@ class RunState:
     #: step records of the actions, per VM key, in the order they finished (for the audit)
     step_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     needs_vm: bool = False
+    lease_ttl: dt.timedelta = dt.timedelta(minutes=30)
+    #: the action steps of each VM acted on by this process (see imageready.steps)
+    vm_actions: dict[str, Any] = field(default_factory=dict)
     _provider: FactsProvider | None = None
     _digest: str | None = None
     _operator: dict[str, str] | None = None

@@ -1,0 +1,58 @@
+"""Generalize a VM: each step a fixture chained to the one before, each with a test that asserts
+its post-condition, so the report lists every step with its evidence.
+
+Runs only behind the VM's green gate (checks of this run, or --verdict from a checks stage), and
+changes nothing without --apply (each step then says what it would do).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from imageready.action_fixtures import step_outcome
+from imageready.steps import StepRecord, VmActions
+from imageready.steps.lease import LEASE_TAG, Lease
+from imageready.target import VmRef
+
+
+@pytest.mark.action(step="lock")
+def test_lease_taken(vm: VmRef, lease: StepRecord, vm_actions: VmActions) -> None:
+    step_outcome(lease)
+    held = Lease.parse((vm_actions.vm_model(instance_view=False).get("tags") or {}).get(LEASE_TAG))
+    assert held is not None and held.run_id == vm_actions.options.run_id, f"{vm.key}: lease not ours: {held}"
+
+
+@pytest.mark.action(step="guest")
+def test_guest_generalized(vm: VmRef, guest_generalized: StepRecord) -> None:
+    step_outcome(guest_generalized)
+
+
+@pytest.mark.action(step="deallocate")
+def test_deallocated(vm: VmRef, deallocated: StepRecord, vm_actions: VmActions) -> None:
+    step_outcome(deallocated)
+    assert vm_actions.statuses().get("PowerState") == "deallocated"
+
+
+@pytest.mark.action(step="generalize")
+def test_marked_generalized(vm: VmRef, generalized: StepRecord, vm_actions: VmActions) -> None:
+    step_outcome(generalized)
+    assert vm_actions.statuses().get("OSState") == "generalized"
+
+
+@pytest.mark.action(step="verify")
+def test_os_state_generalized(vm: VmRef, verified: StepRecord) -> None:
+    step_outcome(verified)
+    assert verified.evidence["statuses"].get("OSState") == "generalized"
+
+
+@pytest.mark.action(step="capture")
+def test_captured(vm: VmRef, captured: StepRecord) -> None:
+    step_outcome(captured)
+    assert captured.evidence.get("artifact"), captured.detail
+
+
+@pytest.mark.action(step="unlock")
+def test_lease_released(vm: VmRef, unlocked: StepRecord, vm_actions: VmActions) -> None:
+    step_outcome(unlocked)
+    tags = vm_actions.vm_model(instance_view=False).get("tags") or {}
+    assert LEASE_TAG not in tags, f"{vm.key} still carries {tags.get(LEASE_TAG)}"

@@ -1,0 +1,158 @@
+"""The action steps as fixtures, each chained to the one before: lease → guest_generalized →
+deallocated → generalized → verified → captured → unlocked. Each runs once per VM per run; a
+step that failed fails every later one. ``pytest --fixtures`` shows these docstrings."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from imageready import progress
+from imageready.gatekeeper import record_step, run_state
+from imageready.steps import ActionOptions, Outcome, StepRecord, VmActions
+from imageready.target import VmRef
+
+
+def vm_actions_for(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
+    state = run_state(request.config)
+    found = state.vm_actions.get(vm.key)
+    if found is None:
+        from imageready.steps.capture import parse_capture
+
+        config = request.config
+        operator = state.operator()
+        options = ActionOptions(
+            apply=state.apply,
+            run_id=state.run_id,
+            operator=str(
+                operator.get("upn")
+                or operator.get("appid")
+                or operator.get("oid")
+                or operator.get("local_user")
+            ),
+            lease_ttl=state.lease_ttl,
+            break_lease=bool(config.getoption("break_lease")),
+            capture=parse_capture(config.getoption("capture")),
+            sysprep_args=tuple(str(config.getoption("sysprep_args")).split()),
+            sysprep_deadline=float(config.getoption("sysprep_deadline")),
+            guest_timeout=float(config.getoption("guest_timeout")),
+            scan_deadline=float(config.getoption("scan_deadline")),
+        )
+        found = VmActions(vm, state.provider, options, state.waivers)  # type: ignore[arg-type]
+        state.vm_actions[vm.key] = found
+    return found
+
+
+def _step(request: pytest.FixtureRequest, actions: VmActions, name: str, body: Any) -> StepRecord:
+    import allure
+
+    with allure.step(f"{name}: {actions.vm.key}"):
+        record = actions.run(name, body)
+        if name not in actions.reported:
+            actions.reported.add(name)
+            record_step(request.node, record.as_dict())
+            allure.attach(
+                f"{record.status}: {record.detail}",
+                name=f"step {name}",
+                attachment_type=allure.attachment_type.TEXT,
+            )
+            for title, text in record.attachments.items():
+                allure.attach(text, name=title, attachment_type=allure.attachment_type.TEXT)
+    return record
+
+
+def step_outcome(record: StepRecord) -> None:
+    """In a step's test: plan mode and not-requested steps skip; anything else must be done."""
+    if record.status == "planned":
+        pytest.skip(f"plan: {record.detail}")
+    if record.status == "skipped":
+        pytest.skip(record.detail)
+    assert record.status in ("done", "already done"), record.detail
+
+
+@pytest.fixture
+def vm_actions(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
+    """The action steps of ``vm`` in this run (memoized per VM)."""
+    return vm_actions_for(request, vm)
+
+
+@pytest.fixture
+def lease(request: pytest.FixtureRequest, vm_actions: VmActions) -> StepRecord:
+    """Step 1: take the VM's lease (a tag written with If-Match), so no other run acts on it."""
+    return _step(request, vm_actions, "lock", vm_actions.acquire)
+
+
+@pytest.fixture
+def guest_generalized(request: pytest.FixtureRequest, lease: StepRecord, vm_actions: VmActions) -> StepRecord:
+    """Step 2: deprovision (Linux: waagent) or sysprep (Windows) the guest, proven from its state."""
+    state = run_state(request.config)
+    facts = state.facts(vm_actions.vm)
+
+    def body() -> Outcome:
+        if facts.os_type == "Linux":
+            from imageready.steps.linux import deprovision
+
+            return deprovision(vm_actions, facts, _linux_scan(request, vm_actions))
+        if facts.os_type == "Windows":
+            from imageready.steps.windows import sysprep
+
+            return sysprep(vm_actions, facts)
+        raise RuntimeError(f"unknown OS type {facts.os_type!r}")
+
+    return _step(request, vm_actions, "guest", body)
+
+
+def _linux_scan(request: pytest.FixtureRequest, actions: VmActions) -> Any:
+    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
+
+    config = request.config
+    rules = rules_for("Linux", load_rules(config.getoption("scan_rules")))
+
+    def run(guest: Any, run_first: str) -> Any:
+        return scan_guest(
+            guest,
+            rules,
+            key=fingerprint_key(),
+            deadline=time.monotonic() + actions.options.scan_deadline,
+            context=DeprovisionContext(action="none"),
+            progress=progress.emit,
+            run_first=run_first,
+        )
+
+    return run
+
+
+@pytest.fixture
+def deallocated(
+    request: pytest.FixtureRequest, guest_generalized: StepRecord, vm_actions: VmActions
+) -> StepRecord:
+    """Step 3: deallocate the VM and wait for PowerState/deallocated."""
+    return _step(request, vm_actions, "deallocate", vm_actions.deallocate)
+
+
+@pytest.fixture
+def generalized(request: pytest.FixtureRequest, deallocated: StepRecord, vm_actions: VmActions) -> StepRecord:
+    """Step 4: mark the VM generalized in Azure (irreversible: it never starts again)."""
+    return _step(request, vm_actions, "generalize", vm_actions.generalize)
+
+
+@pytest.fixture
+def verified(request: pytest.FixtureRequest, generalized: StepRecord, vm_actions: VmActions) -> StepRecord:
+    """Step 5: read back OSState/generalized from the instance view."""
+    return _step(request, vm_actions, "verify", vm_actions.verify)
+
+
+@pytest.fixture
+def captured(request: pytest.FixtureRequest, verified: StepRecord, vm_actions: VmActions) -> StepRecord:
+    """Step 6 (opt-in, --capture): a managed image or a gallery image version of the VM."""
+    from imageready.steps.capture import capture
+
+    return _step(request, vm_actions, "capture", lambda: capture(vm_actions))
+
+
+@pytest.fixture
+def unlocked(request: pytest.FixtureRequest, captured: StepRecord, vm_actions: VmActions) -> StepRecord:
+    """Step 7: release the lease."""
+    return _step(request, vm_actions, "unlock", vm_actions.release)

@@ -1,0 +1,90 @@
+"""Capture (opt-in): a managed image (``--capture image:NAME``) or an Azure Compute Gallery image
+version (``--capture gallery:GALLERY/DEFINITION/VERSION``) of the generalized VM, in the VM's
+resource group and region. Idempotent: an artifact of that name made from this VM is "already
+done"; one made from another VM is an error, never overwritten."""
+
+from __future__ import annotations
+
+from imageready.azure_errors import AzureNotFound
+from imageready.steps import Outcome, StepFailed, VmActions
+
+IMAGE_API = "2024-11-01"
+GALLERY_API = "2023-07-03"
+
+
+class CaptureSpecError(ValueError):
+    """A --capture value that cannot be used; one line."""
+
+
+def parse_capture(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    kind, _, rest = value.partition(":")
+    if kind == "image" and rest and "/" not in rest:
+        return ("image", rest)
+    parts = rest.split("/")
+    if kind == "gallery" and len(parts) == 3 and all(parts):
+        return ("gallery", *parts)
+    raise CaptureSpecError(f"--capture {value!r}: expected image:NAME or gallery:GALLERY/DEFINITION/VERSION")
+
+
+def capture(actions: VmActions) -> Outcome:
+    spec = actions.options.capture
+    vm = actions.vm
+    if spec is None:
+        return Outcome("skipped", "no --capture requested")
+    model = actions.vm_model(instance_view=False)
+    location = str(model.get("location") or "")
+    base = f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}/providers/Microsoft.Compute"
+    if spec[0] == "image":
+        artifact = f"{base}/images/{spec[1]}"
+        api = IMAGE_API
+    else:
+        artifact = f"{base}/galleries/{spec[1]}/images/{spec[2]}/versions/{spec[3]}"
+        api = GALLERY_API
+    azure = actions.provider.azure(vm)
+    try:
+        existing = azure.get_resource(artifact, api)
+    except AzureNotFound:
+        existing = None
+    if existing is not None:
+        source = _source_vm(existing)
+        if source.lower() != vm.id.lower():
+            raise StepFailed(
+                f"{artifact} already exists and was made from {source or 'something else'}, not {vm.key}"
+            )
+        return Outcome("already done", f"{artifact} exists (made from {vm.key})", {"artifact": artifact})
+    if not actions.options.apply:
+        return Outcome("planned", f"would capture {artifact} from {vm.key}")
+    state = actions.statuses()
+    if state.get("OSState") != "generalized":
+        raise StepFailed(f"{vm.key} is not generalized: Azure refuses to capture it")
+    actions.renew_lease()
+    tags = {"imageready-source-vm": vm.id, "imageready-run": actions.options.run_id}
+    if spec[0] == "image":
+        created = azure.create_image(vm.resource_group, spec[1], vm.id, location, tags)
+    else:
+        gallery, definition, version = spec[1:]
+        created = azure.create_gallery_image_version(
+            vm.resource_group, gallery, definition, version, vm.id, location, tags
+        )
+    return Outcome(
+        "done", f"captured {created.get('id') or artifact}", {"artifact": created.get("id") or artifact}
+    )
+
+
+def _source_vm(artifact: dict[str, object]) -> str:
+    props = artifact.get("properties") or {}
+    assert isinstance(props, dict)
+    image_source = (
+        (props.get("sourceVirtualMachine") or {})
+        if isinstance(props.get("sourceVirtualMachine"), dict)
+        else {}
+    )
+    if image_source.get("id"):
+        return str(image_source["id"])
+    storage = props.get("storageProfile") or {}
+    source = storage.get("source") if isinstance(storage, dict) else None
+    if isinstance(source, dict):
+        return str(source.get("virtualMachineId") or source.get("id") or "")
+    return ""

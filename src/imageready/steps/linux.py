@@ -1,0 +1,184 @@
+"""Linux: ``sudo waagent -deprovision+user -force`` with ``HISTSIZE=0``, then proof from the state
+of the disk, never from waagent's exit code (it exits 0 even when it did nothing).
+
+waagent deletes the very user we are connected as, so everything after it happens in the same
+SSH session, as root: the post-state probe and a sensitive-data re-scan of the deprovisioned
+disk. Anything that would persist into the image fails the step before the VM is deallocated.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Any
+
+from imageready import progress
+from imageready.facts import VmFacts
+from imageready.guest.base import GuestAuthError, GuestError
+from imageready.steps import Outcome, StepFailed, VmActions
+
+DEPROVISION = "export HISTSIZE=0; unset HISTFILE; waagent -deprovision+user -force"
+
+
+def post_probe(user: str) -> str:
+    """POSIX sh run as root after waagent: one ``IR-POST key value`` line per fact."""
+    quoted = shlex.quote(user)
+    return f"""u={quoted}
+if id -u "$u" >/dev/null 2>&1; then echo "IR-POST user_present yes"; else echo "IR-POST user_present no"; fi
+if [ -d "/home/$u" ]; then echo "IR-POST home_present yes"; else echo "IR-POST home_present no"; fi
+echo "IR-POST host_keys $(ls /etc/ssh/ 2>/dev/null | grep -c '^ssh_host_.*key')"
+echo "IR-POST waagent_lib_entries $(ls -A /var/lib/waagent 2>/dev/null | wc -l)"
+if [ -e /root/.bash_history ]; then echo "IR-POST root_history yes"; else echo "IR-POST root_history no"; fi
+echo "IR-POST root_password $(awk -F: '$1=="root"{{print ($2 ~ /^[!*]/) ? "locked" : "set"}}' /etc/shadow)"
+"""
+
+
+def parse_post(lines: list[str]) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0] == "IR-POST":
+            found[parts[1]] = parts[2].strip()
+    return found
+
+
+def problems(post: dict[str, str], *, regenerate_host_keys: bool, delete_root_password: bool) -> list[str]:
+    """What the post-state says waagent did not do."""
+    wrong = []
+    if post.get("user_present") != "no":
+        wrong.append("the provisioned user still exists")
+    if post.get("home_present") != "no":
+        wrong.append("the provisioned user's home still exists")
+    if regenerate_host_keys and post.get("host_keys") != "0":
+        wrong.append(f"{post.get('host_keys', '?')} SSH host key files remain")
+    if post.get("waagent_lib_entries") != "0":
+        wrong.append("/var/lib/waagent is not empty")
+    if post.get("root_history") != "no":
+        wrong.append("/root/.bash_history remains")
+    if delete_root_password and post.get("root_password") != "locked":
+        wrong.append("root still has a password")
+    return wrong
+
+
+def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
+    """The guest step for Linux. ``scan`` is a callable(guest, run_first) -> ScanResult bound to
+    the run's rules, key and waivers (see imageready.action_fixtures)."""
+    from imageready.scan import DeprovisionContext
+
+    vm = actions.vm
+    earlier = actions.step_tag("guest")
+    state = actions.statuses()
+    if earlier or state.get("OSState") == "generalized":
+        return Outcome("already done", "the guest was deprovisioned")
+    guest_facts = facts.require_guest()
+    user = str((guest_facts.get("user") or {}).get("name") or "")
+    context = DeprovisionContext.from_facts(guest_facts, user)
+    plan = (
+        f"run `sudo -n waagent -deprovision+user -force` (HISTSIZE=0) as {user}, prove the user, its "
+        "home, the host keys, /var/lib/waagent and root's history are gone, and re-scan the disk for "
+        "sensitive data in the same session"
+    )
+    if state.get("PowerState") != "running":
+        raise StepFailed(
+            f"{vm.key} is {state.get('PowerState')} and no run recorded deprovisioning its guest: "
+            "start it and run the checks again"
+        )
+    if not actions.options.apply:
+        return Outcome("planned", f"would {plan}")
+    actions.renew_lease()
+    try:
+        guest = actions.provider.guest(vm)
+    except GuestAuthError:
+        return _resume_by_run_command(actions, user, context)
+    started = time.monotonic()
+    result = scan(guest, DEPROVISION + "\n" + post_probe(user))
+    post = parse_post(list(result.stats.get("run_first_lines") or []))
+    waagent_exit = result.stats.get("run_first_exit")
+    evidence: dict[str, Any] = {
+        "waagent_exit": waagent_exit,
+        "post_state": post,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    wrong = problems(
+        post,
+        regenerate_host_keys=context.regenerate_host_keys,
+        delete_root_password=context.delete_root_password,
+    )
+    if wrong:
+        raise StepFailed(f"waagent exited {waagent_exit} but {'; '.join(wrong)} (checked on the disk)")
+    if not result.complete:
+        raise StepFailed(
+            "the sensitive-data re-scan after waagent did not complete ("
+            + ("; ".join(result.errors) or "deadline")
+            + "): the image is not proven clean"
+        )
+    persisting = actions_waived(result.findings, actions)
+    evidence["scan"] = {
+        "files": result.stats.get("files"),
+        "findings": [f.summary() for f in result.findings],
+    }
+    if persisting:
+        listed = "; ".join(f.summary() for f in persisting[:5])
+        raise StepFailed(
+            f"{len(persisting)} sensitive finding(s) persist after deprovisioning, the VM is NOT "
+            f"deallocated: {listed}"
+        )
+    _prove_login_refused(actions, user)
+    return Outcome(
+        "done",
+        f"waagent -deprovision+user ran (exit {waagent_exit}); user {user}, its home, host keys, "
+        "/var/lib/waagent and root's history verified gone; re-scan clean; new logins refused",
+        evidence,
+    )
+
+
+def actions_waived(findings: list[Any], actions: VmActions) -> list[Any]:
+    """Findings not waived by fingerprint in the run's waiver file."""
+    book = actions.waivers
+    if book is None:
+        return list(findings)
+    return [
+        f
+        for f in findings
+        if book.find("IR-SCAN-" + str(f.rule_id), actions.vm.key, str(f.rule_id), fingerprint=f.fingerprint)
+        is None
+    ]
+
+
+def _prove_login_refused(actions: VmActions, user: str) -> None:
+    """From outside: a new SSH login as the deleted user must fail."""
+    actions.provider.drop_guest(actions.vm)
+    try:
+        guest = actions.provider.guest(actions.vm)
+    except GuestError as exc:
+        progress.emit(f"{actions.vm.key}: new login as {user} refused, as it should be: {exc}")
+        return
+    guest.close()
+    actions.provider.drop_guest(actions.vm)
+    raise StepFailed(f"{user} can still log in to {actions.vm.key} after deprovisioning")
+
+
+def _resume_by_run_command(actions: VmActions, user: str, context: Any) -> Outcome:
+    """The admin can no longer log in: an earlier run was interrupted after waagent. Verify the
+    post-state through Azure Run Command (root, read-only) instead of trusting anything."""
+    from imageready.guest.runcommand import RunCommandGuest
+
+    guest = RunCommandGuest(actions.provider.azure(actions.vm), actions.vm, "Linux")
+    result = guest.run(post_probe(user), timeout=actions.options.guest_timeout)
+    post = parse_post(result.text().splitlines())
+    wrong = problems(
+        post,
+        regenerate_host_keys=context.regenerate_host_keys,
+        delete_root_password=context.delete_root_password,
+    )
+    if wrong:
+        raise StepFailed(
+            f"{user} cannot log in, yet the guest is not deprovisioned: {'; '.join(wrong)} "
+            "(checked through Run Command)"
+        )
+    return Outcome(
+        "already done",
+        f"{user} can no longer log in; Run Command confirms the user, host keys and waagent state "
+        "are gone (an earlier run was interrupted after waagent)",
+        {"post_state": post},
+    )
