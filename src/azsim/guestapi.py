@@ -36,7 +36,7 @@ class GuestContext:
     #: OpenSSH public key line authorised for the admin user (Linux)
     ssh_public_key: str = ""
     #: the admin password (Windows); generated per state dir, never in a scenario
-    admin_password: str = ""
+    admin_password: str = field(default="", repr=False)
     #: where the cached Debian root file system lives (Linux)
     cache_dir: Path = field(default_factory=lambda: Path("/var/cache/azsim"))
     #: called by the guest when it powers itself off (from inside)

@@ -34,7 +34,7 @@ def vm_actions_for(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
             ),
             lease_ttl=state.lease_ttl,
             break_lease=bool(config.getoption("break_lease")),
-            capture=parse_capture(config.getoption("capture")),
+            capture=parse_capture(config.getoption("capture_as")),
             sysprep_args=tuple(str(config.getoption("sysprep_args")).split()),
             sysprep_deadline=float(config.getoption("sysprep_deadline")),
             guest_timeout=float(config.getoption("guest_timeout")),
@@ -146,7 +146,7 @@ def verified(request: pytest.FixtureRequest, generalized: StepRecord, vm_actions
 
 @pytest.fixture
 def captured(request: pytest.FixtureRequest, verified: StepRecord, vm_actions: VmActions) -> StepRecord:
-    """Step 6 (opt-in, --capture): a managed image or a gallery image version of the VM."""
+    """Step 6 (opt-in, --capture-as): a managed image or a gallery image version of the VM."""
     from imageready.steps.capture import capture
 
     return _step(request, vm_actions, "capture", lambda: capture(vm_actions))

@@ -153,9 +153,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="WinRM authentication (default ntlm; kerberos: see docs/guests.md).",
     )
     group.addoption(
-        "--capture",
+        # not --capture: pytest owns that option (output capturing)
+        "--capture-as",
         metavar="image:NAME|gallery:G/D/V",
-        help="after generalizing, capture a managed image or an Azure Compute Gallery image version.",
+        help="after generalizing, capture a managed image (image:NAME) or an Azure Compute Gallery "
+        "image version (gallery:GALLERY/DEFINITION/VERSION).",
     )
     group.addoption(
         "--lease-ttl",
@@ -242,7 +244,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from imageready.steps.capture import CaptureSpecError, parse_capture
 
     try:
-        parse_capture(config.getoption("capture"))
+        parse_capture(config.getoption("capture_as"))
     except CaptureSpecError as exc:
         raise pytest.UsageError(str(exc)) from None
     scan_rules = config.getoption("scan_rules")

@@ -1,5 +1,5 @@
-"""Capture (opt-in): a managed image (``--capture image:NAME``) or an Azure Compute Gallery image
-version (``--capture gallery:GALLERY/DEFINITION/VERSION``) of the generalized VM, in the VM's
+"""Capture (opt-in): a managed image (``--capture-as image:NAME``) or an Azure Compute Gallery image
+version (``--capture-as gallery:GALLERY/DEFINITION/VERSION``) of the generalized VM, in the VM's
 resource group and region. Idempotent: an artifact of that name made from this VM is "already
 done"; one made from another VM is an error, never overwritten."""
 
@@ -13,7 +13,7 @@ GALLERY_API = "2023-07-03"
 
 
 class CaptureSpecError(ValueError):
-    """A --capture value that cannot be used; one line."""
+    """A --capture-as value that cannot be used; one line."""
 
 
 def parse_capture(value: str | None) -> tuple[str, ...] | None:
@@ -25,14 +25,14 @@ def parse_capture(value: str | None) -> tuple[str, ...] | None:
     parts = rest.split("/")
     if kind == "gallery" and len(parts) == 3 and all(parts):
         return ("gallery", *parts)
-    raise CaptureSpecError(f"--capture {value!r}: expected image:NAME or gallery:GALLERY/DEFINITION/VERSION")
+    raise CaptureSpecError(f"--capture-as {value!r}: expected image:NAME or gallery:GALLERY/DEFINITION/VERSION")
 
 
 def capture(actions: VmActions) -> Outcome:
     spec = actions.options.capture
     vm = actions.vm
     if spec is None:
-        return Outcome("skipped", "no --capture requested")
+        return Outcome("skipped", "no --capture-as requested")
     model = actions.vm_model(instance_view=False)
     location = str(model.get("location") or "")
     base = f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}/providers/Microsoft.Compute"

@@ -1,0 +1,346 @@
+"""Sysprep as the harness meets it: started over WinRM, judged by ImageState, the tag and its logs.
+
+``SysprepRun`` is the sysprep.exe process: it validates its flags, refuses what real sysprep
+refuses (SYSTEM, an upgraded install, no generalize count left, BitLocker on the OS volume, a
+package installed for a user but not provisioned, a failed provider), then after the scenario's
+``seconds`` does what the scenario's ``outcome`` says: ``succeed`` (ImageState
+``IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE``, ``Sysprep_succeeded.tag``, then shut down, reboot or
+quit), ``fail-appx`` (the real log lines, ImageState stays ``IMAGE_STATE_COMPLETE``) or ``hang``.
+
+The handlers answer the scripts that start sysprep, poll its status and remove Panther.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+from azsim.windows import catalog
+from azsim.windows.model import WindowsMachine, log_time, provider_failure_line
+from azsim.windows.powershell import PsError, ScriptCall, ScriptHandler, ScriptResult, ScriptView
+
+#: how long Windows takes from sysprep's end to the power going off
+SHUTDOWN_DELAY = 0.3
+DEFAULT_APPX = "Microsoft.WindowsTerminal_1.18.3181.0_x64__8wekyb3d8bbwe"
+_FLAG = re.compile(r"(?:^|[\s'\",(])/([A-Za-z]+(?::[^\s'\",)]+)?)")
+_KNOWN_FLAGS = {"generalize", "oobe", "audit", "shutdown", "reboot", "quit", "quiet", "mode:vm"}
+_POWER_FLAGS = ("shutdown", "reboot", "quit")
+
+
+def sysprep_flags(view: ScriptView) -> list[str]:
+    """The ``/flag`` arguments a script passes (comments excluded), lower-cased."""
+    return [m.group(1).lower() for m in _FLAG.finditer(view.code)]
+
+
+def _invalid_flags(flags: list[str]) -> str | None:
+    unknown = [f for f in flags if f not in _KNOWN_FLAGS and not f.startswith("unattend:")]
+    if unknown:
+        return f"unknown option /{unknown[0]}"
+    if ("oobe" in flags) == ("audit" in flags):
+        return "exactly one of /oobe and /audit is required"
+    if sum(f in flags for f in _POWER_FLAGS) != 1:
+        return "exactly one of /shutdown, /reboot and /quit is required"
+    return None
+
+
+def _launch_failure(function: str, dll: str, code: str) -> str:
+    return (
+        "[0x0f0082] SYSPRP ActionPlatform::LaunchModule: Failure occurred while executing "
+        f"'{function}' from C:\\Windows\\System32\\{dll}; dwRet = {code}"
+    )
+
+
+class SysprepRun:
+    """One sysprep.exe process (a thread standing in for it)."""
+
+    name = "sysprep"
+
+    def __init__(
+        self, machine: WindowsMachine, flags: list[str], *, as_system: bool, shell_id: str | None
+    ) -> None:
+        self.machine = machine
+        self.flags = flags
+        self.as_system = as_system
+        self.shell_id = shell_id
+        self.pid = machine.new_pid()
+        self.exit_code: int | None = None
+        self._killed = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"sysprep-{self.pid}", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def start(self) -> None:
+        with self.machine.lock:
+            self.machine.processes.append(self)
+        self._thread.start()
+
+    def kill(self) -> None:
+        self._killed.set()
+
+    def wait(self, cancelled: threading.Event) -> int | None:
+        """Wait for sysprep to exit (None if the waiting command was stopped first)."""
+        while not self._done.wait(0.05):
+            if cancelled.is_set():
+                return None
+        return self.exit_code
+
+    def _log(self, level: str, message: str, *, error: bool = False) -> None:
+        line = f"{log_time()}, {level:<10} {message}\r\n"
+        self.machine.files.append(catalog.SETUPACT_LOG, line)
+        if error:
+            self.machine.files.append(catalog.SETUPERR_LOG, line)
+
+    def _exit(self, code: int) -> None:
+        with self.machine.lock:
+            self._log("Info", f"SYSPRP Sysprep exiting with code {code}")
+            self.machine.save()
+        self.exit_code = code
+
+    def _refusal(self) -> list[str] | None:
+        """What real sysprep logs when it will not generalize this machine, or None."""
+        machine = self.machine
+        if self.as_system:
+            return ["SYSPRP ValidateUser: Sysprep must not run as LocalSystem; run it as an admin"]
+        if machine.is_upgraded():
+            return [
+                "[0x0f0036] SYSPRP spopk.dll:: Sysprep will not run on an upgraded OS. "
+                "You can only run Sysprep on a custom (clean) install version of Windows.",
+                _launch_failure("Sysprep_Clean_Validate_Opk", "spopk.dll", "0x139f"),
+            ]
+        if "generalize" not in self.flags:
+            return None
+        os_volume = [v for v in machine.state.bitlocker if v["mount"].upper() == "C:"]
+        if any(v["protection"] == "On" for v in os_volume):
+            return [
+                "BitLocker-Sysprep: BitLocker is on for the OS volume. "
+                "Turn BitLocker off to run Sysprep. (0x80310039)",
+                _launch_failure("ValidateBitLockerState", "BdeSysprep.dll", "0x80310039"),
+            ]
+        if machine.state.generalize_count <= 0:
+            return [
+                "SYSPRP LaunchDll:Failure occurred while executing "
+                "'C:\\Windows\\System32\\slc.dll,SLReArmWindows', returned error code -1073425657",
+                "[0x0f0070] SYSPRP RunExternalDlls:An error occurred while running registry "
+                "sysprep DLLs, halting sysprep execution. dwRet = -1073425657",
+            ]
+        return None
+
+    def _appx_failure(self) -> list[str]:
+        packages = [a["name"] for a in self.machine.state.appx if not a["provisioned"]]
+        lines = [
+            f"SYSPRP Package {name} was installed for a user, but not provisioned for all users. "
+            "This package will not function properly in the sysprep image."
+            for name in packages or [DEFAULT_APPX]
+        ]
+        return [
+            *lines,
+            "SYSPRP Failed to remove apps for the current user: 0x80073cf2.",
+            "SYSPRP Exit code of RemoveAllApps thread was 0x3cf2.",
+            _launch_failure("SysprepGeneralizeValidate", "AppxSysprep.dll", "0x3cf2"),
+            "[0x0f00d8] SYSPRP WinMain:Hit failure while pre-validate sysprep generalize "
+            "internal providers; hr = 0x80073cf2",
+        ]
+
+    def _main(self) -> None:
+        try:
+            self._sysprep()
+        finally:
+            self._done.set()
+
+    def _sysprep(self) -> None:
+        machine = self.machine
+        with machine.lock:
+            self._log("Info", "SYSPRP ========== Beginning of a new sysprep run ==========")
+            self._log("Info", "SYSPRP Sysprep command line: " + " ".join("/" + f for f in self.flags))
+            invalid = _invalid_flags(self.flags)
+            refusal = None if invalid else self._refusal()
+            if invalid:
+                self._log("Error", f"SYSPRP Invalid command line: {invalid}", error=True)
+            appx_blocked = any(not a["provisioned"] for a in machine.state.appx)
+            outcome = machine.state.sysprep_outcome
+            providers = [] if refusal or invalid else self._failed_providers()
+        if invalid or (refusal and self.as_system):
+            with machine.lock:
+                for line in refusal or []:
+                    self._log("Error", line, error=True)
+            self._exit(87 if invalid else 1)
+            return
+        if outcome == "hang":  # nothing changes until the power goes
+            self._killed.wait()
+            return
+        if self._killed.wait(machine.state.sysprep_seconds):
+            return
+        with machine.lock:
+            failure = refusal or providers
+            if not failure and "generalize" in self.flags and (outcome == "fail-appx" or appx_blocked):
+                failure = self._appx_failure()
+            if failure:
+                for line in failure:
+                    self._log("Error", line, error=True)
+            else:
+                self._generalized()
+        self._exit(1 if failure else 0)
+        if not failure:
+            self._power_action()
+
+    def _failed_providers(self) -> list[str]:
+        # an external provider in a failed state (from the scenario) fails this run too
+        return [
+            provider_failure_line(dll, detail).split(", ", 1)[1].split(None, 1)[1].rstrip()
+            for dll, detail in self.machine.state.failed_providers
+        ]
+
+    def _generalized(self) -> None:
+        machine = self.machine
+        generalize = "generalize" in self.flags
+        if generalize:
+            machine.state.generalize_count -= 1
+        target = "OOBE" if "oobe" in self.flags else "AUDIT"
+        kind = "GENERALIZE" if generalize else "SPECIALIZE"
+        machine.set_image_state(f"IMAGE_STATE_{kind}_RESEAL_TO_{target}")
+        machine.files.write(catalog.SUCCEEDED_TAG, "")
+        self._log("Info", "[0x0f004d] SYSPRP WinMain:Sysprep run completed successfully")
+
+    def _power_action(self) -> None:
+        power = self.machine.power
+        if power is None or "quit" in self.flags or self._killed.wait(SHUTDOWN_DELAY):
+            return
+        if "shutdown" in self.flags:
+            power.shutdown_from_inside()
+        elif "reboot" in self.flags:
+            power.reboot_from_inside()
+
+
+def sysprep_status(view: ScriptView, machine: WindowsMachine) -> dict[str, object]:
+    """What a script reads about sysprep's outcome (the keys of scripts/sysprep_*.ps1)."""
+    status: dict[str, object] = {}
+    with machine.lock:
+        if view.asks_all("Setup\\State", "ImageState"):
+            status["image_state"] = machine.image_state
+        if view.asks("Sysprep_succeeded.tag"):
+            status["succeeded_tag"] = machine.files.is_file(catalog.SUCCEEDED_TAG)
+        if view.asks("setuperr.log"):
+            log = machine.files.read(catalog.SETUPERR_LOG) or ""
+            status["setuperr"] = [line for line in log.splitlines() if line.strip()][-20:]
+        if view.asks("Get-Process"):
+            status["running"] = bool(machine.running_processes("sysprep"))
+    return status
+
+
+class StartSysprep:
+    """A script that runs sysprep.exe: directly or with ``Start-Process -Wait`` (it waits, then
+    may report the outcome), or with plain ``Start-Process`` (it returns at once; sysprep dies
+    with the WinRS shell unless the shell stays open)."""
+
+    name = "sysprep-start"
+
+    def matches(self, view: ScriptView) -> bool:
+        return view.asks("sysprep") and any(f in _KNOWN_FLAGS for f in sysprep_flags(view))
+
+    def run(self, call: ScriptCall) -> ScriptResult:
+        machine, view = call.machine, call.view
+        if machine.running_processes("sysprep"):
+            error = PsError("Another instance of sysprep is running.", "ResourceBusy")
+            return ScriptResult(errors=[error], exit_code=1)
+        run = SysprepRun(machine, sysprep_flags(view), as_system=call.is_system, shell_id=call.shell_id)
+        run.start()
+        waits = view.asks("-Wait", "Wait-Process", "WaitForExit") or not view.asks("Start-Process")
+        if not waits:
+            stdout = json.dumps({"pid": run.pid}) if view.asks("ConvertTo-Json") else ""
+            return ScriptResult(stdout=stdout)
+        exit_code = run.wait(call.cancelled)
+        if exit_code is None:
+            return ScriptResult(exit_code=1)
+        report = sysprep_status(view, machine)
+        if report and view.asks("ConvertTo-Json"):
+            return ScriptResult(stdout=json.dumps({"exit_code": exit_code, **report}, separators=(",", ":")))
+        return ScriptResult(exit_code=exit_code)
+
+
+class SysprepStatus:
+    """A script that reads how sysprep went: ImageState, the tag, the error log, the process."""
+
+    name = "sysprep-status"
+
+    def matches(self, view: ScriptView) -> bool:
+        return view.asks("Sysprep_succeeded.tag") and not any(f in _KNOWN_FLAGS for f in sysprep_flags(view))
+
+    def run(self, call: ScriptCall) -> ScriptResult:
+        return ScriptResult(stdout=json.dumps(sysprep_status(call.view, call.machine), separators=(",", ":")))
+
+
+class RemovePanther:
+    """A script that deletes C:\\Windows\\Panther (what Azure's generalize doc asks for)."""
+
+    name = "remove-panther"
+
+    def matches(self, view: ScriptView) -> bool:
+        return view.asks("Remove-Item") and catalog.PANTHER.lower() in (p.lower() for p in view.paths())
+
+    def run(self, call: ScriptCall) -> ScriptResult:
+        machine = call.machine
+        with machine.lock:
+            existed = machine.files.is_dir(catalog.PANTHER)
+            removed = machine.files.remove(catalog.PANTHER)
+            machine.save()
+        result = {"existed": existed, "removed_files": removed, "exists": False}
+        return ScriptResult(stdout=json.dumps(result, separators=(",", ":")))
+
+
+class _PendingShutdown:
+    """A scheduled shutdown (``shutdown /s /t N``): gone if the power goes another way first."""
+
+    name = "shutdown"
+    shell_id: str | None = None
+
+    def __init__(self, machine: WindowsMachine, reboot: bool, delay: float) -> None:
+        self.pid = machine.new_pid()
+        power = machine.power
+        assert power is not None
+        self.timer = threading.Timer(
+            delay, power.reboot_from_inside if reboot else power.shutdown_from_inside
+        )
+        self.timer.daemon = True
+
+    @property
+    def running(self) -> bool:
+        return self.timer.is_alive()
+
+    def kill(self) -> None:
+        self.timer.cancel()
+
+
+class PowerOff:
+    """``shutdown.exe /s`` or ``/r`` (returns at once; the power goes after ``/t`` seconds),
+    ``Stop-Computer`` and ``Restart-Computer`` (the session ends with the machine)."""
+
+    name = "power"
+    _SHUTDOWN = re.compile(r"\bshutdown(?:\.exe)?['\"]?\s+[^\n]*?/([sr])\b", re.IGNORECASE)
+    _DELAY = re.compile(r"/t\s+(\d+)", re.IGNORECASE)
+
+    def matches(self, view: ScriptView) -> bool:
+        return bool(self._SHUTDOWN.search(view.code)) or view.asks("Stop-Computer", "Restart-Computer")
+
+    def run(self, call: ScriptCall) -> ScriptResult:
+        power = call.machine.power
+        found = self._SHUTDOWN.search(call.view.code)
+        reboot = (found.group(1).lower() == "r") if found else call.view.asks("Restart-Computer")
+        delay_match = self._DELAY.search(call.view.code) if found else None
+        # shutdown.exe's default delay is 30 s; a cmdlet acts at once
+        delay = float(delay_match.group(1)) if delay_match else (30.0 if found else SHUTDOWN_DELAY)
+        if power is not None:
+            pending = _PendingShutdown(call.machine, reboot, delay)
+            with call.machine.lock:
+                call.machine.processes.append(pending)
+            pending.timer.start()
+        if found:
+            return ScriptResult()
+        call.sleep(delay + 5)  # Stop-Computer: the session goes down with the machine
+        return ScriptResult()
+
+
+HANDLERS: list[ScriptHandler] = [StartSysprep(), SysprepStatus(), RemovePanther(), PowerOff()]

@@ -1,0 +1,439 @@
+"""WinRM transport for Windows guests: pywinrm's WS-Man client, with deadlines and clean output.
+
+A script never travels on the command line (cmd.exe stops at 8191 characters): the command is
+a short bootstrap, ``powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass
+-EncodedCommand <BOOTSTRAP_PS1>``, that silences progress, switches the console to UTF-8, reads
+the script from stdin and runs it; the script follows as WS-Man Send chunks that stay well
+under the envelope size. stdout comes back as the script's UTF-8; stderr is freed of the CLIXML
+that ``-EncodedCommand`` wraps errors and progress records in.
+
+Defaults are the safe ones: HTTPS with certificate validation (CA bundle from the argument,
+``IMAGEREADY_WINRM_CA_BUNDLE`` or ``IMAGEREADY_CA_BUNDLE``, else the default trust store), NTLM
+(``auth="basic"`` and ``"credssp"`` are available; ``"kerberos"`` needs the ``kerberos`` extra,
+a ticket for the user and the host's SPN, and is not exercised by the tests), no proxy from the
+environment. The password comes only from ``IMAGEREADY_WINRM_PASSWORD`` or a caller's
+``password_source`` (e.g. a Key Vault lookup), never from argv or a host string, and never
+appears in a message or ``repr``. pywinrm's read timeout always stays above its operation
+timeout: each WS-Man request is bounded by what remains of the command's deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import html
+import math
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import requests
+from winrm.exceptions import (
+    InvalidCredentialsError,
+    WinRMError,
+    WinRMOperationTimeoutError,
+    WinRMTransportError,
+    WSManFaultError,
+)
+from winrm.protocol import Protocol
+
+from imageready.guest.base import (
+    CommandResult,
+    Guest,
+    GuestAuthError,
+    GuestDisconnected,
+    GuestError,
+    GuestIdentity,
+    GuestTimeout,
+    GuestUnreachable,
+)
+from imageready.redact import register_secret
+
+PASSWORD_ENV = "IMAGEREADY_WINRM_PASSWORD"  # noqa: S105 - a variable name
+CA_BUNDLE_ENVS = ("IMAGEREADY_WINRM_CA_BUNDLE", "IMAGEREADY_CA_BUNDLE")
+AuthMethod = Literal["ntlm", "basic", "kerberos", "credssp"]
+
+#: runs the script that follows on stdin; PowerShell 5.1 compatible
+BOOTSTRAP_PS1 = (
+    "$ProgressPreference='SilentlyContinue'; "
+    "[Console]::InputEncoding=[Text.Encoding]::UTF8; "
+    "[Console]::OutputEncoding=[Text.Encoding]::UTF8; "
+    "$s=[Console]::In.ReadToEnd(); & ([scriptblock]::Create($s))"
+)
+POWERSHELL_ARGS = (
+    "-NoProfile",
+    "-NonInteractive",
+    "-ExecutionPolicy",
+    "Bypass",
+    "-EncodedCommand",
+    base64.b64encode(BOOTSTRAP_PS1.encode("utf-16-le")).decode("ascii"),
+)
+#: raw stdin bytes per Send: Base64 of this plus the SOAP header stays under pywinrm's
+#: MaxEnvelopeSize (153600 bytes)
+STDIN_CHUNK = (153600 - 8192) * 3 // 4
+DEFAULT_OPERATION_TIMEOUT = 20
+#: how far pywinrm's HTTP read timeout stays above its WS-Man operation timeout
+READ_MARGIN = 5
+_CLIXML = re.compile(rb"#< CLIXML\r?\n(<Objs\b.*?</Objs>)", re.DOTALL)
+_CLIXML_STRING = re.compile(r'<S S="(\w+)">(.*?)</S>', re.DOTALL)
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+def clean_stderr(data: bytes) -> bytes:
+    """stderr with CLIXML blocks replaced by the text of their error/warning records (progress
+    records dropped); plain lines (e.g. ``PROGRESS`` lines) stay as they are."""
+
+    def text_of(match: re.Match[bytes]) -> bytes:
+        block = match.group(1).decode("utf-8", "replace")
+        parts = []
+        for _stream, value in _CLIXML_STRING.findall(block):
+            value = html.unescape(value)
+            parts.append(_CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), value))
+        return "".join(parts).encode("utf-8")
+
+    return _CLIXML.sub(text_of, data)
+
+
+def _progress_lines(callback: Callable[[str], None] | None) -> Callable[[bytes], None]:
+    partial = b""
+
+    def feed(chunk: bytes) -> None:
+        nonlocal partial
+        if callback is None:
+            return
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()
+        for line in lines:
+            text = line.decode("utf-8", "replace").rstrip("\r")
+            if text.startswith("PROGRESS "):
+                callback(text[len("PROGRESS ") :])
+
+    return feed
+
+
+def _purpose(script: str) -> str:
+    first = next((s.strip() for s in script.splitlines() if s.strip() and not s.strip().startswith("#")), "")
+    return f"script {first[:60]!r}" if first else "script"
+
+
+class WinRmGuest(Guest):
+    """One Windows guest over WinRM; the HTTP session is reused across commands."""
+
+    transport = "winrm"
+    os_type = "Windows"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        *,
+        vm_key: str,
+        scheme: Literal["https", "http"] = "https",
+        auth: AuthMethod = "ntlm",
+        ca_bundle: str | os.PathLike[str] | None = None,
+        password_source: Callable[[], str] | None = None,
+        operation_timeout: int = DEFAULT_OPERATION_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.vm_key = vm_key
+        self.scheme = scheme
+        self.auth = auth
+        env_ca = next((os.environ[name] for name in CA_BUNDLE_ENVS if os.environ.get(name)), None)
+        self.ca_bundle = str(ca_bundle) if ca_bundle else env_ca
+        self.operation_timeout = operation_timeout
+        self._password_source = password_source
+        self._protocol: Protocol | None = None
+        self._identity = GuestIdentity(transport="winrm", endpoint=self.endpoint, user=user)
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}/wsman"
+
+    def __repr__(self) -> str:
+        return f"WinRmGuest({self.vm_key} {self.user}@{self.endpoint})"
+
+    @property
+    def identity(self) -> GuestIdentity:
+        return self._identity
+
+    def _where(self) -> str:
+        return f"{self.vm_key}: winrm {self.user}@{self.endpoint}"
+
+    def _password(self) -> str | None:
+        if self._password_source is not None:
+            secret = self._password_source()
+            register_secret(secret)
+            return secret
+        password = os.environ.get(PASSWORD_ENV) or None
+        if password is None and self.auth != "kerberos":
+            raise GuestAuthError(
+                f"{self._where()}: no password: set {PASSWORD_ENV} or pass a password source"
+            )
+        return password
+
+    def _get_protocol(self) -> Protocol:
+        if self._protocol is None:
+            transport = {"basic": "ssl" if self.scheme == "https" else "basic"}.get(self.auth, self.auth)
+            self._protocol = Protocol(
+                self.endpoint,
+                transport=transport,  # type: ignore[arg-type]
+                username=self.user,
+                password=self._password(),
+                server_cert_validation="validate",
+                ca_trust_path=self.ca_bundle,  # type: ignore[arg-type]
+                operation_timeout_sec=self.operation_timeout,
+                read_timeout_sec=self.operation_timeout + READ_MARGIN,
+                message_encryption="auto",
+                proxy=None,
+            )
+        return self._protocol
+
+    def _bound(self, protocol: Protocol, deadline: float) -> None:
+        """Fit the next WS-Man request into what remains of the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _DeadlinePassed
+        operation = max(1, min(self.operation_timeout, math.ceil(remaining)))
+        protocol.operation_timeout_sec = operation
+        protocol.transport.read_timeout_sec = operation + READ_MARGIN
+
+    def connect(self) -> None:
+        """Check now that the endpoint answers, trusts us and is trusted (else a first run would)."""
+        if self.scheme == "https":
+            self._identity.evidence["tls_cert_sha256"] = self._server_certificate_digest()
+        deadline = time.monotonic() + self.operation_timeout + READ_MARGIN
+        protocol = self._get_protocol()
+        try:
+            self._bound(protocol, deadline)
+            shell_id = self._open_shell(protocol)
+            protocol.close_shell(shell_id, close_session=False)
+        except _DeadlinePassed:
+            raise GuestTimeout(f"{self._where()}: no answer within {self.operation_timeout} s") from None
+        except Exception as err:
+            raise self._error(err, started=False) from None
+
+    def _server_certificate_digest(self) -> str:
+        context = (
+            ssl.create_default_context(cafile=self.ca_bundle)
+            if self.ca_bundle
+            else ssl.create_default_context()
+        )
+        address = (self.host, self.port)
+        try:
+            with (
+                socket.create_connection(address, timeout=self.operation_timeout) as raw,
+                context.wrap_socket(raw, server_hostname=self.host) as tls,
+            ):
+                der = tls.getpeercert(binary_form=True) or b""
+        except ssl.SSLCertVerificationError as err:
+            raise GuestUnreachable(
+                f"{self._where()}: TLS certificate not trusted ({err.verify_message}); {self._ca_hint()}"
+            ) from None
+        except OSError as err:
+            raise GuestUnreachable(f"{self._where()}: {err.strerror or type(err).__name__}") from None
+        return hashlib.sha256(der).hexdigest()
+
+    def _ca_hint(self) -> str:
+        if self.ca_bundle:
+            return f"CA bundle {self.ca_bundle}"
+        return f"no CA bundle given (set {CA_BUNDLE_ENVS[0]})"
+
+    def _open_shell(self, protocol: Protocol) -> str:
+        try:
+            return protocol.open_shell(noprofile=True)
+        except (requests.exceptions.ConnectionError, WinRMTransportError) as err:
+            refused = isinstance(err, requests.exceptions.ConnectionError) and _refused(err)
+            stale = isinstance(err, WinRMTransportError) and err.code == 400
+            if (
+                refused
+                or isinstance(err, requests.exceptions.SSLError)
+                or not (stale or isinstance(err, requests.exceptions.ConnectionError))
+            ):
+                raise
+            # the keep-alive connection (and with it the NTLM sealing keys) died while we idled,
+            # e.g. the guest restarted: authenticate afresh. No shell was created.
+            protocol.transport.close_session()
+            return protocol.open_shell(noprofile=True)
+
+    def run(
+        self,
+        script: str,
+        *,
+        timeout: float,
+        stdin: bytes = b"",
+        elevated: bool = False,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> CommandResult:
+        """Run PowerShell ``script``. ``elevated`` changes nothing: a WinRM session of the
+        (built-in) administrator already has a full token."""
+        if stdin:
+            raise ValueError("winrm: Windows scripts take no stdin (the script itself travels there)")
+        started = time.monotonic()
+        deadline = started + timeout
+        protocol = self._get_protocol()
+        shell_id = command_id = None
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        feed_progress = _progress_lines(on_progress)
+        try:
+            self._bound(protocol, deadline)
+            shell_id = self._open_shell(protocol)
+            self._bound(protocol, deadline)
+            command_id = protocol.run_command(shell_id, "powershell.exe", POWERSHELL_ARGS)
+            data = script.encode("utf-8")
+            offsets = range(0, max(len(data), 1), STDIN_CHUNK)
+            for offset in offsets:
+                self._bound(protocol, deadline)
+                last = offset + STDIN_CHUNK >= len(data)
+                protocol.send_command_input(
+                    shell_id, command_id, data[offset : offset + STDIN_CHUNK], end=last
+                )
+            while True:
+                self._bound(protocol, deadline)
+                try:
+                    out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
+                except WinRMOperationTimeoutError:
+                    continue  # no output during this long poll; poll again
+                stdout.append(out)
+                stderr.append(err)
+                feed_progress(err)
+                if done:
+                    break
+        except _DeadlinePassed:
+            self._abandon(protocol, shell_id, command_id)
+            raise GuestTimeout(
+                f"{self._where()}: {_purpose(script)} did not finish within {timeout:g} s (terminated)"
+            ) from None
+        except Exception as err:
+            raise self._error(err, started=command_id is not None) from None
+        feed_progress(b"\n")
+        self._close_quietly(protocol, shell_id)
+        out_bytes = b"".join(stdout)
+        if out_bytes.startswith(b"\xef\xbb\xbf"):
+            out_bytes = out_bytes[3:]
+        return CommandResult(
+            exit_code=exit_code,
+            stdout=out_bytes,
+            stderr=clean_stderr(b"".join(stderr)),
+            duration=time.monotonic() - started,
+        )
+
+    def _abandon(self, protocol: Protocol, shell_id: str | None, command_id: str | None) -> None:
+        """Stop the remote command and drop its shell, within a few seconds at most."""
+        protocol.operation_timeout_sec = 1
+        protocol.transport.read_timeout_sec = 1 + READ_MARGIN
+        if shell_id and command_id:
+            with contextlib.suppress(Exception):
+                protocol.cleanup_command(shell_id, command_id)  # Signal terminate
+        self._close_quietly(protocol, shell_id)
+
+    def _close_quietly(self, protocol: Protocol, shell_id: str | None) -> None:
+        if shell_id:
+            with contextlib.suppress(Exception):
+                protocol.close_shell(shell_id, close_session=False)
+
+    def _error(self, err: BaseException, *, started: bool) -> GuestError:
+        where = self._where()
+        if isinstance(err, GuestError):
+            return err
+        if isinstance(err, InvalidCredentialsError):
+            return GuestAuthError(f"{where}: the guest refused the credentials ({self.auth})")
+        if isinstance(err, requests.exceptions.SSLError):
+            return GuestUnreachable(
+                f"{where}: TLS handshake failed or certificate not trusted; {self._ca_hint()}"
+            )
+        if isinstance(err, requests.exceptions.ConnectTimeout):
+            return GuestTimeout(f"{where}: no connection within the operation timeout")
+        if isinstance(err, requests.exceptions.ReadTimeout):
+            return GuestTimeout(f"{where}: the guest stopped answering (read timeout)")
+        if isinstance(err, requests.exceptions.ConnectionError):
+            if started:
+                return GuestDisconnected(
+                    f"{where}: the connection dropped while the command ran (the guest may have shut down)"
+                )
+            return GuestUnreachable(
+                f"{where}: {'connection refused' if _refused(err) else 'connection failed'}"
+            )
+        if isinstance(err, WSManFaultError):
+            return GuestError(f"{where}: WS-Man fault {err.wsman_fault_code}: {_one_line(err.reason)}")
+        if isinstance(err, WinRMTransportError):
+            return GuestError(f"{where}: HTTP {err.code} from the WinRM service")
+        if isinstance(err, WinRMError):
+            return GuestError(f"{where}: {_one_line(str(err))}")
+        return GuestError(f"{where}: {type(err).__name__}: {_one_line(str(err))}")
+
+    def close(self) -> None:
+        if self._protocol is not None:
+            self._protocol.transport.close_session()
+            self._protocol = None
+
+
+def _refused(err: BaseException) -> bool:
+    seen: set[int] = set()
+    current: Any = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+    return "refused" in str(err).lower()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:300]
+
+
+def parse_address(address: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    text = address.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host or (port and not port.isdigit()):
+        raise ValueError(f"guest address {address!r}: expected HOST or HOST:PORT")
+    return host, int(port) if port else default_port
+
+
+def connect_winrm(
+    address: str,
+    user: str,
+    *,
+    vm_key: str,
+    scheme: Literal["https", "http"] = "https",
+    auth: AuthMethod = "ntlm",
+    ca_bundle: str | os.PathLike[str] | None = None,
+    password_source: Callable[[], str] | None = None,
+    operation_timeout: int = DEFAULT_OPERATION_TIMEOUT,
+) -> WinRmGuest:
+    """Connect to ``address`` (``host[:port]``; 5986 for HTTPS, 5985 for HTTP) as ``user``."""
+    host, port = parse_address(address, 5986 if scheme == "https" else 5985)
+    guest = WinRmGuest(
+        host,
+        port,
+        user,
+        vm_key=vm_key,
+        scheme=scheme,
+        auth=auth,
+        ca_bundle=ca_bundle,
+        password_source=password_source,
+        operation_timeout=operation_timeout,
+    )
+    guest.connect()
+    return guest
