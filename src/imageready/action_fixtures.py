@@ -49,18 +49,21 @@ def _step(request: pytest.FixtureRequest, actions: VmActions, name: str, body: A
     import allure
 
     with allure.step(f"{name}: {actions.vm.key}"):
-        record = actions.run(name, body)
-        if name not in actions.reported:
-            actions.reported.add(name)
-            record_step(request.node, record.as_dict())
-            allure.attach(
-                f"{record.status}: {record.detail}",
-                name=f"step {name}",
-                attachment_type=allure.attachment_type.TEXT,
-            )
-            for title, text in record.attachments.items():
-                allure.attach(text, name=title, attachment_type=allure.attachment_type.TEXT)
-    return record
+        try:
+            return actions.run(name, body)
+        finally:
+            # done or failed: the first case to run a step reports it (audit and Allure)
+            record = actions.records.get(name)
+            if record is not None and name not in actions.reported:
+                actions.reported.add(name)
+                record_step(request.node, record.as_dict())
+                allure.attach(
+                    f"{record.status}: {record.detail}",
+                    name=f"step {name}",
+                    attachment_type=allure.attachment_type.TEXT,
+                )
+                for title, text in record.attachments.items():
+                    allure.attach(text, name=title, attachment_type=allure.attachment_type.TEXT)
 
 
 def step_outcome(record: StepRecord) -> None:

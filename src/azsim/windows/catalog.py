@@ -138,6 +138,7 @@ SYSPREP_PANTHER = SYSPREP_DIR + "\\Panther"
 SETUPERR_LOG = SYSPREP_PANTHER + "\\setuperr.log"
 SETUPACT_LOG = SYSPREP_PANTHER + "\\setupact.log"
 SUCCEEDED_TAG = SYSPREP_DIR + "\\Sysprep_succeeded.tag"
+SYSPREP_UNATTEND = SYSPREP_DIR + "\\unattend.xml"
 APPLICATION_HOST_CONFIG = WINDIR + "\\System32\\inetsrv\\config\\applicationHost.config"
 
 SETUP_STATE_KEY = "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Setup\\State"

@@ -215,6 +215,14 @@ class SysprepRun:
             power.reboot_from_inside()
 
 
+def _tail_length(view: ScriptView, log: str) -> int:
+    """The -Tail count a script reads a log with (Get-Content -Tail N, or a helper's N after the
+    log's name); 20 when it says none."""
+    index = view.code.lower().find(log.lower())
+    found = re.search(r"(?:-Tail\s+|['\"]\s+)(\d+)", view.code[index:] if index >= 0 else "", re.IGNORECASE)
+    return int(found.group(1)) if found else 20
+
+
 def sysprep_status(view: ScriptView, machine: WindowsMachine) -> dict[str, object]:
     """What a script reads about sysprep's outcome (the keys of scripts/sysprep_*.ps1)."""
     status: dict[str, object] = {}
@@ -223,9 +231,11 @@ def sysprep_status(view: ScriptView, machine: WindowsMachine) -> dict[str, objec
             status["image_state"] = machine.image_state
         if view.asks("Sysprep_succeeded.tag"):
             status["succeeded_tag"] = machine.files.is_file(catalog.SUCCEEDED_TAG)
-        if view.asks("setuperr.log"):
-            log = machine.files.read(catalog.SETUPERR_LOG) or ""
-            status["setuperr"] = [line for line in log.splitlines() if line.strip()][-20:]
+        for key, path in (("setuperr", catalog.SETUPERR_LOG), ("setupact", catalog.SETUPACT_LOG)):
+            if view.asks(f"{key}.log"):
+                log = machine.files.read(path) or ""
+                tail = _tail_length(view, f"{key}.log")
+                status[key] = [line for line in log.splitlines() if line.strip()][-tail:]
         if view.asks("Get-Process"):
             status["running"] = bool(machine.running_processes("sysprep"))
     return status
@@ -274,7 +284,8 @@ class SysprepStatus:
 
 
 class RemovePanther:
-    """A script that deletes C:\\Windows\\Panther (what Azure's generalize doc asks for)."""
+    """A script that deletes C:\\Windows\\Panther (what Azure's generalize doc asks for) and,
+    when it names it too, the Sysprep answer file."""
 
     name = "remove-panther"
 
@@ -282,12 +293,23 @@ class RemovePanther:
         return view.asks("Remove-Item") and catalog.PANTHER.lower() in (p.lower() for p in view.paths())
 
     def run(self, call: ScriptCall) -> ScriptResult:
-        machine = call.machine
+        machine, view = call.machine, call.view
+        unattend = catalog.SYSPREP_UNATTEND.lower() in (p.lower() for p in view.paths())
         with machine.lock:
             existed = machine.files.is_dir(catalog.PANTHER)
             removed = machine.files.remove(catalog.PANTHER)
+            unattend_existed = unattend and machine.files.is_file(catalog.SYSPREP_UNATTEND)
+            if unattend_existed:
+                machine.files.remove(catalog.SYSPREP_UNATTEND)
             machine.save()
-        result = {"existed": existed, "removed_files": removed, "exists": False}
+        result: dict[str, object] = {"existed": existed, "removed_files": removed, "exists": False}
+        if unattend:
+            result = {
+                "panther_existed": existed,
+                "removed_files": removed,
+                "unattend_existed": unattend_existed,
+                "exists": False,
+            }
         return ScriptResult(stdout=json.dumps(result, separators=(",", ":")))
 
 

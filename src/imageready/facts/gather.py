@@ -97,8 +97,7 @@ class AzureFactsProvider:
             cached = self._guests.get(vm.key)
             if cached is not None:
                 return cached
-        model = model or self.azure(vm).get_vm(vm, instance_view=False)
-        guest = self._connect(vm, model)
+        guest = self.connect_guest(vm, model)
         with self._lock:
             self._guests[vm.key] = guest
         return guest
@@ -110,7 +109,9 @@ class AzureFactsProvider:
         if guest is not None:
             guest.close()
 
-    def _connect(self, vm: VmRef, model: dict[str, Any]) -> Guest:
+    def connect_guest(self, vm: VmRef, model: dict[str, Any] | None = None) -> Guest:
+        """A new connection to the guest of ``vm``, not shared (the caller closes it)."""
+        model = model or self.azure(vm).get_vm(vm, instance_view=False)
         props = model.get("properties", {})
         os_type = props.get("storageProfile", {}).get("osDisk", {}).get("osType")
         admin = str(props.get("osProfile", {}).get("adminUsername") or "")
