@@ -25,7 +25,9 @@ def parse_capture(value: str | None) -> tuple[str, ...] | None:
     parts = rest.split("/")
     if kind == "gallery" and len(parts) == 3 and all(parts):
         return ("gallery", *parts)
-    raise CaptureSpecError(f"--capture-as {value!r}: expected image:NAME or gallery:GALLERY/DEFINITION/VERSION")
+    raise CaptureSpecError(
+        f"--capture-as {value!r}: expected image:NAME or gallery:GALLERY/DEFINITION/VERSION"
+    )
 
 
 def capture(actions: VmActions) -> Outcome:

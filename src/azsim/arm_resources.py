@@ -1,0 +1,436 @@
+"""Disks, snapshots, images, galleries, disk encryption sets and network interfaces.
+
+Creation is an LRO (the resource shows ``Creating`` until it ends) and copies what Azure copies:
+a snapshot or a disk made from one keeps the OS type, size, Hyper-V generation, encryption
+settings and the lineage of the VM whose OS disk it was. Rules enforced: an image or a gallery
+image version for a *Generalized* definition needs a generalized VM.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, not_allowed, not_found, route
+from azsim.state import (
+    Disk,
+    DiskEncryptionSet,
+    Gallery,
+    GalleryImage,
+    GalleryImageVersion,
+    Image,
+    Nic,
+    Resource,
+    Vm,
+)
+
+if TYPE_CHECKING:
+    from azsim.arm import Simulator
+
+RG = "/subscriptions/{sub}/resourceGroups/{rg}"
+CP = RG + "/providers/Microsoft.Compute"
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def _rg(sim: Simulator, m: dict[str, str]) -> str:
+    sim.check_subscription(m["sub"])
+    return sim.check_rg(m["rg"])
+
+
+def _get(sim: Simulator, m: dict[str, str], resource_id: str, kind: str, cls: type[Resource]) -> Any:
+    found = sim.store.get(resource_id)
+    if not isinstance(found, cls) or (
+        isinstance(found, Disk) and found.snapshot != (kind.endswith("snapshots"))
+    ):
+        raise not_found(kind, resource_id.rsplit("/", 1)[-1], m["rg"])
+    return found
+
+
+def _tags(body: dict[str, Any]) -> dict[str, str]:
+    tags = body.get("tags") or {}
+    if not isinstance(tags, dict):
+        raise invalid("tags: expected an object.")
+    return {str(k): str(v) for k, v in tags.items()}
+
+
+def _created(
+    sim: Simulator, req: ArmRequest, resource: Resource, kind: str, status: int, render: Any
+) -> ArmReply:
+    """Answer a creating PUT: the resource shows Creating until its operation ends.
+
+    Called without the state lock held: the operation's end needs it while ARM waits.
+    """
+    with sim.store.lock:
+        resource.provisioning_state = "Creating"
+        sim.store.add(resource)
+        body = render()
+
+    def finish(_: Any) -> None:
+        resource.provisioning_state = "Succeeded"
+
+    def fail() -> None:
+        resource.provisioning_state = "Failed"
+
+    return sim.start_operation(
+        req,
+        kind=kind,
+        resource_id=resource.id,
+        location=resource.location,
+        vm_key=None,
+        timing="create",
+        work=None,
+        finish=finish,
+        fail=fail,
+        status=status,
+        body=body,
+    )
+
+
+# -- disks and snapshots -------------------------------------------------------------------------
+
+
+def get_disk(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        disk = _get(sim, m, sim.store.compute_id(rg, "disks", m["name"]), "Microsoft.Compute/disks", Disk)
+        return ArmReply(200, disk.to_arm(sim.store.subscription_id))
+
+
+def get_snapshot(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        snap = _get(
+            sim, m, sim.store.compute_id(rg, "snapshots", m["name"]), "Microsoft.Compute/snapshots", Disk
+        )
+        return ArmReply(200, snap.to_arm(sim.store.subscription_id))
+
+
+def _put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str], *, snapshot: bool) -> ArmReply:
+    kind = "snapshots" if snapshot else "disks"
+    body = req.json()
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        resource_id = sim.store.compute_id(rg, kind, m["name"])
+        existing = sim.store.get(resource_id)
+        if isinstance(existing, Disk):
+            existing.tags = _tags(body) if "tags" in body else existing.tags
+            return ArmReply(200, existing.to_arm(sim.store.subscription_id))
+        props = body.get("properties") or {}
+        creation = props.get("creationData") or {}
+        option = creation.get("createOption")
+        disk = Disk(
+            id=resource_id,
+            name=m["name"],
+            resource_group=rg,
+            location=str(body.get("location") or sim.store.resource_groups[rg.lower()][1]),
+            tags=_tags(body),
+            snapshot=snapshot,
+            create_option=str(option),
+        )
+        if option in ("Copy", "Restore"):
+            source_id = creation.get("sourceResourceId")
+            source = sim.store.get(str(source_id or ""))
+            if not isinstance(source, Disk):
+                raise ArmError(
+                    404,
+                    "NotFound",
+                    f"Resource '{source_id}' was not found (properties.creationData.sourceResourceId).",
+                )
+            if snapshot and source.snapshot:
+                raise invalid("A snapshot is made from a disk; the source is a snapshot.")
+            disk.source_id = source.id
+            disk.source_unique_id = source.unique_id
+            disk.size_gb = int(props.get("diskSizeGB") or source.size_gb)
+            disk.os = source.os
+            disk.hyper_v_generation = source.hyper_v_generation
+            disk.encryption, disk.des_id, disk.ade = source.encryption, source.des_id, source.ade
+            disk.lineage = sim.store.lineage_of(source)
+        elif option == "Empty" and not snapshot:
+            size = props.get("diskSizeGB")
+            if not isinstance(size, int) or size < 1:
+                raise invalid("properties.diskSizeGB: required for an empty disk.")
+            disk.size_gb = size
+        else:
+            allowed = "Copy or Restore" if snapshot else "Copy, Restore or Empty"
+            raise invalid(f"properties.creationData.createOption: azsim supports {allowed}, got {option!r}.")
+        encryption = props.get("encryption") or {}
+        if encryption.get("diskEncryptionSetId"):
+            disk.encryption, disk.des_id = "customer", str(encryption["diskEncryptionSetId"])
+    operation = "createSnapshot" if snapshot else "createDisk"
+    return _created(sim, req, disk, operation, 202, lambda: disk.to_arm(sim.store.subscription_id))
+
+
+def put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    return _put_disk(sim, req, m, snapshot=False)
+
+
+def put_snapshot(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    return _put_disk(sim, req, m, snapshot=True)
+
+
+def list_disks(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        disks = [r for r in sim.store.of_type(Disk, rg) if isinstance(r, Disk) and not r.snapshot]
+        return ArmReply(200, {"value": [d.to_arm(sim.store.subscription_id) for d in disks]})
+
+
+# -- images and galleries ---------------------------------------------------------------------------
+
+
+def _source_vm(sim: Simulator, vm_id: Any, where: str) -> Vm:
+    vm = sim.store.get(str(vm_id or ""))
+    if not isinstance(vm, Vm):
+        raise ArmError(404, "NotFound", f"Virtual machine '{vm_id}' was not found ({where}).")
+    return vm
+
+
+def get_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        image = _get(sim, m, sim.store.compute_id(rg, "images", m["name"]), "Microsoft.Compute/images", Image)
+        return ArmReply(200, image.to_arm())
+
+
+def put_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    body = req.json()
+    rg = _rg(sim, m)
+    props = body.get("properties") or {}
+    with sim.store.lock:
+        resource_id = sim.store.compute_id(rg, "images", m["name"])
+        if sim.store.get(resource_id) is not None:
+            raise ArmError(
+                409, "Conflict", f"Image '{m['name']}' already exists; azsim does not update images."
+            )
+        vm = _source_vm(
+            sim, (props.get("sourceVirtualMachine") or {}).get("id"), "properties.sourceVirtualMachine.id"
+        )
+        if not vm.generalized:
+            raise not_allowed("Capture operation cannot be completed because the VM is not generalized.")
+        assert vm.os_disk is not None
+        image = Image(
+            id=resource_id,
+            name=m["name"],
+            resource_group=rg,
+            location=str(body.get("location") or vm.location),
+            tags=_tags(body),
+            source_vm_id=vm.id,
+            os=vm.os,
+            os_disk_id=vm.os_disk.id,
+            os_disk_size_gb=vm.os_disk.size_gb,
+            data_disks=[(lun, d.id, d.size_gb) for lun, d in sorted(vm.data_disks, key=lambda x: x[0])],
+            hyper_v_generation=str(props.get("hyperVGeneration") or vm.hyper_v_generation),
+        )
+    return _created(sim, req, image, "createImage", 201, image.to_arm)
+
+
+def _gallery_image(sim: Simulator, m: dict[str, str], rg: str) -> GalleryImage:
+    gallery_id = sim.store.compute_id(rg, "galleries", m["gallery"])
+    if not isinstance(sim.store.get(gallery_id), Gallery):
+        raise not_found("Microsoft.Compute/galleries", m["gallery"], m["rg"])
+    image = sim.store.get(f"{gallery_id}/images/{m['image']}")
+    if not isinstance(image, GalleryImage):
+        raise not_found("Microsoft.Compute/galleries/images", f"{m['gallery']}/{m['image']}", m["rg"])
+    return image
+
+
+def get_gallery(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        gallery = _get(
+            sim,
+            m,
+            sim.store.compute_id(rg, "galleries", m["gallery"]),
+            "Microsoft.Compute/galleries",
+            Gallery,
+        )
+        return ArmReply(200, gallery.to_arm(sim.store.subscription_id))
+
+
+def get_gallery_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        return ArmReply(200, _gallery_image(sim, m, rg).to_arm())
+
+
+def get_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        image = _gallery_image(sim, m, rg)
+        version = sim.store.get(f"{image.id}/versions/{m['version']}")
+        if not isinstance(version, GalleryImageVersion):
+            raise not_found(
+                "Microsoft.Compute/galleries/images/versions",
+                f"{m['gallery']}/{m['image']}/{m['version']}",
+                m["rg"],
+            )
+        return ArmReply(200, version.to_arm())
+
+
+def put_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    body = req.json()
+    rg = _rg(sim, m)
+    props = body.get("properties") or {}
+    if not _VERSION.match(m["version"]):
+        raise invalid(
+            f"The gallery image version name '{m['version']}' is invalid; it must be "
+            "MajorVersion.MinorVersion.Patch (e.g. 1.0.0)."
+        )
+    with sim.store.lock:
+        image = _gallery_image(sim, m, rg)
+        resource_id = f"{image.id}/versions/{m['version']}"
+        if sim.store.get(resource_id) is not None:
+            raise ArmError(409, "Conflict", f"Gallery image version '{m['version']}' already exists.")
+        source = (props.get("storageProfile") or {}).get("source") or {}
+        vm = _source_vm(
+            sim,
+            source.get("virtualMachineId") or source.get("id"),
+            "properties.storageProfile.source.virtualMachineId",
+        )
+        if vm.os != image.os:
+            raise invalid(
+                f"The source VM's OS type '{vm.os}' does not match the gallery image "
+                f"definition's OS type '{image.os}'."
+            )
+        if image.os_state == "Generalized" and not vm.generalized:
+            raise not_allowed(
+                f"The source virtual machine '{vm.name}' is not generalized, but the "
+                f"gallery image definition '{image.name}' has osState 'Generalized'."
+            )
+        if image.os_state == "Specialized" and vm.generalized:
+            raise invalid(
+                f"The source virtual machine '{vm.name}' is generalized, but the gallery "
+                f"image definition '{image.name}' has osState 'Specialized'."
+            )
+        if vm.power not in ("stopped", "deallocated") and image.os_state == "Generalized":
+            raise not_allowed(f"The source virtual machine '{vm.name}' must be stopped.")
+        assert vm.os_disk is not None
+        publishing = props.get("publishingProfile") or {}
+        regions = publishing.get("targetRegions") or [{"name": image.location}]
+        version = GalleryImageVersion(
+            id=resource_id,
+            name=m["version"],
+            resource_group=rg,
+            location=str(body.get("location") or image.location),
+            tags=_tags(body),
+            source_vm_id=vm.id,
+            os_disk_size_gb=vm.os_disk.size_gb,
+            data_disks=[(lun, d.size_gb) for lun, d in sorted(vm.data_disks, key=lambda x: x[0])],
+            target_regions=[
+                {
+                    "name": r.get("name"),
+                    "regionalReplicaCount": r.get("regionalReplicaCount", 1),
+                    "storageAccountType": r.get("storageAccountType", "Standard_LRS"),
+                }
+                for r in regions
+                if isinstance(r, dict)
+            ],
+            exclude_from_latest=bool(publishing.get("excludeFromLatest", False)),
+        )
+    return _created(sim, req, version, "createGalleryImageVersion", 201, version.to_arm)
+
+
+# -- disk encryption sets and network interfaces ---------------------------------------------------
+
+
+def get_des(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        des = _get(
+            sim,
+            m,
+            sim.store.compute_id(rg, "diskEncryptionSets", m["name"]),
+            "Microsoft.Compute/diskEncryptionSets",
+            DiskEncryptionSet,
+        )
+        return ArmReply(200, des.to_arm(sim.store.tenant))
+
+
+def get_nic(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        nic = _get(
+            sim,
+            m,
+            sim.store.network_id(rg, "networkInterfaces", m["name"]),
+            "Microsoft.Network/networkInterfaces",
+            Nic,
+        )
+        return ArmReply(200, nic.to_arm())
+
+
+def put_nic(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    """A network interface for a copy VM; created at once (Succeeded), as Azure usually does."""
+    body = req.json()
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        resource_id = sim.store.network_id(rg, "networkInterfaces", m["name"])
+        existing = sim.store.get(resource_id)
+        if isinstance(existing, Nic):
+            existing.tags = _tags(body) if "tags" in body else existing.tags
+            return ArmReply(200, existing.to_arm())
+        nic = sim.store.new_nic(
+            rg, m["name"], str(body.get("location") or sim.store.resource_groups[rg.lower()][1]), None
+        )
+        nic.tags = _tags(body)
+        configs = (body.get("properties") or {}).get("ipConfigurations") or []
+        subnet = ((configs[0].get("properties") or {}).get("subnet") or {}).get("id") if configs else None
+        if isinstance(subnet, str) and subnet:
+            nic.subnet_id = subnet
+        return ArmReply(201, nic.to_arm())
+
+
+_C = "Microsoft.Compute"
+GALLERY = CP + "/galleries/{gallery}"
+ROUTES: list[Route] = [
+    route("GET", CP + "/disks", list_disks, f"{_C}/disks/read", "listDisks"),
+    route("GET", CP + "/disks/{name}", get_disk, f"{_C}/disks/read", "getDisk"),
+    route("PUT", CP + "/disks/{name}", put_disk, f"{_C}/disks/write", "createDisk"),
+    route("GET", CP + "/snapshots/{name}", get_snapshot, f"{_C}/snapshots/read", "getSnapshot"),
+    route("PUT", CP + "/snapshots/{name}", put_snapshot, f"{_C}/snapshots/write", "createSnapshot"),
+    route("GET", CP + "/images/{name}", get_image, f"{_C}/images/read", "getImage"),
+    route("PUT", CP + "/images/{name}", put_image, f"{_C}/images/write", "createImage"),
+    route("GET", GALLERY, get_gallery, f"{_C}/galleries/read", "getGallery"),
+    route(
+        "GET",
+        GALLERY + "/images/{image}",
+        get_gallery_image,
+        f"{_C}/galleries/images/read",
+        "getGalleryImage",
+    ),
+    route(
+        "GET",
+        GALLERY + "/images/{image}/versions/{version}",
+        get_gallery_image_version,
+        f"{_C}/galleries/images/versions/read",
+        "getGalleryImageVersion",
+    ),
+    route(
+        "PUT",
+        GALLERY + "/images/{image}/versions/{version}",
+        put_gallery_image_version,
+        f"{_C}/galleries/images/versions/write",
+        "createGalleryImageVersion",
+    ),
+    route(
+        "GET",
+        CP + "/diskEncryptionSets/{name}",
+        get_des,
+        f"{_C}/diskEncryptionSets/read",
+        "getDiskEncryptionSet",
+    ),
+    route(
+        "GET",
+        RG + "/providers/Microsoft.Network/networkInterfaces/{name}",
+        get_nic,
+        "Microsoft.Network/networkInterfaces/read",
+        "getNetworkInterface",
+    ),
+    route(
+        "PUT",
+        RG + "/providers/Microsoft.Network/networkInterfaces/{name}",
+        put_nic,
+        "Microsoft.Network/networkInterfaces/write",
+        "createNetworkInterface",
+    ),
+]

@@ -1,0 +1,509 @@
+"""Virtual machine routes, with the rules Azure enforces on them.
+
+- generalize is synchronous (200, empty body) and refused unless the VM is stopped or deallocated;
+- after it the instance view holds ``OSState/generalized`` and the VM can never start again;
+- one operation at a time per VM (another one is refused with 409);
+- the etag changes on every mutation; ``If-Match`` that does not match is 412;
+- Run Command needs a running VM with a ready agent, and shows Azure's output shapes (Linux: one
+  ``[stdout]``/``[stderr]`` message; Windows: StdOut/StdErr statuses), each stream cut to its last
+  4096 bytes as Azure does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, not_allowed, route
+from azsim.lro import OperationError
+from azsim.state import Disk, Nic, Vm
+
+if TYPE_CHECKING:
+    from azsim.arm import Simulator
+
+RUN_COMMAND_OUTPUT_LIMIT = 4096
+RUN_COMMAND_TIMEOUT = 5400.0  # Azure gives a Run Command script 90 minutes
+_ACTING = {
+    "deallocate": "deallocating",
+    "powerOff": "stopping",
+    "start": "starting",
+    "restart": "restarting",
+    "createVm": "being created",
+    "runCommand": "running a command",
+}
+
+
+def _check_if_match(req: ArmRequest, vm: Vm) -> None:
+    wanted = req.header("If-Match")
+    if wanted is not None and wanted.strip() not in ("*", vm.etag):
+        raise ArmError(
+            412,
+            "PreconditionFailed",
+            "The condition specified using HTTP conditional "
+            f"header(s) is not met. (If-Match {wanted} does not match the current etag "
+            f"{vm.etag} of VM '{vm.name}'.)",
+        )
+
+
+def _check_idle(vm: Vm, operation: str) -> None:
+    if vm.busy is not None:
+        raise not_allowed(
+            f"Operation '{operation}' is not allowed on VM '{vm.name}' since the VM "
+            f"is {_ACTING.get(vm.busy, 'busy')}. Retry after the operation in "
+            "progress completes."
+        )
+
+
+def _vm_reply(sim: Simulator, vm: Vm, *, instance_view: bool) -> ArmReply:
+    body = vm.to_arm(sim.store.subscription_id, sim.store.ssh_public_key, instance_view=instance_view)
+    return ArmReply(200, body, {"ETag": vm.etag})
+
+
+def get_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        expand = req.query.get("$expand", "").lower()
+        return _vm_reply(sim, vm, instance_view=expand == "instanceview")
+
+
+def list_vms(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    sim.check_subscription(m["sub"])
+    rg = sim.check_rg(m["rg"]) if "rg" in m else None
+    with sim.store.lock:
+        vms = [vm for vm in sim.store.vms() if rg is None or vm.resource_group.lower() == rg.lower()]
+        value = [vm.to_arm(sim.store.subscription_id, sim.store.ssh_public_key) for vm in vms]
+    return ArmReply(200, {"value": value})
+
+
+def instance_view(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        return ArmReply(200, vm.instance_view(sim.store.subscription_id, None))
+
+
+def list_extensions(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        return ArmReply(200, {"value": [ext.to_arm(vm) for ext in vm.extensions]})
+
+
+def get_extension(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        for ext in vm.extensions:
+            if ext.name.lower() == m["ext"].lower():
+                return ArmReply(200, ext.to_arm(vm))
+    raise ArmError(
+        404,
+        "NotFound",
+        f"The entity was not found in this Azure location. (extension '{m['ext']}' of VM '{m['name']}')",
+    )
+
+
+def _apply_tags(vm: Vm, body: dict[str, Any]) -> None:
+    tags = body.get("tags")
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise invalid("tags: expected an object of string values.")
+    vm.tags = {str(k): v for k, v in tags.items()}
+    vm.touch()
+
+
+def update_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    """PATCH: azsim updates tags (ARM semantics: the given map replaces the old one)."""
+    body = req.json()
+    unsupported = sorted(key for key, value in body.items() if key != "tags" and value)
+    if unsupported:
+        raise invalid(f"azsim updates only 'tags' of a VM; got {', '.join(unsupported)}.")
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        _check_if_match(req, vm)
+        if "tags" in body:
+            _apply_tags(vm, body)
+        return _vm_reply(sim, vm, instance_view=False)
+
+
+def _power_operation(sim: Simulator, req: ArmRequest, m: dict[str, str], kind: str) -> ArmReply:
+    """deallocate, powerOff, start, restart: an LRO that moves the power state."""
+    targets = {
+        "deallocate": ("deallocating", "deallocated"),
+        "powerOff": ("stopping", "stopped"),
+        "start": ("starting", "running"),
+        "restart": ("running", "running"),
+    }
+    transitional, final = targets[kind]
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        if kind in ("start", "restart") and vm.generalized:
+            raise not_allowed(
+                f"Operation '{kind}' is not allowed on VM '{vm.name}' since the VM is generalized."
+            )
+        _check_idle(vm, kind)
+        if kind == "restart" and vm.power != "running":
+            raise not_allowed(
+                f"Operation 'restart' is not allowed on VM '{vm.name}' since the VM is {vm.power}."
+            )
+        previous = vm.power
+        vm.power = transitional if previous != final else previous
+        vm.provisioning_state = "Updating"
+        vm.busy = kind
+        vm.touch()
+        key = vm.key
+
+    def work() -> None:
+        if kind in ("deallocate", "powerOff"):
+            sim.guests.stop(key)
+        elif kind == "start":
+            sim.guests.start(key)
+        else:
+            sim.guests.stop(key)
+            sim.guests.start(key)
+
+    def finish(_: Any) -> None:
+        if sim.store.get(vm.id) is not vm:
+            raise OperationError(
+                "NotFound",
+                f"The VM '{vm.name}' was deleted while the '{kind}' operation was in progress.",
+            )
+        vm.power = final
+        vm.provisioning_state = "Succeeded"
+        vm.busy = None
+        vm.touch()
+
+    def fail() -> None:
+        vm.power = previous
+        vm.provisioning_state = "Succeeded"
+        vm.busy = None
+        vm.touch()
+
+    return sim.start_operation(
+        req,
+        kind=kind,
+        resource_id=vm.id,
+        location=vm.location,
+        vm_key=key,
+        timing={"powerOff": "power_off"}.get(kind, kind),
+        work=work,
+        finish=finish,
+        fail=fail,
+    )
+
+
+def deallocate(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    return _power_operation(sim, req, m, "deallocate")
+
+
+def power_off(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    return _power_operation(sim, req, m, "powerOff")
+
+
+def start(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    return _power_operation(sim, req, m, "start")
+
+
+def restart(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    return _power_operation(sim, req, m, "restart")
+
+
+def generalize(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        _check_idle(vm, "generalize")
+        if vm.power not in ("stopped", "deallocated"):
+            raise not_allowed(
+                f"Operation 'generalize' is not allowed on VM '{vm.name}' since the "
+                f"VM is {vm.power}. Please stop or deallocate the VM and retry."
+            )
+        if not vm.generalized:
+            vm.generalized = True
+            vm.touch()
+    return ArmReply(200, None)
+
+
+def _trim(text: str) -> str:
+    data = text.encode("utf-8", "replace")
+    if len(data) <= RUN_COMMAND_OUTPUT_LIMIT:
+        return text
+    return data[-RUN_COMMAND_OUTPUT_LIMIT:].decode("utf-8", "replace")
+
+
+def run_command_result(os_type: str, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
+    """The final body of a Run Command, in the shape Azure uses for each OS."""
+    out, err = _trim(stdout), _trim(stderr)
+    if os_type == "Windows":
+        return {
+            "value": [
+                {
+                    "code": "ComponentStatus/StdOut/succeeded",
+                    "level": "Info",
+                    "displayStatus": "Provisioning succeeded",
+                    "message": out,
+                },
+                {
+                    "code": "ComponentStatus/StdErr/succeeded",
+                    "level": "Info",
+                    "displayStatus": "Provisioning succeeded",
+                    "message": err,
+                },
+            ]
+        }
+    if exit_code == 0:
+        status = {
+            "code": "ProvisioningState/succeeded",
+            "level": "Info",
+            "displayStatus": "Provisioning succeeded",
+            "message": f"Enable succeeded: \n[stdout]\n{out}\n[stderr]\n{err}",
+        }
+    else:
+        status = {
+            "code": "ProvisioningState/failed",
+            "level": "Error",
+            "displayStatus": "Provisioning failed",
+            "message": "Enable failed: failed to execute command: command terminated with "
+            f"exit status={exit_code}\n[stdout]\n{out}\n[stderr]\n{err}",
+        }
+    return {"value": [status]}
+
+
+def run_command(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    body = req.json()
+    command_id = body.get("commandId")
+    script = body.get("script") or []
+    if not isinstance(script, list) or not all(isinstance(line, str) for line in script):
+        raise invalid("script: expected a list of strings.")
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        expected = "RunShellScript" if vm.os == "Linux" else "RunPowerShellScript"
+        if command_id != expected:
+            raise invalid(
+                f"The command id '{command_id}' is not supported for a {vm.os} VM in azsim (use {expected}).",
+                "InvalidParameter",
+            )
+        if vm.power != "running":
+            raise not_allowed("The operation requires the VM to be running (or set to run).")
+        _check_idle(vm, "runCommand")
+        agent_ready = vm.vm_agent_status == "Ready"
+        vm.busy = "runCommand"
+        key, os_type = vm.key, vm.os
+
+    def work() -> dict[str, Any]:
+        if not agent_ready:
+            raise OperationError(
+                "VMAgentStatusCommunicationError",
+                f"VM '{vm.name}' has not "
+                "reported status for VM agent or extensions. Verify that the OS "
+                "is up and healthy, the VM has a running VM agent, and that it "
+                "can establish outbound connections to Azure storage.",
+            )
+        code, out, err = sim.guests.run_command(key, "\n".join(script), RUN_COMMAND_TIMEOUT)
+        return run_command_result(os_type, code, out, err)
+
+    def finish(result: Any) -> Any:
+        vm.busy = None
+        return result
+
+    def fail() -> None:
+        vm.busy = None
+
+    return sim.start_operation(
+        req,
+        kind="runCommand",
+        resource_id=vm.id,
+        location=vm.location,
+        vm_key=key,
+        timing="run_command",
+        work=work,
+        finish=finish,
+        fail=fail,
+    )
+
+
+def _attached_disk(sim: Simulator, rg: str, ref: Any, where: str, vm_id: str) -> Disk:
+    disk_id = ((ref or {}).get("managedDisk") or {}).get("id") if isinstance(ref, dict) else None
+    if not isinstance(disk_id, str):
+        raise invalid(f"{where}.managedDisk.id: required (azsim creates VMs from attached disks).")
+    disk = sim.store.get(disk_id)
+    if not isinstance(disk, Disk) or disk.snapshot:
+        raise ArmError(404, "NotFound", f"Disk '{disk_id}' was not found.")
+    if disk.managed_by and disk.managed_by.lower() != vm_id.lower():
+        raise ArmError(
+            409,
+            "OperationNotAllowed",
+            f"Disk '{disk.name}' is already attached to VM '{disk.managed_by}'.",
+        )
+    if disk.provisioning_state != "Succeeded":
+        raise ArmError(409, "OperationNotAllowed", f"Disk '{disk.name}' is {disk.provisioning_state}.")
+    return disk
+
+
+def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    """PUT a VM: tags-only update of an existing VM, or a new VM from attached managed disks."""
+    body = req.json()
+    with sim.store.lock:
+        sim.check_subscription(m["sub"])
+        rg = sim.check_rg(m["rg"])
+        existing = sim.store.vm(rg, m["name"])
+        if existing is not None:
+            if req.header("If-None-Match") == "*":
+                raise ArmError(
+                    412,
+                    "PreconditionFailed",
+                    f"VM '{existing.name}' already exists (If-None-Match: *).",
+                )
+            _check_if_match(req, existing)
+            if "tags" in body:
+                _apply_tags(existing, body)
+            return _vm_reply(sim, existing, instance_view=False)
+        props = body.get("properties") or {}
+        storage = props.get("storageProfile") or {}
+        os_ref = storage.get("osDisk") or {}
+        if os_ref.get("createOption") != "Attach":
+            raise invalid(
+                "storageProfile.osDisk.createOption: azsim creates VMs by attaching an "
+                "existing managed disk ('Attach')."
+            )
+        vm_id = sim.store.compute_id(rg, "virtualMachines", m["name"])
+        os_disk = _attached_disk(sim, rg, os_ref, "storageProfile.osDisk", vm_id)
+        if not os_disk.os:
+            raise invalid(f"Disk '{os_disk.name}' has no osType and cannot be an OS disk.")
+        data_disks: list[tuple[int, Disk]] = []
+        for i, ref in enumerate(storage.get("dataDisks") or []):
+            lun = ref.get("lun") if isinstance(ref, dict) else None
+            if not isinstance(lun, int):
+                raise invalid(f"storageProfile.dataDisks[{i}].lun: required.")
+            data_disks.append((lun, _attached_disk(sim, rg, ref, f"storageProfile.dataDisks[{i}]", vm_id)))
+        nics = (props.get("networkProfile") or {}).get("networkInterfaces") or []
+        nic = sim.store.get(nics[0].get("id", "")) if nics and isinstance(nics[0], dict) else None
+        if not isinstance(nic, Nic):
+            raise invalid(
+                "networkProfile.networkInterfaces[0].id: an existing network interface is required."
+            )
+        if nic.vm_id and nic.vm_id.lower() != vm_id.lower():
+            raise ArmError(
+                409,
+                "NicInUse",
+                f"Network interface '{nic.id}' is used by existing VM '{nic.vm_id}'.",
+            )
+        lineage = sim.store.lineage_of(os_disk) or {}
+        vm = Vm(
+            id=vm_id,
+            name=m["name"],
+            resource_group=rg,
+            location=str(body.get("location") or os_disk.location),
+            tags={str(k): str(v) for k, v in (body.get("tags") or {}).items()},
+            provisioning_state="Creating",
+            os=os_disk.os,
+            size=str((props.get("hardwareProfile") or {}).get("vmSize") or "Standard_D2s_v5"),
+            power="starting",
+            admin_user=str(lineage.get("admin_user") or "azureuser"),
+            has_os_profile=False,
+            vm_agent_version="2.7.3.0" if os_disk.os == "Linux" else "2.7.41491.1102",
+            os_disk=os_disk,
+            data_disks=data_disks,
+            nic=nic,
+            encryption_at_host=bool((props.get("securityProfile") or {}).get("encryptionAtHost")),
+            hyper_v_generation=os_disk.hyper_v_generation or "V2",
+            guest_spec=dict(lineage.get("guest") or {}),
+            busy="createVm",
+        )
+        for disk in (os_disk, *(d for _, d in data_disks)):
+            disk.managed_by = vm.id
+        nic.vm_id = vm.id
+        sim.store.add(vm)
+        reply_body = vm.to_arm(sim.store.subscription_id, sim.store.ssh_public_key)
+
+    def work() -> None:
+        if sim.guests.enabled:
+            sim.guests.create(
+                vm.key,
+                resource_group=vm.resource_group,
+                vm_name=vm.name,
+                os_type=vm.os,
+                admin_user=vm.admin_user,
+                spec=vm.guest_spec,
+            )
+            sim.guests.start(vm.key)
+
+    def finish(_: Any) -> None:
+        vm.provisioning_state = "Succeeded"
+        vm.power = "running"
+        vm.busy = None
+        vm.touch()
+
+    def fail() -> None:
+        vm.provisioning_state = "Failed"
+        vm.power = "stopped"
+        vm.busy = None
+        vm.touch()
+
+    return sim.start_operation(
+        req,
+        kind="createVm",
+        resource_id=vm.id,
+        location=vm.location,
+        vm_key=vm.key,
+        timing="create",
+        work=work,
+        finish=finish,
+        fail=fail,
+        status=201,
+        body=reply_body,
+    )
+
+
+VM = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+_VMS = "Microsoft.Compute/virtualMachines"
+ROUTES: list[Route] = [
+    route(
+        "GET",
+        "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines",
+        list_vms,
+        f"{_VMS}/read",
+        "listVms",
+    ),
+    route(
+        "GET",
+        "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines",
+        list_vms,
+        f"{_VMS}/read",
+        "listVms",
+    ),
+    route("GET", VM, get_vm, f"{_VMS}/read", "get"),
+    route("PATCH", VM, update_vm, f"{_VMS}/write", "update"),
+    route("PUT", VM, create_vm, f"{_VMS}/write", "createVm"),
+    route(
+        "GET",
+        VM + "/instanceView",
+        instance_view,
+        f"{_VMS}/instanceView/read",
+        "instanceView",
+        scope_trim=1,
+    ),
+    route("GET", VM + "/extensions", list_extensions, f"{_VMS}/extensions/read", "listExtensions"),
+    route("GET", VM + "/extensions/{ext}", get_extension, f"{_VMS}/extensions/read", "getExtension"),
+    route(
+        "POST",
+        VM + "/deallocate",
+        deallocate,
+        f"{_VMS}/deallocate/action",
+        "deallocate",
+        scope_trim=1,
+    ),
+    route("POST", VM + "/powerOff", power_off, f"{_VMS}/powerOff/action", "powerOff", scope_trim=1),
+    route("POST", VM + "/start", start, f"{_VMS}/start/action", "start", scope_trim=1),
+    route("POST", VM + "/restart", restart, f"{_VMS}/restart/action", "restart", scope_trim=1),
+    route(
+        "POST",
+        VM + "/generalize",
+        generalize,
+        f"{_VMS}/generalize/action",
+        "generalize",
+        scope_trim=1,
+    ),
+    route(
+        "POST",
+        VM + "/runCommand",
+        run_command,
+        f"{_VMS}/runCommand/action",
+        "runCommand",
+        scope_trim=1,
+    ),
+]

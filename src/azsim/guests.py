@@ -1,0 +1,220 @@
+"""Creating and driving the guest behind each VM (Linux: real sshd + waagent; Windows: WS-Man).
+
+The guest classes live in modules of their own, imported only when a scenario has a VM of that
+OS and guests are enabled; a missing module is a loud error, never a silent ARM-only run. With
+guests disabled (``--guests none`` or ``guests: none``) ARM still works and Run Command answers
+with an empty output and a note on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azsim.guestapi import GuestContext, GuestController
+
+GUEST_CLASSES = {
+    "Linux": "azsim.linuxguest:LinuxGuest",
+    "Windows": "azsim.windows.guest:WindowsGuest",
+}
+NO_GUEST_NOTE = "azsim: this VM has no guest (azsim runs with guests: none)"
+
+
+class GuestSetupError(RuntimeError):
+    """A guest class that cannot be loaded or a guest that cannot be created; one line."""
+
+
+def load_guest_class(os_type: str) -> Callable[[GuestContext], GuestController]:
+    target = GUEST_CLASSES[os_type]
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise GuestSetupError(
+            f"{os_type} guests need {module_name}, which cannot be imported ({err}); "
+            "run `azsim up --guests none` for ARM only"
+        ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise GuestSetupError(f"{module_name} has no {class_name}")
+    return cls  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    """What every guest gets from the state directory."""
+
+    state_dir: Path
+    tls_cert: Path
+    tls_key: Path
+    ssh_public_key: str
+    admin_password: str
+    addresses_file: Path
+
+
+class Guests:
+    """The guest controllers of every VM, keyed by ``rg/name`` (lower case)."""
+
+    def __init__(self, settings: GuestSettings | None, on_guest_shutdown: Callable[[str], None]) -> None:
+        #: None: guests disabled
+        self.settings = settings
+        self._on_guest_shutdown = on_guest_shutdown
+        self._lock = threading.Lock()
+        self._guests: dict[str, GuestController] = {}
+        self.errors: dict[str, str] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings is not None
+
+    def check_classes(self, os_types: set[str]) -> None:
+        """Import the guest class of every OS in use now, so a missing one fails at startup."""
+        if self.enabled:
+            for os_type in sorted(os_types):
+                load_guest_class(os_type)
+
+    def create(
+        self,
+        key: str,
+        *,
+        resource_group: str,
+        vm_name: str,
+        os_type: str,
+        admin_user: str,
+        spec: dict[str, Any],
+    ) -> None:
+        if self.settings is None:
+            return
+        cls = load_guest_class(os_type)
+        guest_dir = self.settings.state_dir / "guests" / resource_group / vm_name
+        guest_dir.mkdir(parents=True, exist_ok=True)
+        ctx = GuestContext(
+            resource_group=resource_group,
+            vm_name=vm_name,
+            admin_user=admin_user,
+            state_dir=guest_dir,
+            spec=spec,
+            tls_cert=self.settings.tls_cert,
+            tls_key=self.settings.tls_key,
+            ssh_public_key=self.settings.ssh_public_key,
+            admin_password=self.settings.admin_password,
+            on_guest_shutdown=lambda: self._on_guest_shutdown(key),
+        )
+        guest = cls(ctx)
+        with self._lock:
+            self._guests[key.lower()] = guest
+
+    def _get(self, key: str) -> GuestController | None:
+        with self._lock:
+            return self._guests.get(key.lower())
+
+    def start(self, key: str) -> None:
+        guest = self._get(key)
+        if guest is not None:
+            guest.start()
+            self.write_addresses()
+
+    def stop(self, key: str) -> None:
+        guest = self._get(key)
+        if guest is not None:
+            guest.stop()
+            self.write_addresses()
+
+    def start_many(self, keys: list[str]) -> dict[str, str]:
+        """Boot several guests in parallel (each takes seconds); returns ``{key: error}``."""
+        errors: dict[str, str] = {}
+
+        def boot(key: str) -> None:
+            try:
+                self.start(key)
+            except Exception as err:  # reported per VM; the others still boot
+                errors[key] = f"{type(err).__name__}: {err}"
+
+        if keys:
+            with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+                list(pool.map(boot, keys))
+        self.errors.update(errors)
+        self.write_addresses()
+        return errors
+
+    def run_command(self, key: str, script: str, timeout: float) -> tuple[int, str, str]:
+        guest = self._get(key)
+        if guest is None:
+            return 0, "", NO_GUEST_NOTE
+        return guest.run_command(script, timeout)
+
+    def remove(self, key: str) -> None:
+        """Stop and release a deleted VM's guest."""
+        with self._lock:
+            guest = self._guests.pop(key.lower(), None)
+        if guest is not None:
+            try:
+                guest.stop()
+            finally:
+                guest.close()
+            self.write_addresses()
+
+    def describe(self, key: str) -> dict[str, Any] | None:
+        guest = self._get(key)
+        if guest is None:
+            return None
+        info: dict[str, Any] = {"running": guest.running, "endpoints": guest.endpoints()}
+        try:
+            info["summary"] = guest.summary()
+        except Exception as err:  # status must always answer
+            info["summary_error"] = str(err)
+        if key.lower() in self.errors:
+            info["error"] = self.errors[key.lower()]
+        return info
+
+    def addresses(self) -> dict[str, str]:
+        """``rg/name -> 127.0.0.1:PORT`` of each running guest's ssh or winrm-https endpoint."""
+        with self._lock:
+            guests = dict(self._guests)
+        found: dict[str, str] = {}
+        for key, guest in sorted(guests.items()):
+            if not guest.running:
+                continue
+            endpoints = guest.endpoints()
+            address = endpoints.get("ssh") or endpoints.get("winrm_https")
+            if address:
+                found[key] = address
+        return found
+
+    def write_addresses(self) -> None:
+        if self.settings is None:
+            return
+        target = self.settings.addresses_file
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.addresses(), indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, target)
+
+    def close_all(self) -> None:
+        """Stop and close every guest, in parallel (shutdown of each takes a moment)."""
+        with self._lock:
+            guests = list(self._guests.values())
+            self._guests.clear()
+
+        def shut(guest: GuestController) -> None:
+            try:
+                guest.stop()
+            except Exception as err:  # close() below still releases what stop() could not
+                print(f"azsim: stopping a guest failed: {err}", file=sys.stderr)
+            try:
+                guest.close()
+            except Exception as err:  # the others must still close
+                print(f"azsim: closing a guest failed: {err}", file=sys.stderr)
+
+        if guests:
+            with ThreadPoolExecutor(max_workers=min(8, len(guests))) as pool:
+                list(pool.map(shut, guests))
+        if self.settings is not None:
+            self.settings.addresses_file.unlink(missing_ok=True)
