@@ -10,8 +10,13 @@ from checks import _docs
 from imageready.checking import evidence, finding
 from imageready.target import VmRef
 
-# what our sysprep step removes before running sysprep (actions: delete Panther and this file)
-REMOVED_BY_ACTION = {r"c:\windows\system32\sysprep\unattend.xml"}
+# what our sysprep step removes before running sysprep: all of C:\Windows\Panther and this file
+REMOVED_BY_ACTION = (r"c:\windows\panther" + "\\", r"c:\windows\system32\sysprep\unattend.xml")
+
+
+def removed_by_action(path: str) -> bool:
+    lower = path.lower()
+    return lower.startswith(REMOVED_BY_ACTION[0]) or lower == REMOVED_BY_ACTION[1]
 
 
 @pytest.mark.check(
@@ -135,8 +140,8 @@ def test_no_stale_answer_files(
 ) -> None:
     found = [str(p) for p in guest_facts.get("unattend_files") or []]
     panther = guest_facts.get("panther") or {}
-    removed = [p for p in found if p.lower() in REMOVED_BY_ACTION]
-    stale = [p for p in found if p.lower() not in REMOVED_BY_ACTION]
+    removed = [p for p in found if removed_by_action(p)]
+    stale = [p for p in found if not removed_by_action(p)]
     evidence(
         request,
         f"{vm.key}: Panther present {panther.get('exists')} ({panther.get('file_count')} "

@@ -68,6 +68,7 @@ class Guests:
         self.settings = settings
         self._on_guest_shutdown = on_guest_shutdown
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._guests: dict[str, GuestController] = {}
         self.errors: dict[str, str] = {}
 
@@ -193,9 +194,10 @@ class Guests:
         if self.settings is None:
             return
         target = self.settings.addresses_file
-        temporary = target.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.addresses(), indent=2, sort_keys=True) + "\n")
-        os.replace(temporary, target)
+        with self._write_lock:  # guests start in parallel; one writer at a time
+            temporary = target.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.addresses(), indent=2, sort_keys=True) + "\n")
+            os.replace(temporary, target)
 
     def close_all(self) -> None:
         """Stop and close every guest, in parallel (shutdown of each takes a moment)."""

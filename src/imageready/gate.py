@@ -286,6 +286,7 @@ def verdict_document(
     operator: Mapping[str, str],
     change_ticket: str | None,
     waivers: WaiverBook,
+    run_id: str = "",
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The verdict record of one VM after its checks."""
@@ -309,6 +310,7 @@ def verdict_document(
         "harness_version": harness_version,
         "operator": dict(operator),
         "change_ticket": change_ticket,
+        "run_id": run_id,
         "created_at": moment.isoformat().replace("+00:00", "Z"),
     }
 
@@ -429,3 +431,29 @@ def parse_duration(text: str) -> dt.timedelta:
         return dt.timedelta(hours=float(value))
     except ValueError:
         raise ValueError(f"{text!r} is not a duration (e.g. 24h, 90m, 3600s)") from None
+
+
+# --- resuming an interrupted run ----------------------------------------------------------------
+
+#: step tags the actions write on the VM: ``imageready-step-<step>`` = ``done run=R at=T``
+#: (``started run=R at=T`` before an irreversible guest step)
+STEP_TAG = "imageready-step-"
+
+
+def parse_step_tag(value: str | None) -> dict[str, str]:
+    """``{"state": "done", "run": R, "at": T}`` from a step tag value ({} when absent)."""
+    if not value:
+        return {}
+    state, _, rest = value.partition(" ")
+    fields = dict(part.split("=", 1) for part in rest.split() if "=" in part)
+    return {"state": state, **fields}
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A VM mid-way through an earlier run's actions (its guest step started or done)."""
+
+    run_id: str
+    tag: str
+    accepted: bool
+    reason: str

@@ -147,6 +147,11 @@ class GateKeeper:
             error = getattr(value, "error", None)
             if isinstance(error, FactsUnavailable):
                 raise error
+        resume = self.state.resume(info.vm)
+        if resume is not None and resume.accepted:
+            reason = f"not applicable: {resume.reason} (its guest is already generalized)"
+            item.stash[NOT_APPLICABLE] = reason
+            pytest.skip(reason)
         if info.os == "any":
             return
         facts = self.state.facts(info.vm)
@@ -173,6 +178,9 @@ class GateKeeper:
             decision = GateDecision(False, (str(exc),), "verdict")
             self.state.decisions[info.vm.key] = decision
         if decision.open:
+            if decision.via == "checks" and info.vm.key not in self.state.verdict_kept:
+                write_verdict_now(self.state, info.vm)
+                self.state.verdict_kept.add(info.vm.key)
             return None
         _report_blocked(item, nextitem, decision)
         return True
@@ -423,7 +431,7 @@ def _phase_outcome(item: pytest.Item, report: pytest.TestReport) -> str:
 def _failure_text(call: pytest.CallInfo[None], report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     if crash is not None:
-        return str(crash.message)
+        return str(crash.message).removeprefix("Failed: ")
     if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
         return str(report.longrepr[2])
     if call.excinfo is not None and str(call.excinfo.value):
@@ -472,8 +480,11 @@ def write_verdicts(state: RunState) -> list[Path]:
     paths = []
     for vm in state.vms:
         gate = state.gates.get(vm.key)
-        if gate is None or not gate.cases:
+        if gate is None or not gate.cases or vm.key in state.verdict_kept:
             continue
+        resume = state.resumes.get(vm.key)
+        if resume is not None and resume.accepted:
+            continue  # the resumed run's verdict stays the record; this run judged nothing
         facts = state.facts_cache.get(vm.key)
         document = verdict_document(
             gate,
@@ -483,9 +494,30 @@ def write_verdicts(state: RunState) -> list[Path]:
             operator=state.operator(),
             change_ticket=state.change_ticket,
             waivers=state.waivers,
+            run_id=state.run_id,
         )
         paths.append(write_verdict(state.report_dir / "verdicts", document))
     return paths
+
+
+def write_verdict_now(state: RunState, vm: VmRef) -> None:
+    """Before the first action of ``vm`` changes anything: its verdict, so that a run killed
+    mid-way can be resumed (the end of the run writes it again, complete)."""
+    if state.gates.get(vm.key) is None:
+        return
+    facts = state.facts_cache.get(vm.key)
+    document = verdict_document(
+        state.gate(vm),
+        vm_id=facts.vm_id if facts is not None else None,
+        policy=state.digest,
+        harness_version=state.harness_version,
+        operator=state.operator(),
+        change_ticket=state.change_ticket,
+        waivers=state.waivers,
+        run_id=state.run_id,
+    )
+    if document["green"]:
+        write_verdict(state.report_dir / "verdicts", document)
 
 
 def write_audit(state: RunState) -> tuple[Path, Path, str]:

@@ -23,7 +23,12 @@ from imageready.runstate import RunState
 from imageready.target import TargetError, VmRef, parse_vms
 
 # the fixtures checks and actions request, and the item sources their `each=` names
-pytest_plugins = ["imageready.fixtures", "imageready.facts.items", "imageready.allure_support"]
+pytest_plugins = [
+    "imageready.fixtures",
+    "imageready.action_fixtures",
+    "imageready.facts.items",
+    "imageready.allure_support",
+]
 
 MARKERS = (
     "check(id, title, severity, os, doc, each=None): an imageready pre-flight check. id: stable "

@@ -19,11 +19,15 @@ import pytest
 from imageready import __version__
 from imageready.facts import FactsProvider, VmFacts
 from imageready.gate import (
+    STEP_TAG,
+    Resume,
     VerdictDecision,
+    VerdictError,
     VmGate,
     WaiverBook,
     judge_verdict,
     load_verdicts,
+    parse_step_tag,
     policy_digest,
 )
 from imageready.target import VmRef
@@ -69,6 +73,9 @@ class RunState:
     gates: dict[str, VmGate] = field(default_factory=dict)
     facts_cache: dict[str, VmFacts] = field(default_factory=dict)
     decisions: dict[str, GateDecision] = field(default_factory=dict)
+    resumes: dict[str, Resume | None] = field(default_factory=dict)
+    #: VMs whose verdict was written before their actions (not rewritten at the end)
+    verdict_kept: set[str] = field(default_factory=set)
     blocked_actions: list[str] = field(default_factory=list)
     action_outcomes: dict[str, str] = field(default_factory=dict)  # case id -> outcome
     #: step records of the actions, per VM key, in the order they finished (for the audit)
@@ -142,8 +149,13 @@ class RunState:
         gate = self.gate(vm)
         status = gate.status
         blockers = tuple(gate.blockers())
+        resume = self.resume(vm)
         decision: GateDecision
-        if status == "red":
+        if resume is not None and resume.accepted:
+            decision = GateDecision(True, (resume.reason,), "resume")
+        elif resume is not None:
+            decision = GateDecision(False, (resume.reason, *blockers), "resume")
+        elif status == "red":
             decision = GateDecision(False, blockers, "checks")
         elif self.verdict_paths:
             verdict = self._judge_verdict(vm)
@@ -167,6 +179,57 @@ class RunState:
             decision = GateDecision(False, blockers, "checks")
         self.decisions[vm.key] = decision
         return decision
+
+    def resume(self, vm: VmRef) -> Resume | None:
+        """If an earlier run started changing ``vm`` (its guest step is tagged on the VM), the
+        green verdict of that very run lets this one finish the job; the checks then do not
+        apply (the guest they would read is already generalized)."""
+        if vm.key in self.resumes:
+            return self.resumes[vm.key]
+        found: Resume | None = None
+        facts = self.facts(vm)
+        tag = (
+            ""
+            if facts.azure is None
+            else str((facts.vm_model.get("tags") or {}).get(STEP_TAG + "guest") or "")
+        )
+        if tag:
+            run = parse_step_tag(tag).get("run", "")
+            found = self._resume_from_verdict(vm, run, tag, facts.vm_id)
+        self.resumes[vm.key] = found
+        return found
+
+    def _resume_from_verdict(self, vm: VmRef, run: str, tag: str, vm_id: str | None) -> Resume:
+        where = [*self.verdict_paths, self.report_dir / "verdicts"]
+        document = source = None
+        for path in where:
+            try:
+                hit = load_verdicts([path]).get(vm.id.lower()) if path.exists() else None
+            except VerdictError:
+                continue
+            if hit is not None and hit[1].get("run_id") == run:
+                source, document = hit
+                break
+        prefix = f"{vm.key} is part-way through run {run} ({STEP_TAG}guest: {tag})"
+        if document is None or source is None:
+            return Resume(
+                run,
+                tag,
+                False,
+                f"{prefix}; this run cannot finish it without that run's green verdict: pass "
+                f"--verdict with the verdict file of run {run}",
+            )
+        judged = judge_verdict(
+            document,
+            source=source,
+            vm=vm,
+            live_vm_id=vm_id,
+            policy=self.digest,
+            max_age=dt.timedelta(days=3650),  # the guest was generalized under it already
+        )
+        if not judged.accepted:
+            return Resume(run, tag, False, f"{prefix}; {judged.reason}")
+        return Resume(run, tag, True, f"resuming run {run} under its green verdict {source}")
 
     def _judge_verdict(self, vm: VmRef) -> VerdictDecision:
         documents = load_verdicts(self.verdict_paths)

@@ -19,12 +19,11 @@ from typing import Any
 from imageready import progress
 from imageready.azure_errors import AzureError, AzurePreconditionFailed
 from imageready.facts.gather import AzureFactsProvider
-from imageready.gate import WaiverBook
+from imageready.gate import STEP_TAG, WaiverBook, parse_step_tag
 from imageready.redact import one_line, redact
 from imageready.steps.lease import LEASE_TAG, Lease, new_lease
 from imageready.target import VmRef
 
-STEP_TAG = "imageready-step-"
 ORDER = ("lock", "guest", "deallocate", "generalize", "verify", "capture", "unlock")
 
 
@@ -127,7 +126,7 @@ class VmActions:
         record.evidence = outcome.evidence
         if outcome.status == "already done" and name not in ("lock", "unlock"):
             earlier = self.step_tag(name)
-            if earlier:
+            if self.step_done(name):
                 outcome.detail += f" (recorded on the VM: {earlier})"
             elif self.options.apply:
                 self.mark_done(name)
@@ -156,6 +155,21 @@ class VmActions:
         model = self._model or self.vm_model(instance_view=False)
         value = (model.get("tags") or {}).get(STEP_TAG + name)
         return str(value) if value else None
+
+    def step_done(self, name: str) -> bool:
+        """An earlier run (or this one) recorded step ``name`` as done on the VM."""
+        return parse_step_tag(self.step_tag(name)).get("state") == "done"
+
+    def mark_started(self, name: str) -> None:
+        """Before an irreversible guest step: a re-run then knows to resume, not to start over."""
+
+        def change(tags: dict[str, str]) -> dict[str, str]:
+            self._ours(tags)
+            tags[STEP_TAG + name] = f"started run={self.options.run_id} at={_utc()}"
+            tags[LEASE_TAG] = self._renewed().render()
+            return tags
+
+        self._patch_tags(change, f"record the start of step {name}")
 
     # --- tags: lease and step marks, always with If-Match ------------------------------------
 

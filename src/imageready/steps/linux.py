@@ -66,10 +66,10 @@ def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
     from imageready.scan import DeprovisionContext
 
     vm = actions.vm
-    earlier = actions.step_tag("guest")
     state = actions.statuses()
-    if earlier or state.get("OSState") == "generalized":
+    if actions.step_done("guest") or state.get("OSState") == "generalized":
         return Outcome("already done", "the guest was deprovisioned")
+    resumed = bool(actions.step_tag("guest"))  # an earlier run started it and was interrupted
     guest_facts = facts.require_guest()
     user = str((guest_facts.get("user") or {}).get("name") or "")
     context = DeprovisionContext.from_facts(guest_facts, user)
@@ -85,11 +85,13 @@ def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
         )
     if not actions.options.apply:
         return Outcome("planned", f"would {plan}")
-    actions.renew_lease()
     try:
         guest = actions.provider.guest(vm)
     except GuestAuthError:
+        if not resumed:
+            raise
         return _resume_by_run_command(actions, user, context)
+    actions.mark_started("guest")
     started = time.monotonic()
     result = scan(guest, DEPROVISION + "\n" + post_probe(user))
     post = parse_post(list(result.stats.get("run_first_lines") or []))

@@ -97,7 +97,7 @@ class _Sysprep(threading.Thread):
 def sysprep(actions: VmActions, facts: VmFacts) -> Outcome:
     vm, options = actions.vm, actions.options
     state = actions.statuses()
-    if actions.step_tag("guest") or state.get("OSState") == "generalized":
+    if actions.step_done("guest") or state.get("OSState") == "generalized":
         return Outcome("already done", "sysprep generalized the guest")
     power = state.get("PowerState")
     if power != "running":
@@ -120,7 +120,7 @@ def sysprep(actions: VmActions, facts: VmFacts) -> Outcome:
             f"sysprep must run over WinRM as the administrator, not through {guest.transport} "
             "(Run Command runs as SYSTEM, which sysprep refuses)"
         )
-    actions.renew_lease()
+    actions.mark_started("guest")
     prepared = _json(guest.run(script("sysprep_prepare.ps1"), timeout=options.guest_timeout))
     if prepared.get("exists") is not False:
         raise StepFailed(f"could not delete C:\\Windows\\Panther / Sysprep\\unattend.xml: {prepared}")
