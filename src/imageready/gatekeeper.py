@@ -138,20 +138,21 @@ class GateKeeper:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        """A check for another OS is not applicable: the only skip the gate accepts."""
+        """Not applicable, the only skip the gate accepts: a check for another OS, or any check of
+        a VM this run resumes (its guest is already generalized under that run's verdict)."""
         info = item_info(item)
         if info is None or info.kind != "check":
             return
-        callspec = getattr(item, "callspec", None)
-        for value in callspec.params.values() if callspec is not None else ():
-            error = getattr(value, "error", None)
-            if isinstance(error, FactsUnavailable):
-                raise error
         resume = self.state.resume(info.vm)
         if resume is not None and resume.accepted:
             reason = f"not applicable: {resume.reason} (its guest is already generalized)"
             item.stash[NOT_APPLICABLE] = reason
             pytest.skip(reason)
+        callspec = getattr(item, "callspec", None)
+        for value in callspec.params.values() if callspec is not None else ():
+            error = getattr(value, "error", None)
+            if isinstance(error, FactsUnavailable):
+                raise error
         if info.os == "any":
             return
         facts = self.state.facts(info.vm)

@@ -253,8 +253,19 @@ def pytest_configure(config: pytest.Config) -> None:
     except CaptureSpecError as exc:
         raise pytest.UsageError(str(exc)) from None
     scan_rules = config.getoption("scan_rules")
-    if scan_rules is not None and not scan_rules.is_file():
-        raise pytest.UsageError(f"--scan-rules {scan_rules}: no such file")
+    if scan_rules is not None:
+        from imageready.facts.items import SCAN_RULES
+        from imageready.scan import ScanRulesError, load_rules
+
+        try:
+            load_rules(scan_rules)
+        except ScanRulesError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        SCAN_RULES["extra"] = scan_rules
+    else:
+        from imageready.facts.items import SCAN_RULES
+
+        SCAN_RULES["extra"] = None
     for path in config.getoption("verdict"):
         if not path.exists():
             raise pytest.UsageError(f"--verdict {path}: no such file or directory")

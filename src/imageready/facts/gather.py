@@ -109,8 +109,11 @@ class AzureFactsProvider:
         if guest is not None:
             guest.close()
 
-    def connect_guest(self, vm: VmRef, model: dict[str, Any] | None = None) -> Guest:
-        """A new connection to the guest of ``vm``, not shared (the caller closes it)."""
+    def connect_guest(
+        self, vm: VmRef, model: dict[str, Any] | None = None, *, fallback: bool = True
+    ) -> Guest:
+        """A new connection to the guest of ``vm``, not shared (the caller closes it). With
+        ``fallback`` and --transport auto, an unreachable guest is read through Run Command."""
         model = model or self.azure(vm).get_vm(vm, instance_view=False)
         props = model.get("properties", {})
         os_type = props.get("storageProfile", {}).get("osDisk", {}).get("osType")
@@ -144,7 +147,7 @@ class AzureFactsProvider:
                 ca_bundle=os.environ.get("IMAGEREADY_WINRM_CA_BUNDLE") or self.ca_bundle,
             )
         except GuestUnreachable as exc:
-            if self.transport != "auto":
+            if self.transport != "auto" or not fallback:
                 raise
             progress.emit(f"{vm.key}: {exc}; falling back to Azure Run Command (read-only facts)")
             return self._run_command(vm, str(os_type))

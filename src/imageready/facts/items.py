@@ -105,3 +105,20 @@ def waagent_settings(facts: VmFacts) -> list[tuple[str, Any]]:
 def swaps(facts: VmFacts) -> list[tuple[str, Any]]:
     entries = _list(facts.require_guest(), "swap")
     return [(param_id(str(s.get("path", "swap"))), s) for s in entries]
+
+
+#: the extra rule file of this run (--scan-rules); set by the plugin at configure time
+SCAN_RULES: dict[str, Any] = {"extra": None}
+
+
+@item_source("scan_rule")
+def scan_rules(facts: VmFacts) -> list[tuple[str, Any]]:
+    """Every sensitive-data rule for the VM's OS (built-in and --scan-rules), by rule id."""
+    from imageready.scan import load_rules, rules_for
+
+    if facts.os_type is None:
+        raise FactsUnavailable(
+            facts.azure_error or f"{facts.vm}: OS type unknown, no rules apply", "Azure API error"
+        )
+    rules = rules_for(facts.os_type, load_rules(SCAN_RULES["extra"]))
+    return [(param_id(rule.id), rule) for rule in rules]

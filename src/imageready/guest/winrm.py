@@ -121,8 +121,11 @@ def _progress_lines(callback: Callable[[str], None] | None) -> Callable[[bytes],
 
 
 def _purpose(script: str) -> str:
-    first = next((s.strip() for s in script.splitlines() if s.strip() and not s.strip().startswith("#")), "")
-    return f"script {first[:60]!r}" if first else "script"
+    """A label for error messages: the script's own first comment line (its description), never
+    its code, which may embed configuration such as the scan's fingerprint key."""
+    lines = [line.strip() for line in script.splitlines() if line.strip()]
+    comment = next((line.lstrip("#").strip() for line in lines if line.startswith("#")), "")
+    return f"script {comment[:60]!r}" if comment else "script"
 
 
 class WinRmGuest(Guest):

@@ -17,7 +17,10 @@ from imageready.facts import VmFacts
 from imageready.guest.base import GuestAuthError, GuestError
 from imageready.steps import Outcome, StepFailed, VmActions
 
-DEPROVISION = "export HISTSIZE=0; unset HISTFILE; waagent -deprovision+user -force"
+SCAN_CHECK_ID = "IR-SCAN"  # the check id of checks/test_sensitive_data.py (waivers name it)
+DEPROVISION = (
+    'export HISTSIZE=0; unset HISTFILE; waagent -deprovision+user -force; echo "IR-POST waagent_exit $?"'
+)
 
 
 def post_probe(user: str) -> str:
@@ -95,7 +98,10 @@ def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
     started = time.monotonic()
     result = scan(guest, DEPROVISION + "\n" + post_probe(user))
     post = parse_post(list(result.stats.get("run_first_lines") or []))
-    waagent_exit = result.stats.get("run_first_exit")
+    if not post:
+        why = "; ".join(result.errors) or "no output"
+        raise StepFailed(f"the deprovision session reported nothing ({why}): the guest state is unknown")
+    waagent_exit = post.get("waagent_exit", "unknown")
     evidence: dict[str, Any] = {
         "waagent_exit": waagent_exit,
         "post_state": post,
@@ -151,12 +157,11 @@ def _prove_login_refused(actions: VmActions, user: str) -> None:
     """From outside: a new SSH login as the deleted user must fail."""
     actions.provider.drop_guest(actions.vm)
     try:
-        guest = actions.provider.guest(actions.vm)
+        guest = actions.provider.connect_guest(actions.vm, fallback=False)
     except GuestError as exc:
         progress.emit(f"{actions.vm.key}: new login as {user} refused, as it should be: {exc}")
         return
     guest.close()
-    actions.provider.drop_guest(actions.vm)
     raise StepFailed(f"{user} can still log in to {actions.vm.key} after deprovisioning")
 
 

@@ -126,7 +126,9 @@ def sysprep(actions: VmActions, facts: VmFacts) -> Outcome:
         raise StepFailed(f"could not delete C:\\Windows\\Panther / Sysprep\\unattend.xml: {prepared}")
     evidence: dict[str, Any] = {"prepared": prepared, "arguments": list(options.sysprep_args)}
     deadline = time.monotonic() + options.sysprep_deadline
-    worker = _Sysprep(actions.provider.connect_guest(vm), sysprep_script(options.sysprep_args), deadline)
+    worker = _Sysprep(
+        actions.provider.connect_guest(vm, fallback=False), sysprep_script(options.sysprep_args), deadline
+    )
     worker.start()
     progress.emit(f"{vm.key}: sysprep.exe {args} started as {admin}")
     outcome = _follow(actions, guest, worker, deadline, evidence)

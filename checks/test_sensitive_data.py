@@ -1,0 +1,113 @@
+"""No sensitive data persists into the image.
+
+`waagent -deprovision+user` "does not guarantee that the image is cleared of all sensitive
+information": whatever is left goes into every VM made from the image. One case per rule
+(policy data: src/imageready/policy/scan_rules.yaml and --scan-rules), from one read-only scan per
+VM that masks on the guest: findings carry rule, path, line, length, at most 4 characters and a
+keyed fingerprint, never the value. Only what persists past the action blocks the gate; what the
+action removes is listed as such; a single finding can be waived by its fingerprint.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from checks import _docs
+from imageready import progress
+from imageready.checking import evidence, finding
+from imageready.facts import FactsUnavailable, VmFacts
+from imageready.gate import WaiverBook
+from imageready.gatekeeper import record_waiver
+from imageready.runstate import RunState
+from imageready.target import VmRef
+
+CHECK_ID = "IR-SCAN"
+SCAN_RESULTS = pytest.StashKey[dict[str, Any]]()
+
+
+@pytest.fixture
+def scan_result(vm: VmRef, facts: VmFacts, run: RunState, request: pytest.FixtureRequest) -> Any:
+    """One scan of ``vm``'s guest per run, shared by every rule's case. An incomplete scan is an
+    error for every rule: it proves nothing about the guest."""
+    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
+
+    cache = request.config.stash.setdefault(SCAN_RESULTS, {})
+    if vm.key not in cache:
+        guest_facts = facts.require_guest()
+        config = request.config
+        provider: Any = run.provider
+        try:
+            result = scan_guest(
+                provider.guest(vm),
+                rules_for(str(facts.os_type), load_rules(config.getoption("scan_rules"))),
+                key=fingerprint_key(),
+                deadline=time.monotonic() + float(config.getoption("scan_deadline")),
+                context=DeprovisionContext.from_facts(
+                    guest_facts, (guest_facts.get("user") or {}).get("name")
+                ),
+                progress=lambda line: progress.emit(f"{vm.key}: scan: {line}"),
+            )
+        except Exception as exc:  # a transport or key problem: every rule errors with this line
+            cache[vm.key] = FactsUnavailable(
+                f"{vm.key}: sensitive-data scan failed: {exc}", "guest unreachable"
+            )
+        else:
+            cache[vm.key] = result
+    found = cache[vm.key]
+    if isinstance(found, FactsUnavailable):
+        raise found
+    if not found.complete:
+        why = "; ".join(found.errors) or "it stopped before the end"
+        raise FactsUnavailable(
+            f"{vm.key}: the sensitive-data scan is incomplete ({why}): nothing is proven", "timeout"
+        )
+    return found
+
+
+@pytest.mark.check(
+    id=CHECK_ID,
+    title="No sensitive data persists into the image",
+    severity="critical",
+    os="any",
+    doc=_docs.GENERALIZE,
+    each="scan_rule",
+)
+def test_sensitive_data(
+    vm: VmRef, scan_rule: Any, scan_result: Any, waivers: WaiverBook, request: pytest.FixtureRequest
+) -> None:
+    rule = scan_rule
+    findings = scan_result.for_rule(rule.id)
+    removed = [f for f in findings if f.removed_by_action]
+    waived, persisting = [], []
+    for item in (f for f in findings if not f.removed_by_action):
+        waiver = waivers.find(CHECK_ID, vm.key, rule.id, fingerprint=item.fingerprint)
+        if waiver is None:
+            persisting.append(item)
+        else:
+            record_waiver(request.node, waiver)
+            waived.append((item, waiver))
+    lines = [f.summary() for f in persisting]
+    lines += [
+        f"{f.summary()} - WAIVED by {w.approver} until {w.expires:%Y-%m-%d}: {w.reason}" for f, w in waived
+    ]
+    lines += [f.summary() for f in removed]
+    evidence(
+        request,
+        f"{rule.id} ({rule.title}): {len(persisting)} persisting, {len(waived)} waived, "
+        f"{len(removed)} removed by the action",
+        {"rule": rule.id, "source": rule.source, "findings": lines},
+    )
+    if persisting:
+        shown = "\n    ".join(f.summary() for f in persisting[:20])
+        more = f"\n    ... and {len(persisting) - 20} more" if len(persisting) > 20 else ""
+        finding(
+            f"{len(persisting)} finding(s) of {rule.id} ({rule.title}) on {vm.key} would persist into "
+            f"the image:\n    {shown}{more}",
+            where=", ".join(sorted({f.path for f in persisting})[:5]),
+            fix=f"Remove them from the VM (and rotate any credential they held): {rule.rationale}. "
+            "Or waive one finding by its fingerprint (docs/waivers.md).",
+            doc=rule.source or _docs.GENERALIZE,
+        )
