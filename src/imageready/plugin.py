@@ -290,6 +290,12 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--cloud custom needs --arm-endpoint URL (or $IMAGEREADY_ARM_ENDPOINT)")
     report_dir = config.getoption("report_dir") or Path("reports") / "out"
     checks_dir = config.rootpath / config.getini("imageready_checks_dir")
+    if vms and not checks_dir.is_dir():
+        raise pytest.UsageError(
+            f"no {checks_dir.name}/ under pytest's rootdir {config.rootpath}: run from the imageready "
+            "directory; write path options as --option=PATH (pytest takes a bare existing "
+            "directory argument such as '--report-dir DIR' for its rootdir)"
+        )
     state = RunState(
         config=config,
         vms=vms,
