@@ -11,8 +11,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # tools the tests and the demo need from Debian
-APT_PACKAGES := debootstrap chromium chromium-driver ripgrep util-linux ca-certificates python3-venv
-APT_COMMANDS := debootstrap chromium chromedriver rg unshare nsenter
+APT_PACKAGES := debootstrap chromium chromium-driver ripgrep util-linux ca-certificates python3-venv mono-mcs
+APT_COMMANDS := debootstrap chromium chromedriver rg unshare nsenter mcs mono
 PYTEST_WORKERS ?= 2
 REPORT_DIR ?= reports/out
 

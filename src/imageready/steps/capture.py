@@ -1,7 +1,9 @@
 """Capture (opt-in): a managed image (``--capture-as image:NAME``) or an Azure Compute Gallery image
 version (``--capture-as gallery:GALLERY/DEFINITION/VERSION``) of the generalized VM, in the VM's
-resource group and region. Idempotent: an artifact of that name made from this VM is "already
-done"; one made from another VM is an error, never overwritten."""
+resource group and region. ``{vm}`` and ``{rg}`` in the value stand for the VM's name and resource
+group (``image:{vm}-2026.11`` gives each VM of a run its own image). Idempotent: an artifact of
+that name made from this VM is "already done"; one made from another VM is an error, never
+overwritten."""
 
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ def parse_capture(value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None
     kind, _, rest = value.partition(":")
+    try:
+        rest.format(vm="vm", rg="rg")
+    except (KeyError, IndexError, ValueError):
+        raise CaptureSpecError(f"--capture-as {value!r}: only {{vm}} and {{rg}} may be substituted") from None
     if kind == "image" and rest and "/" not in rest:
         return ("image", rest)
     parts = rest.split("/")
@@ -31,10 +37,11 @@ def parse_capture(value: str | None) -> tuple[str, ...] | None:
 
 
 def capture(actions: VmActions) -> Outcome:
-    spec = actions.options.capture
     vm = actions.vm
-    if spec is None:
+    if actions.options.capture is None:
         return Outcome("skipped", "no --capture-as requested")
+    # {vm} and {rg} name one artifact per VM when one run captures several VMs
+    spec = tuple(part.format(vm=vm.name, rg=vm.resource_group) for part in actions.options.capture)
     model = actions.vm_model(instance_view=False)
     location = str(model.get("location") or "")
     base = f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}/providers/Microsoft.Compute"
