@@ -7,4 +7,5 @@ for vm in json.load(sys.stdin)["vms"]:
     name = vm["resource_group"] + "/" + vm["name"]
     prefix = "imageready-step-"
     steps = sorted(k.removeprefix(prefix) for k in vm["tags"] if k.startswith(prefix))
-    print(f"  {name:<24} power={vm['power_state']:<12} os={vm['os_state']:<12} steps={','.join(steps) or '-'}")
+    done = ",".join(steps) or "-"
+    print(f"  {name:<24} power={vm['power_state']:<12} os={vm['os_state']:<12} steps={done}")
