@@ -92,11 +92,14 @@ def _wrap_sh(script: str) -> str:
 
 
 def _wrap_powershell(script: str) -> str:
-    encoded = base64.b64encode(script.encode("utf-8")).decode("ascii")
+    """The script as a scriptblock (readable as itself, so nothing hides what it asks for), its
+    output gzip-compressed and base64-encoded between markers."""
     return (
         "$ProgressPreference='SilentlyContinue'\n"
-        f"$s=[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('{encoded}'))\n"
-        "$o=(& ([scriptblock]::Create($s)) 2>$null | Out-String); $rc=[int]$LASTEXITCODE\n"
+        "$irScript = {\n"
+        f"{script}\n"
+        "}  # imageready: end of script\n"
+        "$o=(& $irScript 2>$null | Out-String); $rc=[int]$LASTEXITCODE\n"
         "$m=New-Object IO.MemoryStream; $g=New-Object IO.Compression.GZipStream($m,"
         "[IO.Compression.CompressionMode]::Compress)\n"
         "$b=[Text.Encoding]::UTF8.GetBytes($o.Trim()); $g.Write($b,0,$b.Length); $g.Close()\n"
