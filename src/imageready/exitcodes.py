@@ -1,4 +1,4 @@
-"""Exit codes of an imageready run (docs/ci.md).
+"""Exit codes of an imageready run (docs/ci/exit-codes.md).
 
 pytest's own codes stay as they are (2 interrupted, 3 internal error, 4 usage error, 5 no tests);
 when tests failed (pytest's 1), the cause is named more precisely so a pipeline can branch on it.

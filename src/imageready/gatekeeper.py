@@ -28,7 +28,7 @@ from imageready.gate import (
     verdict_document,
     write_verdict,
 )
-from imageready.redact import one_line
+from imageready.redact import one_line, redact
 from imageready.runstate import GateDecision, ItemInfo, RunState
 from imageready.target import VmRef
 
@@ -219,6 +219,12 @@ class GateKeeper:
             phases["category"] = str(getattr(exc, "category", "") or "")
         if _RANK[outcome] >= _RANK.get(phases.get("outcome", "passed"), 0):
             phases["outcome"] = outcome
+        if report.failed and report.longrepr is not None:
+            # the terminal and JUnit print this text: mask anything secret-shaped in it
+            text = report.longreprtext
+            masked = redact(text)
+            if masked != text:
+                report.longrepr = masked
         if report.when == "teardown":
             record = {
                 "kind": info.kind,

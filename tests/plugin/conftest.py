@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
 SUB = "00000000-0000-0000-0000-0000000000aa"
 
 PROJECT_CONFTEST = '''
