@@ -384,7 +384,7 @@ class Simulator:
             raise ArmError(401, err.code, err.message, {"WWW-Authenticate": challenge}) from None
 
     def _authorize(self, req: ArmRequest, matched: Route, facts: RequestFacts) -> None:
-        denied = matched.action.lower() in {a.lower() for a in self.scenario.principal.denied_actions}
+        denied = not self.scenario.principal.may(matched.action)
         if denied or self.faults.forbidden(facts):
             segments = req.path.rstrip("/").split("/")
             scope = "/".join(segments[: len(segments) - matched.scope_trim])

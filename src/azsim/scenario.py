@@ -6,6 +6,8 @@ Every mapping is read through :class:`_Reader`, which refuses keys it was not as
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -159,6 +161,34 @@ class Principal:
     object_id: str
     display_name: str
     denied_actions: tuple[str, ...]
+    #: from `role_definitions` (Azure custom role JSON files): the actions granted, None = all
+    allowed_actions: tuple[str, ...] | None = None
+    not_actions: tuple[str, ...] = ()
+
+    def may(self, action: str) -> bool:
+        """Whether the principal's role definitions grant ``action`` (Azure's wildcards)."""
+        wanted = action.lower()
+        if wanted in {a.lower() for a in self.denied_actions}:
+            return False
+        if self.allowed_actions is None:
+            return True
+        granted = any(fnmatch.fnmatchcase(wanted, pattern.lower()) for pattern in self.allowed_actions)
+        return granted and not any(fnmatch.fnmatchcase(wanted, p.lower()) for p in self.not_actions)
+
+
+def _role_definitions(files: list[Any], base: Path, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Actions and NotActions of Azure custom role definition files (paths relative to the scenario)."""
+    actions: list[str] = []
+    not_actions: list[str] = []
+    for entry in files:
+        path = (base / str(entry)).resolve()
+        try:
+            role = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ScenarioError(f"{where}: role definition {entry}: {err}") from None
+        actions += [str(a) for a in role.get("Actions") or role.get("actions") or []]
+        not_actions += [str(a) for a in role.get("NotActions") or role.get("notActions") or []]
+    return tuple(actions), tuple(not_actions)
 
 
 @dataclass(frozen=True)
@@ -453,7 +483,7 @@ def _check_names(rg: ResourceGroupSpec, where: str) -> None:
             )
 
 
-def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
     """Validate a loaded YAML document. Raises ScenarioError with the file and key path."""
     try:
         r = _Reader(data if data is not None else {}, "")
@@ -465,11 +495,19 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         sub_name = subscription.text("name", "azsim")
         subscription.done()
         p = r.child("principal")
+        roles = p.items("role_definitions")
+        allowed, not_actions = (
+            _role_definitions(roles, base_dir or Path.cwd(), p.where("role_definitions"))
+            if roles
+            else (None, ())
+        )
         principal = Principal(
             client_id=p.guid("client_id", DEFAULT_CLIENT_ID),
             object_id=p.guid("object_id", DEFAULT_OBJECT_ID),
             display_name=p.text("display_name", "imageready-ci"),
             denied_actions=tuple(str(a) for a in p.items("denied_actions")),
+            allowed_actions=allowed,
+            not_actions=not_actions,
         )
         p.done()
         timings_reader = r.child("timings")
@@ -520,4 +558,4 @@ def load_scenario(path: Path) -> Scenario:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ScenarioError(f"{path}: not valid YAML{where}") from None
-    return parse_scenario(data, str(path))
+    return parse_scenario(data, str(path), path.resolve().parent)
