@@ -33,7 +33,12 @@ def test_facts_through_run_command(azsim: Azsim, tmp_path: Path, vm: str) -> Non
 def test_unreachable_guest_falls_back_for_facts(azsim: Azsim, tmp_path: Path) -> None:
     # a closed port: SSH is unreachable, so --transport auto reads the facts through Run Command
     run = harness(
-        azsim, "checks", "--vm", "rg-rc/lin-copy", "--guest-address", "rg-rc/lin-copy=127.0.0.1:9",
+        azsim,
+        "checks",
+        "--vm",
+        "rg-rc/lin-copy",
+        "--guest-address",
+        "rg-rc/lin-copy=127.0.0.1:9",
         report_dir=tmp_path,
     )
     assert "falling back to Azure Run Command" in run.output
