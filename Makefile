@@ -59,7 +59,7 @@ typecheck: venv
 
 # pytest's exit code 5 ("no tests collected") is a failure here: an empty run proves nothing.
 test: bootstrap lint typecheck
-	@rc=0; $(BIN)/pytest tests -n $(PYTEST_WORKERS) -p no:cacheprovider || rc=$$?; \
+	@rc=0; $(BIN)/pytest tests -n $(PYTEST_WORKERS) --dist loadscope -p no:cacheprovider || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 demo: bootstrap

@@ -32,12 +32,17 @@ def test_disk_not_ade_encrypted(vm: VmRef, disk: Any, request: pytest.FixtureReq
             doc=_docs.ADE,
         )
     sse = disk_sse(disk["disk"])
+    ade = disk_ade_enabled(disk["disk"])
+    properties = disk["disk"].get("properties", {})
     evidence(
         request,
-        f"{name}: {sse}",
-        {"encryption": disk["disk"].get("properties", {}).get("encryption")},
+        f"{name}: {'Azure Disk Encryption enabled' if ade else 'no Azure Disk Encryption'}; {sse} (fine)",
+        {
+            "encryption": properties.get("encryption"),
+            "encryptionSettingsCollection": properties.get("encryptionSettingsCollection"),
+        },
     )
-    if disk_ade_enabled(disk["disk"]):
+    if ade:
         finding(
             f"{name} of {vm.key} is encrypted with Azure Disk Encryption (encryptionSettingsCollection)",
             where=disk["id"],
@@ -86,20 +91,21 @@ def test_bitlocker_volume_decrypted(vm: VmRef, bitlocker_volume: Any, request: p
         return
     v = bitlocker_volume
     mount = v.get("mount_point")
-    summary = (
-        f"{mount}: {v.get('volume_status')}, protection {v.get('protection_status')}, "
-        f"{v.get('encryption_percentage')} % encrypted, method {v.get('encryption_method')}"
+    percent = float(v.get("encryption_percentage") or 0)
+    state = (
+        f"{v.get('volume_status')}, protection {v.get('protection_status')}, {percent:g} % encrypted, "
+        f"method {v.get('encryption_method')}"
     )
-    evidence(request, summary, v)
+    evidence(request, f"volume {mount}: {state}", v)
     decrypted = (
         str(v.get("volume_status")) == "FullyDecrypted"
         and str(v.get("protection_status")) == "Off"
-        and float(v.get("encryption_percentage") or 0) == 0
+        and percent == 0
     )
     if not decrypted:
         busy = " and still decrypting" if v.get("volume_status") == "DecryptionInProgress" else ""
         finding(
-            f"volume {mount} of {vm.key} is not fully decrypted{busy} ({summary})",
+            f"volume {mount} of {vm.key} is not fully decrypted{busy} ({state})",
             where=f"{vm.key}: Get-BitLockerVolume {mount}",
             fix=f"Disable-BitLocker -MountPoint '{mount}' and wait until it reports FullyDecrypted, 0 %.",
             doc=_docs.GENERALIZE,

@@ -67,10 +67,12 @@ def test_waagent_installed(vm: VmRef, guest_facts: dict[str, Any], request: pyte
 )
 def test_waagent_deprovision_setting(vm: VmRef, waagent_setting: Any, request: pytest.FixtureRequest) -> None:
     key, value = waagent_setting["key"], waagent_setting["value"]
-    evidence(request, f"{vm.key}: /etc/waagent.conf {key}={value}")
+    evidence(request, f"{vm.key}: /etc/waagent.conf {key}={value if value is not None else '(not set)'}")
     if str(value).lower() != "y":
+        # waagent's built-in default for both settings is n
+        setting = f"is {value!r}" if value is not None else "is not set (waagent's default: n)"
         finding(
-            f"{key} is {value!r} in /etc/waagent.conf on {vm.key}, so deprovisioning leaves "
+            f"{key} {setting} in /etc/waagent.conf on {vm.key}, so deprovisioning leaves "
             + (
                 "the SSH host keys shared by every VM from the image"
                 if "Ssh" in key
@@ -168,8 +170,14 @@ def test_client_alive_interval(
     evidence(request, f"{vm.key}: ClientAliveInterval {value} ({sshd.get('source')})")
     low, high = CLIENT_ALIVE_RANGE
     if value is None or not low <= int(value) <= high:
+        if value is None:
+            problem = "unknown (neither `sshd -T` nor the config files gave a value)"
+        elif int(value) == 0:
+            problem = "0 (sshd's default: no keepalives)"
+        else:
+            problem = f"{value}, outside {low}-{high}"
         finding(
-            f"sshd ClientAliveInterval on {vm.key} is {value}, outside {low}-{high}",
+            f"sshd ClientAliveInterval on {vm.key} is {problem}",
             where=f"{vm.key}: /etc/ssh/sshd_config",
             fix="Set ClientAliveInterval 180 and reload sshd.",
             doc=_docs.MARKETPLACE_CERT,

@@ -57,13 +57,23 @@ def test_vm_exists_and_provisioned(vm: VmRef, run: RunState, request: pytest.Fix
 def test_vm_running(vm: VmRef, facts: VmFacts, request: pytest.FixtureRequest) -> None:
     state = power_state(facts)
     evidence(request, f"{vm.key}: PowerState/{state}")
-    if state != "running":
+    if state == "running":
+        return
+    if os_state(facts) == "generalized":
+        # `az vm start` would fail: Azure never starts a generalized VM
         finding(
-            f"{vm.key} is {state}, not running: its guest cannot be checked",
+            f"{vm.key} is {state} and already generalized: it can never start again, so its guest "
+            "cannot be checked",
             where=vm.id,
-            fix=f"Start it (az vm start -g {vm.resource_group} -n {vm.name}) and run the checks again.",
+            fix="Capture an image from it (or delete it); prepare a fresh copy for a new image.",
             doc=_docs.GENERALIZE,
         )
+    finding(
+        f"{vm.key} is {state}, not running: its guest cannot be checked",
+        where=vm.id,
+        fix=f"Start it (az vm start -g {vm.resource_group} -n {vm.name}) and run the checks again.",
+        doc=_docs.GENERALIZE,
+    )
 
 
 @pytest.mark.check(
@@ -95,14 +105,26 @@ def test_not_already_generalized(vm: VmRef, facts: VmFacts, request: pytest.Fixt
 def test_vm_agent_ready(vm: VmRef, facts: VmFacts, request: pytest.FixtureRequest) -> None:
     status, version = agent_status(facts)
     evidence(request, f"{vm.key}: VM agent {status} (version {version or 'unknown'})")
-    if status != "Ready":
+    if status == "Ready":
+        return
+    doc = _docs.LINUX_AGENT if facts.os_type == "Linux" else _docs.WINDOWS_AGENT
+    state = power_state(facts)
+    if state != "running":
+        # no agent reports from a VM that is off: the power state is the finding to act on
         finding(
-            f"the VM agent on {vm.key} is {status}, not Ready",
+            f"the VM agent on {vm.key} is not ready (status '{status}') because the VM is {state}",
             where=f"{vm.id} instance view, vmAgent",
-            fix="Make sure the Azure guest agent (waagent / WindowsAzureGuestAgent) runs and can reach "
-            "the platform, then run the checks again.",
-            doc=_docs.LINUX_AGENT if facts.os_type == "Linux" else _docs.WINDOWS_AGENT,
+            fix="See the power-state finding (IR-TGT-002); the agent reports once the VM runs.",
+            doc=doc,
         )
+    finding(
+        f"the VM agent on {vm.key} is not ready (status '{status}'): VMs from an image whose agent "
+        "does not report fail to provision",
+        where=f"{vm.id} instance view, vmAgent",
+        fix="Make sure the Azure guest agent (waagent / WindowsAzureGuestAgent) runs and can reach "
+        "the platform, then run the checks again.",
+        doc=doc,
+    )
 
 
 @pytest.mark.check(

@@ -197,6 +197,9 @@ class GateKeeper:
         phases = item.stash.setdefault(PHASES, {})
         outcome = _phase_outcome(item, report)
         exc = call.excinfo.value if call.excinfo is not None else None
+        if report.failed and isinstance(exc, Exception) and getattr(exc, "category", None):
+            # an expected environment failure (Azure, guest, timeout): its one line is the story
+            report.longrepr = one_line(str(exc)) or type(exc).__name__
         if outcome == "failed" and getattr(exc, "category", None):
             # a broken environment (Azure, guest, timeout) is an error, not a finding on the VM
             outcome = "error"

@@ -175,11 +175,11 @@ class AzureFactsProvider:
         facts = VmFacts(vm=vm.key, resource_id=vm.id)
         try:
             facts.azure = self._azure_facts(vm)
-        except AzureNotFound as exc:
-            facts.azure_error, facts.azure_error_category = str(exc), "not found"
-            return facts
         except AzureError as exc:
-            facts.azure_error, facts.azure_error_category = str(exc), exc.category
+            category = "not found" if isinstance(exc, AzureNotFound) else exc.category
+            facts.azure_error, facts.azure_error_category = str(exc), category
+            # the guest of a VM Azure cannot show is out of reach for the same reason
+            facts.guest_error, facts.guest_error_category = str(exc), category
             return facts
         self._guest_facts(vm, facts)
         return facts
@@ -224,18 +224,22 @@ class AzureFactsProvider:
         }
 
     def _guest_facts(self, vm: VmRef, facts: VmFacts) -> None:
-        from imageready.facts.azure_view import power_state
+        from imageready.facts.azure_view import os_state, power_state
 
         state = power_state(facts)
         if state != "running":
-            facts.guest_error = f"{vm.key} is {state}: guest facts need a running VM"
+            facts.guest_error = (
+                f"{vm.key} is {state} and generalized: its guest can never be checked again"
+                if os_state(facts) == "generalized"
+                else f"{vm.key} is {state}: its guest can be checked only while it runs"
+            )
             facts.guest_error_category = NOT_RUNNING
             return
         try:
             guest = self.guest(vm, facts.vm_model)
             facts.guest_identity = _identity(guest)
-            script, parse = _facts_script(facts.os_type)
-            result = guest.run(script, timeout=self.guest_timeout, elevated=True)
+            script, parse, elevated = _facts_script(facts.os_type)
+            result = guest.run(script, timeout=self.guest_timeout, elevated=elevated)
             if not result.ok and not result.stdout.strip():
                 why = one_line(result.stderr.decode("utf-8", "replace"))
                 raise GuestError(f"{vm.key}: facts script exited {result.exit_code}: {why}")
@@ -288,13 +292,15 @@ def _identity(guest: Guest) -> dict[str, Any]:
     return {"transport": ident.transport, "endpoint": ident.endpoint, "user": ident.user, **ident.evidence}
 
 
-def _facts_script(os_type: str | None) -> tuple[str, Any]:
+def _facts_script(os_type: str | None) -> tuple[str, Any, bool]:
+    """The facts script for ``os_type``, its parser, and whether the transport must elevate it."""
     if os_type == "Linux":
         from imageready.facts import linux
 
-        return linux.SCRIPT, linux.parse
+        # it elevates itself where sudo allows, so a guest without passwordless sudo still answers
+        return linux.self_elevating(), linux.parse, False
     if os_type == "Windows":
         from imageready.facts import windows
 
-        return windows.SCRIPT, windows.parse
+        return windows.SCRIPT, windows.parse, True
     raise GuestError(f"unknown OS type {os_type!r}: no facts script")

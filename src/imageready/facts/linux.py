@@ -6,8 +6,26 @@ import json
 from importlib import resources
 from typing import Any
 
-#: POSIX sh source; run it elevated (``sudo -n sh``) through a guest transport.
+#: POSIX sh source; run it elevated (``sudo -n sh``), or not elevated inside ``self_elevating``.
 SCRIPT: str = resources.files("imageready.facts").joinpath("linux.sh").read_text(encoding="utf-8")
+
+_HEREDOC_END = "IMAGEREADY_FACTS_EOF"
+
+
+def self_elevating(script: str = SCRIPT) -> str:
+    """``script`` wrapped to run as root through ``sudo -n`` when the connecting user may, and as
+    that user when not: one round trip either way. Run it *not* elevated. A plain ``sudo -n sh``
+    would print nothing but sudo's refusal on a guest where sudo wants a password; this way the
+    facts still arrive and say so (``sudo_nopasswd: false``), and only the root-only probes are
+    missing."""
+    if _HEREDOC_END in script:
+        raise ValueError(f"the facts script must not contain {_HEREDOC_END}")
+    return (
+        f"ir_facts=$(cat <<'{_HEREDOC_END}'\n{script}\n{_HEREDOC_END}\n)\n"
+        'if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then exec sudo -n sh -c "$ir_facts"; fi\n'
+        'exec sh -c "$ir_facts"\n'
+    )
+
 
 SCHEMA_VERSION = 1
 
