@@ -2,16 +2,19 @@
 
 Creation is an LRO (the resource shows ``Creating`` until it ends) and copies what Azure copies:
 a snapshot or a disk made from one keeps the OS type, size, Hyper-V generation, encryption
-settings and the lineage of the VM whose OS disk it was. Rules enforced: an image or a gallery
-image version for a *Generalized* definition needs a generalized VM.
+settings, the lineage of the VM whose OS disk it was and its content (the guest's files as they
+are when the copy starts; see ``azsim.guestapi``). Rules enforced: an image or a gallery image
+version for a *Generalized* definition needs a generalized VM.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, not_allowed, not_found, route
+from azsim.guestapi import disk_home
 from azsim.state import (
     Disk,
     DiskEncryptionSet,
@@ -54,9 +57,16 @@ def _tags(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _created(
-    sim: Simulator, req: ArmRequest, resource: Resource, kind: str, status: int, render: Any
+    sim: Simulator,
+    req: ArmRequest,
+    resource: Resource,
+    kind: str,
+    status: int,
+    render: Any,
+    work: Callable[[], Any] | None = None,
 ) -> ArmReply:
-    """Answer a creating PUT: the resource shows Creating until its operation ends.
+    """Answer a creating PUT: the resource shows Creating until its operation (and ``work``,
+    run outside the state lock) ends.
 
     Called without the state lock held: the operation's end needs it while ARM waits.
     """
@@ -78,7 +88,7 @@ def _created(
         location=resource.location,
         vm_key=None,
         timing="create",
-        work=None,
+        work=work,
         finish=finish,
         fail=fail,
         status=status,
@@ -126,7 +136,9 @@ def _put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str], *, snapshot: b
             tags=_tags(body),
             snapshot=snapshot,
             create_option=str(option),
+            content_home=str(disk_home(rg, kind, m["name"])),
         )
+        source_home: str | None = None
         if option in ("Copy", "Restore"):
             source_id = creation.get("sourceResourceId")
             source = sim.store.get(str(source_id or ""))
@@ -145,6 +157,7 @@ def _put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str], *, snapshot: b
             disk.hyper_v_generation = source.hyper_v_generation
             disk.encryption, disk.des_id, disk.ade = source.encryption, source.des_id, source.ade
             disk.lineage = sim.store.lineage_of(source)
+            source_home = source.content_home
         elif option == "Empty" and not snapshot:
             size = props.get("diskSizeGB")
             if not isinstance(size, int) or size < 1:
@@ -157,7 +170,14 @@ def _put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str], *, snapshot: b
         if encryption.get("diskEncryptionSetId"):
             disk.encryption, disk.des_id = "customer", str(encryption["diskEncryptionSetId"])
     operation = "createSnapshot" if snapshot else "createDisk"
-    return _created(sim, req, disk, operation, 202, lambda: disk.to_arm(sim.store.subscription_id))
+
+    def copy_content() -> None:
+        if source_home is not None:
+            sim.guests.copy_disk_content(source_home, disk.content_home)
+
+    return _created(
+        sim, req, disk, operation, 202, lambda: disk.to_arm(sim.store.subscription_id), copy_content
+    )
 
 
 def put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:

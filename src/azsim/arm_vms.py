@@ -419,6 +419,8 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
                 os_type=vm.os,
                 admin_user=vm.admin_user,
                 spec=vm.guest_spec,
+                # the guest boots from what is on its OS disk (a copy: the source's files)
+                disk_home=os_disk.content_home,
             )
             sim.guests.start(vm.key)
 

@@ -7,14 +7,39 @@ shows the VM *stopped* (not deallocated), as Azure does.
 
 Implementations: ``azsim.linuxguest.LinuxGuest`` (real sshd and waagent in a sandbox) and
 ``azsim.windows.guest.WindowsGuest`` (real WS-Man endpoints over a Windows machine model).
+
+A guest's *content* (what is on its OS disk) belongs to the managed disk, not to the VM: a
+snapshot copies its source disk's content, a disk made from a snapshot copies the snapshot's, and
+a VM boots from its OS disk's content (``GuestContext.disk_dir``). So a copy of a VM shows the
+source's files as they were at snapshot time, and whatever happens to the copy never reaches the
+source. Content is only ``CONTENT_PATHS`` inside a disk's directory; everything else a guest
+keeps (console log, WinRM credential store, overlay work and mount directories) is runtime state
+of one boot and stays behind. Where each disk keeps its content: ``Disk.content_home``, relative
+to azsim's state directory (``guest_home`` for a scenario VM's OS disk, ``disk_home`` otherwise).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
+
+#: a disk's guest content, relative to its directory: Linux's provisioning marker (the image
+#: recipe its upper layer was written on) and overlay upper layer; Windows' machine model
+CONTENT_PATHS = ("provisioned", "disk/upper", "windows-model.json")
+
+
+def guest_home(resource_group: str, vm_name: str) -> PurePosixPath:
+    """A VM's guest directory, relative to azsim's state directory; a scenario VM's OS disk
+    keeps its content there too."""
+    return PurePosixPath("guests", resource_group, vm_name)
+
+
+def disk_home(resource_group: str, kind: str, name: str) -> PurePosixPath:
+    """Where a disk (``kind`` "disks") or snapshot ("snapshots") made through ARM keeps its
+    content, relative to azsim's state directory."""
+    return PurePosixPath("disks", resource_group.lower(), kind, name.lower())
 
 
 @dataclass
@@ -26,7 +51,8 @@ class GuestContext:
     vm_name: str
     #: the VM's osProfile.adminUsername
     admin_user: str
-    #: a directory owned by this guest (rootfs upper dir, logs, model state)
+    #: a directory owned by this guest: runtime state (console log, WinRM credential store)
+    #: and, unless ``disk_dir`` is given, the OS disk's content too
     state_dir: Path
     #: the scenario's `guest:` mapping, unparsed; each guest validates its own keys
     spec: dict[str, Any]
@@ -41,6 +67,13 @@ class GuestContext:
     cache_dir: Path = field(default_factory=lambda: Path("/var/cache/azsim"))
     #: called by the guest when it powers itself off (from inside)
     on_guest_shutdown: Callable[[], None] = lambda: None
+    #: the OS disk's content directory (``CONTENT_PATHS``); None: ``state_dir``
+    disk_dir: Path | None = None
+
+    @property
+    def content_dir(self) -> Path:
+        """Where this guest's OS disk content lives (the guest boots from it)."""
+        return self.disk_dir if self.disk_dir is not None else self.state_dir
 
 
 class GuestController(Protocol):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azsim.guestapi import GuestContext, GuestController
+from azsim.guestapi import CONTENT_PATHS, GuestContext, GuestController, guest_home
 
 GUEST_CLASSES = {
     "Linux": "azsim.linuxguest:LinuxGuest",
@@ -30,6 +32,46 @@ NO_GUEST_NOTE = "azsim: this VM has no guest (azsim runs with guests: none)"
 
 class GuestSetupError(RuntimeError):
     """A guest class that cannot be loaded or a guest that cannot be created; one line."""
+
+
+class DiskContentError(RuntimeError):
+    """A disk's guest content could not be copied; one line."""
+
+
+def copy_content(source: Path, target: Path) -> bool:
+    """Give ``target`` the guest content of ``source``, replacing any it had; False when the
+    source has none (its VM never booted: a VM made from the copy then provisions afresh).
+
+    Like an Azure snapshot of a disk in use, the copy is crash-consistent: the source's guest
+    may keep running. ``cp -a`` keeps what the overlay upper layer needs (owners, modes, device
+    nodes that mark deletions, ``trusted.overlay.*`` attributes, hard links).
+    """
+    present = [relative for relative in CONTENT_PATHS if (source / relative).exists()]
+    if not present:
+        return False
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700, parents=True)
+    for relative in present:
+        destination = staging / relative
+        destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["cp", "-a", "--reflink=auto", "--", str(source / relative), str(destination)],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C"},
+            check=False,
+        )
+        # a file the running guest deleted while cp walked the tree is simply not in the copy
+        problems = [line for line in done.stderr.splitlines() if "No such file or directory" not in line]
+        if done.returncode != 0 and (problems or not done.stderr.strip()):
+            shutil.rmtree(staging, ignore_errors=True)
+            why = (problems or [f"cp exited {done.returncode}"])[0]
+            raise DiskContentError(f"copying the content of {source} failed: {why}")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
+    return True
 
 
 def load_guest_class(os_type: str) -> Callable[[GuestContext], GuestController]:
@@ -91,11 +133,14 @@ class Guests:
         os_type: str,
         admin_user: str,
         spec: dict[str, Any],
+        disk_home: str | None = None,
     ) -> None:
+        """Create (not boot) the guest of a VM whose OS disk keeps its content at ``disk_home``
+        (``Disk.content_home``; None: in the guest's own directory, as a scenario VM's does)."""
         if self.settings is None:
             return
         cls = load_guest_class(os_type)
-        guest_dir = self.settings.state_dir / "guests" / resource_group / vm_name
+        guest_dir = self.settings.state_dir / guest_home(resource_group, vm_name)
         guest_dir.mkdir(parents=True, exist_ok=True)
         ctx = GuestContext(
             resource_group=resource_group,
@@ -108,10 +153,26 @@ class Guests:
             ssh_public_key=self.settings.ssh_public_key,
             admin_password=self.settings.admin_password,
             on_guest_shutdown=lambda: self._on_guest_shutdown(key),
+            disk_dir=self.content_dir(disk_home),
         )
         guest = cls(ctx)
         with self._lock:
             self._guests[key.lower()] = guest
+
+    def content_dir(self, home: str | None) -> Path | None:
+        """The directory of a disk's guest content (``Disk.content_home``); None when guests
+        are disabled or the disk has no home."""
+        if self.settings is None or not home:
+            return None
+        return self.settings.state_dir / home
+
+    def copy_disk_content(self, source_home: str | None, target_home: str | None) -> bool:
+        """A snapshot or a disk copy: the target disk gets the source's guest content as it is
+        now. False when there is nothing to copy (guests disabled, or the source never booted)."""
+        source, target = self.content_dir(source_home), self.content_dir(target_home)
+        if source is None or target is None:
+            return False
+        return copy_content(source, target)
 
     def _get(self, key: str) -> GuestController | None:
         with self._lock:

@@ -1,11 +1,12 @@
 """LinuxGuest: a Linux VM's guest as ARM sees it: real sshd and real waagent in a sandbox.
 
-The disk is an overlay of the cached Debian image (``azsim.linux.rootfs``) with this VM's upper
-layer under ``ctx.state_dir``; the first boot provisions it as Azure's agent would (admin user,
-SSH key, sudoers, ovf-env.xml, host keys) and stages the scenario's leftovers. Later boots,
-reboots and stop/start cycles keep the disk as it is. ``read_path`` and ``exists`` look at the
-disk from outside (not through sshd), running or stopped, so tests can check what waagent did
-after it deleted the very user they logged in as.
+The disk is an overlay of the cached Debian image (``azsim.linux.rootfs``) with the OS disk's
+upper layer under ``ctx.content_dir``; the first boot of a disk provisions it as Azure's agent
+would (admin user, SSH key, sudoers, ovf-env.xml, host keys) and stages the scenario's leftovers.
+Later boots, reboots and stop/start cycles keep the disk as it is, and so does a VM made from a
+copy of a provisioned disk (Azure does not provision a specialized disk again). ``read_path``
+and ``exists`` look at the disk from outside (not through sshd), running or stopped, so tests
+can check what waagent did after it deleted the very user they logged in as.
 """
 
 from __future__ import annotations
@@ -81,7 +82,12 @@ class LinuxGuest:
 
     @property
     def provisioned(self) -> bool:
-        return (self.ctx.state_dir / "provisioned").exists()
+        return self._marker.exists()
+
+    @property
+    def _marker(self) -> Path:
+        """Written on the disk once provisioned: the image recipe its upper layer is over."""
+        return self.ctx.content_dir / "provisioned"
 
     def start(self) -> None:
         with self._lock:
@@ -94,12 +100,12 @@ class LinuxGuest:
         started = time.monotonic()
         provisioning = None
         if self.provisioned:
-            made_from = (self.ctx.state_dir / "provisioned").read_text().strip()
+            made_from = self._marker.read_text().strip()
             if made_from != recipe_key():
                 # an upper layer only makes sense over the image it was written on
                 raise SandboxError(
                     f"{self.name}: its disk was made from image {made_from}, azsim now builds "
-                    f"{recipe_key()}; remove {self.ctx.state_dir} to start afresh"
+                    f"{recipe_key()}; remove {self.ctx.content_dir} to start afresh"
                 )
         else:
             provisioning = provisioning_script(
@@ -116,7 +122,7 @@ class LinuxGuest:
         except SandboxError as err:
             raise SandboxError(f"{self.name}: {err}") from None
         if provisioning is not None:
-            (self.ctx.state_dir / "provisioned").write_text(f"{recipe_key()}\n")
+            self._marker.write_text(f"{recipe_key()}\n")
         self._sandbox = sandbox
         self._stopping = False
         self.last_boot_seconds = time.monotonic() - started
@@ -131,7 +137,8 @@ class LinuxGuest:
 
     def _disk(self) -> Disk:
         self.ctx.state_dir.mkdir(parents=True, exist_ok=True)
-        disk = Disk(ensure_rootfs(self.cache_dir), self.ctx.state_dir)
+        self.ctx.content_dir.mkdir(parents=True, exist_ok=True)
+        disk = Disk(ensure_rootfs(self.cache_dir), self.ctx.content_dir)
         disk.create()
         return disk
 
@@ -218,6 +225,7 @@ class LinuxGuest:
             "hostname": self.spec.hostname,
             "admin_user": self.ctx.admin_user,
             "provisioned": self.provisioned,
+            "disk": str(self.ctx.content_dir),
             "rootfs": recipe_key(),
             "boots": self.boots,
             "last_boot_seconds": round(self.last_boot_seconds, 2),

@@ -88,6 +88,8 @@ class Disk(Resource):
     unique_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     #: which VM's OS disk this content came from: {"vm", "admin_user", "os", "guest"}
     lineage: dict[str, Any] | None = None
+    #: where its guest content lives, relative to azsim's state directory (azsim.guestapi)
+    content_home: str | None = None
 
     def creation_data(self, subscription: str) -> dict[str, Any]:
         data: dict[str, Any] = {"createOption": self.create_option}

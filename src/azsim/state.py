@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from azsim.guestapi import disk_home, guest_home
 from azsim.resources import (
     COMPUTE,
     Disk,
@@ -123,6 +124,7 @@ class Store:
             if spec.disk_encryption_set
             else None,
             ade=spec.ade,
+            content_home=str(disk_home(rg, kind, spec.name)),
         )
         if spec.source:
             source_kind, source_name = spec.source.split("/")
@@ -158,6 +160,8 @@ class Store:
         os_disk = self._disk_from_spec(rg, spec.location, spec.os_disk, snapshot=False)
         os_disk.managed_by = vm.id
         os_disk.hyper_v_generation = spec.hyper_v_generation
+        # the guest writes its disk where it keeps the rest of its state (azsim.guests)
+        os_disk.content_home = str(guest_home(rg, spec.name))
         os_disk.lineage = {
             "vm": vm.key,
             "admin_user": spec.admin_user,

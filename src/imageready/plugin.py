@@ -67,6 +67,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="let actions change the VM. Without it, actions only report their plan.",
     )
     group.addoption(
+        "--copy-first",
+        action="store_true",
+        default=False,
+        help="for a VM whose only blocker is that it is an original (IR-SRC-001): check it, then "
+        "copy it (snapshots, disks, a VM <name><suffix> tagged imageready-copy-of) and check and "
+        "act on the copy; the original stays untouched. Without --apply, only the plan.",
+    )
+    group.addoption(
+        "--copy-suffix",
+        default="-imgcopy",
+        metavar="SUFFIX",
+        help="name of a --copy-first copy: the original's name plus this (default -imgcopy).",
+    )
+    group.addoption(
         "--verdict",
         action="append",
         default=[],
@@ -222,6 +236,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if not config.getoption("vm") or not config.pluginmanager.hasplugin("xdist"):
         return
     dist = config.getoption("dist", "no")
+    if config.getoption("numprocesses", None) and config.getoption("maxworkerrestart", None) is None:
+        # pytest-xdist 3.8 can hang when a worker is restarted under loadgroup (xdist #1323,
+        # #1327): a crashed worker ends the run instead
+        config.option.maxworkerrestart = 0
     if config.getoption("numprocesses", None) and dist in ("no", "load"):
         config.option.dist = "loadgroup"
     elif dist not in ("no", "load", "loadgroup"):
@@ -296,6 +314,10 @@ def pytest_configure(config: pytest.Config) -> None:
             "directory; write path options as --option=PATH (pytest takes a bare existing "
             "directory argument such as '--report-dir DIR' for its rootdir)"
         )
+    from imageready.copyfirst import copy_first
+
+    # last of the configuration: it may run checks and make copies, once the options are sound
+    vms = copy_first(config, vms)
     state = RunState(
         config=config,
         vms=vms,

@@ -62,8 +62,10 @@ class WindowsGuest:
             raise ValueError(f"{ctx.resource_group}/{ctx.vm_name}: a Windows guest needs an admin password")
         spec = parse_spec(ctx.spec, ctx.vm_name, ctx.admin_user)
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        ctx.content_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = ctx
-        self.machine = WindowsMachine.open(spec, ctx.admin_user, ctx.state_dir)
+        # the machine is what is on the OS disk: a copy of a disk boots the source's machine
+        self.machine = WindowsMachine.open(spec, ctx.admin_user, ctx.content_dir)
         self.machine.power = self
         self.handlers = HandlerRegistry([*handlers, *default_handlers()])
         self.service = WsmanService(self.machine.hostname, self._start_command, self.machine.close_shell)
@@ -174,6 +176,7 @@ class WindowsGuest:
                 "sysprep_running": bool(self.machine.running_processes("sysprep")),
                 "open_shells": self.service.open_shells(),
                 "scripts_run": len(self.machine.history),
+                "disk": str(self.ctx.content_dir),
             }
 
     def close(self) -> None:
