@@ -68,7 +68,8 @@ def build_record(
         **dict(run),
         "vms": vm_list,
     }
-    return json.loads(redact(json.dumps(record, sort_keys=True, default=str)))
+    masked: dict[str, Any] = json.loads(redact(json.dumps(record, sort_keys=True, default=str)))
+    return masked
 
 
 def from_run_state(
@@ -90,6 +91,7 @@ def from_run_state(
             os_disk = props.get("storageProfile", {}).get("osDisk", {})
             disk_id = str((os_disk.get("managedDisk") or {}).get("id") or "")
             identity.update(
+                copy_of=(model.get("tags") or {}).get("imageready-copy-of"),
                 vm_id=facts.vm_id,
                 os=facts.os_type,
                 size=props.get("hardwareProfile", {}).get("vmSize"),
@@ -198,6 +200,7 @@ def _vm_page(vm: Mapping[str, Any]) -> str:
             [
                 ("Resource id", ident.get("resource_id")),
                 ("vmId", ident.get("vm_id")),
+                ("Copy of", ident.get("copy_of") or "not an imageready copy"),
                 ("OS / size / region", f"{ident.get('os')} / {ident.get('size')} / {ident.get('region')}"),
                 ("OS disk", ident.get("os_disk")),
                 ("OS disk provenance", chain or "unknown"),

@@ -35,7 +35,7 @@ from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts.azure_view import COPY_TAG
 from imageready.facts.gather import AzureFactsProvider
 from imageready.gate import GREEN_OUTCOMES, verdict_filename
-from imageready.guest.base import Guest, GuestError
+from imageready.guest.base import GuestError
 from imageready.redact import one_line
 from imageready.steps import StepRecord
 from imageready.steps.copy import (
@@ -90,31 +90,6 @@ class LookUp:
     error: str = ""
 
 
-class CopyFactsProvider(AzureFactsProvider):
-    """The default facts provider, told the admin user of each copy.
-
-    Azure shows no ``osProfile`` for a VM created by attaching a specialized OS disk, so a copy's
-    model does not name its admin user; the copy's disk is the original's, and so is that user.
-    """
-
-    def __init__(self, config: pytest.Config, admin_users: dict[str, str]) -> None:
-        super().__init__(config)
-        self.admin_users = admin_users
-
-    def connect_guest(
-        self, vm: VmRef, model: dict[str, Any] | None = None, *, fallback: bool = True
-    ) -> Guest:
-        user = self.admin_users.get(vm.key.lower())
-        if user:
-            model = dict(model or self.azure(vm).get_vm(vm, instance_view=False))
-            props = dict(model.get("properties") or {})
-            profile = dict(props.get("osProfile") or {})
-            if not profile.get("adminUsername"):
-                props["osProfile"] = {**profile, "adminUsername": user}
-                model["properties"] = props
-        return super().connect_guest(vm, model, fallback=fallback)
-
-
 def copy_first(config: pytest.Config, vms: list[VmRef]) -> list[VmRef]:
     """The run's targets: with ``--copy-first``, each original replaced by its copy where one was
     made or found (see the module's docstring). Without it, ``vms`` as they are."""
@@ -139,8 +114,7 @@ def copy_first(config: pytest.Config, vms: list[VmRef]) -> list[VmRef]:
         decisions = copier.decide(vms)
     finally:
         copier.close()
-    copies = {d.target.key.lower() for d in decisions if d.target != d.original}
-    report = CopyFirstReport(decisions, {k: v for k, v in copier.admin_users.items() if k in copies})
+    report = CopyFirstReport(decisions)
     config.pluginmanager.register(report, "imageready-copy-first")
     return _sorted({d.target for d in decisions})
 
@@ -154,7 +128,7 @@ def _worker_targets(config: pytest.Config, workerinput: dict[str, Any]) -> list[
     if shipped is None:
         raise pytest.UsageError("--copy-first: this xdist worker did not get the controller's targets")
     data = json.loads(shipped)
-    config.pluginmanager.register(CopyFirstReport([], dict(data["admin_users"])), "imageready-copy-first")
+    config.pluginmanager.register(CopyFirstReport([]), "imageready-copy-first")
     return [VmRef(*parts) for parts in data["targets"]]
 
 
@@ -169,8 +143,6 @@ class Copier:
         #: the checks of the originals and the copy records
         self.folder = Path(report_dir).absolute() / "originals"
         self.provider = AzureFactsProvider(config)
-        #: lower-case rg/name of each copy -> the admin user of its original
-        self.admin_users: dict[str, str] = {}
 
     def close(self) -> None:
         self.provider.close()
@@ -201,9 +173,6 @@ class Copier:
             raise pytest.UsageError(str(exc)) from None
         except AzureError as exc:  # the original's own checks will meet it too, and say so
             return LookUp(None, None, f"cannot look for a copy of {original.key}: {exc}")
-        admin = str(((source or {}).get("properties") or {}).get("osProfile", {}).get("adminUsername") or "")
-        if admin:
-            self.admin_users[copy.key.lower()] = admin
         return LookUp(existing, source)
 
     def _judge(
@@ -303,7 +272,7 @@ class Copier:
 
     def _wait_for_guest(self, copy: VmRef) -> float:
         # a provider of its own: the guest addresses it reads now include the copy's
-        probe = CopyFactsProvider(self.config, self.admin_users)
+        probe = AzureFactsProvider(self.config)
         try:
             deadline = float(self.config.getoption("guest_timeout"))
             return wait_for_guest(copy, lambda: probe.connect_guest(copy, fallback=False), deadline)
@@ -423,25 +392,18 @@ def _last_line(path: Path) -> str:
 
 
 class CopyFirstReport:
-    """Hooks for the rest of the run: workers' targets, the copies' admin users, the audit's copy
-    step and the terminal summary."""
+    """Hooks for the rest of the run: workers' targets, the audit's copy step and the terminal
+    summary."""
 
-    def __init__(self, decisions: list[Decision], admin_users: dict[str, str]) -> None:
+    def __init__(self, decisions: list[Decision]) -> None:
         self.decisions = decisions
-        self.admin_users = admin_users
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         targets = _sorted({d.target for d in self.decisions})
         node.workerinput[WORKERINPUT_KEY] = json.dumps(
-            {
-                "targets": [[t.subscription, t.resource_group, t.name] for t in targets],
-                "admin_users": self.admin_users,
-            }
+            {"targets": [[t.subscription, t.resource_group, t.name] for t in targets]}
         )
-
-    def pytest_imageready_facts_provider(self, config: pytest.Config) -> AzureFactsProvider | None:
-        return CopyFactsProvider(config, self.admin_users) if self.admin_users else None
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """The copy step opens its VM's actions in the audit (controller only)."""

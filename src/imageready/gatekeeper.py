@@ -492,7 +492,8 @@ def write_verdicts(state: RunState) -> list[Path]:
         gate = state.gates.get(vm.key)
         if gate is None or not gate.cases or vm.key in state.verdict_kept:
             continue
-        resume = state.resumes.get(vm.key)
+        # the controller of an xdist run decided nothing itself: ask (it reads the VM's tags)
+        resume = state.resumes[vm.key] if vm.key in state.resumes else state.resume(vm)
         if resume is not None and resume.accepted:
             continue  # the resumed run's verdict stays the record; this run judged nothing
         facts = state.facts_cache.get(vm.key)

@@ -117,7 +117,7 @@ class AzureFactsProvider:
         model = model or self.azure(vm).get_vm(vm, instance_view=False)
         props = model.get("properties", {})
         os_type = props.get("storageProfile", {}).get("osDisk", {}).get("osType")
-        admin = str(props.get("osProfile", {}).get("adminUsername") or "")
+        admin = str(props.get("osProfile", {}).get("adminUsername") or "") or self._copied_admin(vm, model)
         kind = {"Linux": "ssh", "Windows": "winrm"}.get(str(os_type))
         if kind is None:
             raise GuestError(f"{vm.key}: unknown OS type {os_type!r}, no transport for it")
@@ -151,6 +151,27 @@ class AzureFactsProvider:
                 raise
             progress.emit(f"{vm.key}: {exc}; falling back to Azure Run Command (read-only facts)")
             return self._run_command(vm, str(os_type))
+
+    def _copied_admin(self, vm: VmRef, model: dict[str, Any]) -> str:
+        """A VM created from a copied (specialized) disk has no osProfile in Azure: its admin user
+        is the one of the VM it is a copy of (tag imageready-copy-of), whose disk it carries."""
+        from imageready.facts.azure_view import COPY_TAG
+        from imageready.target import TargetError, parse_vm
+
+        source_id = str((model.get("tags") or {}).get(COPY_TAG) or "")
+        for _hop in range(3):  # a copy of a copy of ...
+            if not source_id:
+                return ""
+            try:
+                source = parse_vm(source_id, None)
+                source_model = self.azure(source).get_vm(source, instance_view=False)
+            except (TargetError, AzureError):
+                return ""
+            admin = str(source_model.get("properties", {}).get("osProfile", {}).get("adminUsername") or "")
+            if admin:
+                return admin
+            source_id = str((source_model.get("tags") or {}).get(COPY_TAG) or "")
+        return ""
 
     def _run_command(self, vm: VmRef, os_type: str) -> Guest:
         from imageready.guest.runcommand import RunCommandGuest

@@ -22,7 +22,7 @@ from imageready.azure import AzureSession
 from imageready.azure_errors import AzureNotFound
 from imageready.facts.azure_view import COPY_TAG
 from imageready.guest.base import Guest, GuestError
-from imageready.steps import StepRecord, _call_dict
+from imageready.steps import StepRecord, call_record
 from imageready.target import VmRef
 
 
@@ -246,4 +246,4 @@ def step_record(vm: VmRef, status: str, detail: str, **evidence: Any) -> StepRec
 
 def calls_since(azure: AzureSession, first: int) -> list[dict[str, Any]]:
     """The audit's view of every mutating Azure call made since ``first``."""
-    return [_call_dict(call) for call in azure.calls[first:]]
+    return [call_record(call) for call in azure.calls[first:]]
