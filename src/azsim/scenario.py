@@ -239,6 +239,8 @@ class VmSpec:
     security_type: str
     hyper_v_generation: str
     plan: dict[str, str] | None
+    #: False: the VM model leaves out storageProfile.osDisk.osType (an OS type Azure does not know)
+    os_type_reported: bool = True
 
 
 @dataclass(frozen=True)
@@ -392,6 +394,7 @@ def _vm(data: Any, where: str, rg_location: str) -> VmSpec:
         ),
         hyper_v_generation=r.text("hyper_v_generation", "V2", choices=("V1", "V2")),
         plan=plan,
+        os_type_reported=r.flag("os_type_reported", True),
     )
     r.done()
     return spec

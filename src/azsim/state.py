@@ -151,6 +151,7 @@ class Store:
             security_type=spec.security_type,
             hyper_v_generation=spec.hyper_v_generation,
             plan=dict(spec.plan) if spec.plan else None,
+            os_type_reported=spec.os_type_reported,
             guest_spec=dict(spec.guest),
             extensions=[
                 Extension(e.name, e.publisher, e.type, e.version, e.provisioning_state)

@@ -73,6 +73,8 @@ class Vm(Resource):
     security_type: str = "Standard"
     hyper_v_generation: str = "V2"
     plan: dict[str, str] | None = None
+    #: False: the model leaves out the OS disk's osType (the scenario's os_type_reported)
+    os_type_reported: bool = True
     guest_spec: dict[str, Any] = field(default_factory=dict)
     etag_counter: int = 1
     #: the kind of the operation in progress on this VM, if any
@@ -114,7 +116,7 @@ class Vm(Resource):
                 "exactVersion": "1.0.0" if version == "latest" else version,
             }
         profile["osDisk"] = {
-            "osType": self.os,
+            **({"osType": self.os} if self.os_type_reported else {}),
             "name": disk.name,
             "createOption": "FromImage" if disk.create_option == "FromImage" else "Attach",
             "caching": "ReadWrite",

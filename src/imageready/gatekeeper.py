@@ -19,7 +19,7 @@ from _pytest.runner import CallInfo
 
 from imageready import exitcodes
 from imageready.checking import evidence_summaries
-from imageready.facts import FactsUnavailable
+from imageready.facts import VM_STATE, FactsUnavailable
 from imageready.gate import (
     CaseRecord,
     VerdictError,
@@ -157,10 +157,11 @@ class GateKeeper:
             return
         facts = self.state.facts(info.vm)
         if facts.os_type is None:
+            if facts.azure_error:
+                raise FactsUnavailable(facts.azure_error, facts.azure_error_category or "Azure API error")
             raise FactsUnavailable(
-                facts.azure_error
-                or f"{info.vm.key}: OS type unknown, cannot judge whether {info.check_id} applies",
-                facts.azure_error_category or "Azure API error",
+                f"{info.vm.key}: Azure reports no OS type, so whether {info.check_id} applies is unknown",
+                VM_STATE,
             )
         if facts.os_type != info.os:
             reason = f"not applicable: {info.os}-only check, {info.vm.key} runs {facts.os_type}"

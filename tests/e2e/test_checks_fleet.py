@@ -47,6 +47,7 @@ FLEET = [
     "win-generalized",
     "win-failed",
     "win-agent-down",
+    "win-no-ostype",
     "ghost",  # not in the scenario: the VM does not exist
 ]
 CLEAN_COPIES = [f"{RG}/lin-clean-copy", f"{RG}/win-clean-copy"]
@@ -111,6 +112,7 @@ EXPECTED = [
     ("test_vm_agent_ready", "win-stopped", "", F, "because the VM is stopped"),
     ("test_os_type_known", "lin-clean-copy", "", P, ""),
     ("test_os_type_known", "win-clean-copy", "", P, ""),
+    ("test_os_type_known", "win-no-ostype", "", F, "the OS type of rg-checks/win-no-ostype is not reported"),
     # server roles: supported, unsupported (itself or through its parent), rejected, conditional
     (ROLE, "win-clean-copy", "FS-FileServer", P, ""),
     (ROLE, "win-dc-original", "DNS", P, ""),
@@ -234,11 +236,9 @@ def test_every_check_passes_somewhere_and_fails_somewhere(fleet: Run) -> None:
         assert not case_id.startswith(SCAN_MODULE), "the scan is tested on its own"
         by_check[case_id.split("::", 1)[1].split("[", 1)[0]].add(outcome)
     assert set(by_check) == {check for check, *_ in EXPECTED}, "a check has no row in EXPECTED"
-    # azsim always reports an OS disk's osType, so an unknown OS type cannot be staged (see docs/checks.md)
-    never_fails = {"test_os_type_known"}
     for check, outcomes in sorted(by_check.items()):
         assert "passed" in outcomes, f"{check} passed nowhere"
-        assert check in never_fails or "failed" in outcomes, f"{check} failed nowhere"
+        assert "failed" in outcomes, f"{check} failed nowhere"
 
 
 def test_each_finding_says_what_where_how_to_fix_and_the_doc(fleet: Run) -> None:

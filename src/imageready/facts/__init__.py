@@ -15,6 +15,10 @@ from typing import Any, Protocol
 
 from imageready.target import VmRef
 
+#: the category of facts that cannot be read because of the VM's own state (not running, OS type
+#: not reported): a finding about the VM, not broken infrastructure
+VM_STATE = "vm state"
+
 
 class FactsUnavailable(Exception):
     """A check needs facts that could not be gathered. The check errors (gate shut)."""

@@ -19,14 +19,14 @@ import pytest
 from imageready import progress
 from imageready.azure import AzureSession, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
-from imageready.facts import VmFacts
+from imageready.facts import VM_STATE, VmFacts
 from imageready.guest.base import Guest, GuestError, GuestUnreachable
 from imageready.redact import one_line
 from imageready.target import VmRef
 
 NIC_API = "2024-05-01"
 DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
-NOT_RUNNING = "vm not running"  # a category of its own: the VM's state, not broken infrastructure
+NOT_RUNNING = VM_STATE  # the VM's state, not broken infrastructure
 
 
 class GuestConfigError(ValueError):
@@ -248,6 +248,10 @@ class AzureFactsProvider:
         from imageready.facts.azure_view import os_state, power_state
 
         state = power_state(facts)
+        if facts.os_type is None:
+            facts.guest_error = f"{vm.key}: Azure reports no OS type, so no facts script can be chosen"
+            facts.guest_error_category = VM_STATE
+            return
         if state != "running":
             facts.guest_error = (
                 f"{vm.key} is {state} and generalized: its guest can never be checked again"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from imageready.facts import FactsUnavailable, VmFacts, item_source
+from imageready.facts import VM_STATE, FactsUnavailable, VmFacts, item_source
 
 AGENT_SERVICES = ("RdAgent", "WindowsAzureGuestAgent")
 WAAGENT_DEPROVISION_SETTINGS = ("Provisioning.RegenerateSshHostKeyPair", "Provisioning.DeleteRootPassword")
@@ -117,8 +117,8 @@ def scan_rules(facts: VmFacts) -> list[tuple[str, Any]]:
     from imageready.scan import load_rules, rules_for
 
     if facts.os_type is None:
-        raise FactsUnavailable(
-            facts.azure_error or f"{facts.vm}: OS type unknown, no rules apply", "Azure API error"
-        )
+        if facts.azure_error:
+            raise FactsUnavailable(facts.azure_error, facts.azure_error_category or "Azure API error")
+        raise FactsUnavailable(f"{facts.vm}: Azure reports no OS type, so no rules can be chosen", VM_STATE)
     rules = rules_for(facts.os_type, load_rules(SCAN_RULES["extra"]))
     return [(param_id(rule.id), rule) for rule in rules]
