@@ -25,7 +25,11 @@ INFRA_CATEGORIES = frozenset({"Azure API error", "guest unreachable", "guest aut
 
 
 def classify(exitstatus: int, state: RunState) -> int:
-    """Refine pytest's "tests failed" into the imageready code that names the cause."""
+    """Refine pytest's "tests failed" into the imageready code that names the cause. A run whose
+    checks of some VM are incomplete (deselected, not collected) never exits green: that VM's
+    verdict is not green, whatever the cases that did run say."""
+    if exitstatus == 0 and any(gate.status == "incomplete" for gate in state.gates.values()):
+        return RED_CHECKS
     if exitstatus != 1:
         return exitstatus
     actions = state.action_outcomes.values()

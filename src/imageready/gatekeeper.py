@@ -221,6 +221,8 @@ class GateKeeper:
         if outcome in ("failed", "error") and "message" not in phases:
             phases["message"] = one_line(_failure_text(call, report))
             phases["category"] = str(getattr(exc, "category", "") or "")
+        if outcome == "passed" and report.when == "call" and item.stash.get(CASE_WAIVERS, None):
+            outcome = "waived"  # it passed only because findings in it were waived
         if _RANK[outcome] >= _RANK.get(phases.get("outcome", "passed"), 0):
             phases["outcome"] = outcome
         if report.failed and report.longrepr is not None:

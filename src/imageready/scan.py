@@ -308,9 +308,36 @@ def pattern_problem(pattern: str) -> str | None:
 
 def ere_for_grep(rule: Rule) -> str:
     """The rule's pattern as one POSIX ERE with ``ignore_case`` folded into bracket expressions,
-    so that a single ``grep -E`` pass over all rules keeps each rule's own case semantics."""
+    so that a single ``grep -E`` pass over all rules keeps each rule's own case semantics.
+
+    Upper bounds are dropped (``{0,64}`` becomes ``*``): grep only picks candidate lines, so a
+    superset is fine, and its DFA pays for every counted copy, while the bound is there for the
+    backtracking engines (Python, .NET) that apply the exact pattern to those lines."""
     assert rule.pattern is not None
-    return _fold_case(rule.pattern) if rule.ignore_case else rule.pattern
+    return _widen_bounds(_fold_case(rule.pattern) if rule.ignore_case else rule.pattern)
+
+
+def _widen_bounds(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+        elif char == "[":
+            start = i + 1 + (pattern[i + 1] == "^")
+            end = pattern.index("]", start + 1)
+            out.append(pattern[i : end + 1])
+            i = end + 1
+        elif char == "{":
+            end = pattern.index("}", i)
+            low, comma, _ = pattern[i + 1 : end].partition(",")
+            out.append("*" if comma and low == "0" else f"{{{low},}}" if comma else pattern[i : end + 1])
+            i = end + 1
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
 
 
 def _fold_case(pattern: str) -> str:
@@ -740,6 +767,14 @@ def scan_guest(
     e.g. ``waagent -force -deprovision+user``: the scan then sees the post-action disk."""
     os_type = guest.os_type
     result = ScanResult(os_type=os_type)
+    if guest.read_only:
+        # Run Command writes every script it runs to the guest's disk (its extension's download
+        # directory, so into the image) and keeps it in Azure: the scan carries the fingerprint key
+        result.errors.append(
+            f"scan: the sensitive-data scan needs an SSH or WinRM session, not {guest.transport} "
+            "(which would leave the scan program, fingerprint key included, on the guest's disk)"
+        )
+        return result
     budget = deadline - time.monotonic() - DEADLINE_MARGIN
     if budget < 5:
         result.errors.append("scan: no time left before the deadline")

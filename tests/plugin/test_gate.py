@@ -190,3 +190,11 @@ def test_case_ids_are_stable_vm_keys(project: Project) -> None:
             "actions/test_act.py::test_act[[]rg/good[]]",
         ]
     )
+
+
+def test_an_incomplete_checks_run_never_exits_green(project: Project) -> None:
+    # every case that ran passed, but a policy module was left out: the verdict is not green
+    result = project.run("checks/test_basic.py", "--vm", "rg/good")
+    result.assert_outcomes(passed=2, skipped=1)
+    assert result.ret == exitcodes.RED_CHECKS
+    assert project.verdict("good")["status"] == "incomplete"

@@ -5,7 +5,10 @@ The handler recognises the scan by what it asks for (``HMACSHA256`` and
 (``$ConfigBase64``: rules, compiled path patterns, the HMAC key) and applies it to the model's
 files and registry as the script does on Windows: location rules by path, content rules by
 regular expression on each text file's lines, values masked and fingerprinted here, never
-returned in clear. The model has no certificate store and no event log: they yield nothing.
+returned in clear. The model has no event log (it yields nothing). Machine certificates live
+where Windows keeps them, in the registry (``CERT_STORE_KEY``), one subkey per thumbprint; as the
+model has no certificate blobs, a ``KeyProvInfo`` value stands for the private-key link inside the
+blob (``HasPrivateKey``) and a ``Subject`` value for the subject.
 
 Register it with ``azsim.windows.powershell.register_handler(ScanScript())`` (or list
 ``HANDLERS`` in ``default_handlers``).
@@ -25,6 +28,8 @@ from typing import Any
 from azsim.windows.powershell import PsError, ScriptCall, ScriptHandler, ScriptResult, ScriptView
 
 SYSTEM_DRIVE = "C:"
+#: where Windows keeps the LocalMachine certificate stores: one subkey per certificate thumbprint
+CERT_STORE_KEY = "HKLM\\SOFTWARE\\Microsoft\\SystemCertificates\\{store}\\Certificates"
 #: Windows' own component store and caches: the script does not walk them
 SKIPPED_DIRS = tuple(
     f"{SYSTEM_DRIVE}\\{d}".lower()
@@ -205,14 +210,27 @@ class _Scan:
             self.stats["candidate_lines"] += len(lines)
             self.lines(self.grep_rules, path, lines)
 
-    def registry(self, read: Any) -> None:
+    def registry(self, registry: Any) -> None:
+        """Registry values and certificate stores, as the script's providers read them."""
         for provider in self.providers:
             rule = self.rules[provider["rule"]]
             if provider.get("registry"):
-                value = read(provider["registry"], provider["value"])
+                value = registry.get(provider["registry"], provider["value"])
                 if value:
                     path = f"{provider['registry']}\\{provider['value']}"
-                    self.add(rule, path, None, str(value).encode("utf-8"))
+                    self.add(rule, path, None, str(value).encode("utf-8"), shown=False)
+            elif provider.get("certstore"):
+                location, _, store = str(provider["certstore"]).partition("\\")
+                if location.lower() != "localmachine":
+                    continue
+                key = CERT_STORE_KEY.format(store=store)
+                for thumbprint in registry.subkeys(key):
+                    if not registry.get(f"{key}\\{thumbprint}", "KeyProvInfo"):
+                        continue  # HasPrivateKey is false
+                    path = f"Cert:\\{provider['certstore']}\\{thumbprint}"
+                    material = f"location\0{rule['id']}\0{path}\0{thumbprint}".encode()
+                    subject = registry.get(f"{key}\\{thumbprint}", "Subject") or ""
+                    self.add(rule, path, None, material, shown=False, detail=f"subject={subject}")
 
     def document(self, started: float) -> dict[str, Any]:
         self.stats["elapsed"] = round(time.monotonic() - started, 3)
@@ -252,7 +270,7 @@ class ScanScript:
                 for path in machine.files.files_under(SYSTEM_DRIVE)
                 if not path.lower().startswith(tuple(d + "\\" for d in SKIPPED_DIRS))
             ]
-            scan.registry(machine.registry.get)
+            scan.registry(machine.registry)
         for path, text in files:
             scan.file(path, text)
         call.write_stderr(f"PROGRESS phase=done files={scan.stats['files']} elapsed=0.0s\n")

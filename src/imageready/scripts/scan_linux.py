@@ -37,6 +37,8 @@ PREFIX_MIN_LENGTH = 12
 BATCH_FILES = 1500
 BATCH_BYTES = 48 * 1024 * 1024
 BLOCK_MAX_LINES = 400
+#: matched lines between deadline checks (one grep batch can hold millions of them)
+LINES_PER_CHECK = 4096
 GREP_ARGS = ["grep", "-I", "-H", "-Z", "-n", "-E", "-s"]
 #: a line of key material: base64 (optionally quoted, comma/plus-joined, with an escaped
 #: newline) or a PEM header field such as "Proc-Type: 4,ENCRYPTED"
@@ -362,8 +364,11 @@ class Scan:
 
     def parse_grep(self, out: bytes) -> None:
         """``grep -HZn`` records: path NUL line-number ':' line LF."""
-        pos, end = 0, len(out)
+        pos, end, count = 0, len(out), 0
         while pos < end:
+            count += 1
+            if count % LINES_PER_CHECK == 0 and self.expired():
+                return
             zero = out.find(b"\0", pos)
             colon = out.find(b":", zero + 1)
             if zero < 0 or colon < 0:
@@ -391,6 +396,8 @@ class Scan:
             return
         lines = data.split(b"\n")
         for number, line in enumerate(lines, 1):
+            if number % LINES_PER_CHECK == 0 and self.expired():
+                return
             if self.any_keyword is None or self.any_keyword.search(line.lower()):
                 self.check_line(path, number, line, lines)
 
@@ -485,6 +492,8 @@ class Scan:
                 continue
             lines = data.split(b"\n")
             for number, line in enumerate(lines, 1):
+                if number % LINES_PER_CHECK == 0 and self.expired():
+                    return
                 self.check_line(path, number, line, lines, [rule])
 
     # --- precision --------------------------------------------------------------------------

@@ -263,7 +263,8 @@ foreach ($provider in @($Config.providers)) {
         if ($provider.registry) {
             $item = Get-ItemProperty -LiteralPath $provider.registry -Name $provider.value -ErrorAction SilentlyContinue
             $value = if ($null -ne $item) { [string]$item.($provider.value) } else { '' }
-            if ($value) { Add-Finding $rule ('{0}\{1}' -f $provider.registry, $provider.value) $null $Utf8.GetBytes($value) $true '' $null }
+            # a location finding: fingerprinted, never shown (not even its first characters)
+            if ($value) { Add-Finding $rule ('{0}\{1}' -f $provider.registry, $provider.value) $null $Utf8.GetBytes($value) $false '' $null }
         } elseif ($provider.certstore) {
             foreach ($cert in @(Get-ChildItem -LiteralPath ('Cert:\' + $provider.certstore) -ErrorAction SilentlyContinue)) {
                 if (-not $cert.HasPrivateKey) { continue }
