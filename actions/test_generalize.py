@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from imageready.action_fixtures import step_outcome
+from imageready.gate import STEP_TAG, parse_step_tag
 from imageready.steps import StepRecord, VmActions
 from imageready.steps.lease import LEASE_TAG, Lease
 from imageready.target import VmRef
@@ -23,8 +24,20 @@ def test_lease_taken(vm: VmRef, lease: StepRecord, vm_actions: VmActions) -> Non
 
 
 @pytest.mark.action(step="guest")
-def test_guest_generalized(vm: VmRef, guest_generalized: StepRecord) -> None:
+def test_guest_generalized(vm: VmRef, guest_generalized: StepRecord, vm_actions: VmActions) -> None:
     step_outcome(guest_generalized)
+    evidence = guest_generalized.evidence
+    if guest_generalized.status == "done" and "post_state" in evidence:
+        # Linux: proven from the disk in waagent's own session, never from its exit code
+        post = evidence["post_state"]
+        assert (post.get("user_present"), post.get("waagent_lib_entries")) == ("no", "0"), post
+    elif guest_generalized.status == "done":
+        # Windows: sysprep resealed the guest and powered it off; Azure shows it stopped
+        assert evidence.get("power_state_after") in ("stopped", "deallocated"), evidence
+    tag = (vm_actions.vm_model(instance_view=False).get("tags") or {}).get(STEP_TAG + "guest")
+    assert parse_step_tag(tag).get("state") == "done", (
+        f"{vm.key}: the VM does not record the guest step: {tag}"
+    )
 
 
 @pytest.mark.action(step="deallocate")

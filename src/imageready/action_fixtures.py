@@ -4,14 +4,15 @@ step that failed fails every later one. ``pytest --fixtures`` shows these docstr
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 import pytest
 
 from imageready import progress
-from imageready.gatekeeper import record_step, run_state
-from imageready.steps import ActionOptions, Outcome, StepRecord, VmActions
+from imageready.gatekeeper import RUN, record_step, run_state
+from imageready.steps import ORDER, ActionOptions, Outcome, StepRecord, VmActions
 from imageready.target import VmRef
 
 
@@ -41,8 +42,48 @@ def vm_actions_for(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
             scan_deadline=float(config.getoption("scan_deadline")),
         )
         found = VmActions(vm, state.provider, options, state.waivers)  # type: ignore[arg-type]
+        resume = state.resumes.get(vm.key)
+        if resume is not None and resume.accepted:
+            found.verdict_run = resume.run_id
         state.vm_actions[vm.key] = found
     return found
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Progress lines of long waits (sysprep, deallocate, scans) reach the terminal as they
+    happen: pytest captures file descriptor 2 too while a case runs, so a plain write to stderr
+    would show only after a failure, and never for a case that passes."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        return
+
+    def past_capture(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    progress.set_sink(past_capture)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    progress.set_sink(None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Before the audit is written: the steps whose reporting case never finished (Ctrl-C, or
+    SIGTERM, which the plugin turns into it) reach it too, so it shows what the run did."""
+    state = session.config.stash.get(RUN, None)
+    if state is None or state.is_worker:
+        return
+    for key, actions in state.vm_actions.items():
+        reported = state.step_records.setdefault(key, [])
+        seen = {(s["step"], s["run_id"], s["started"]) for s in reported}
+        for name in ORDER:
+            record = actions.records.get(name)
+            if record is not None and (name, record.run_id, record.started) not in seen:
+                reported.append(record.as_dict())
 
 
 def _step(request: pytest.FixtureRequest, actions: VmActions, name: str, body: Any) -> StepRecord:

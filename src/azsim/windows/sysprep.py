@@ -6,6 +6,9 @@ package installed for a user but not provisioned, a failed provider), then after
 ``seconds`` does what the scenario's ``outcome`` says: ``succeed`` (ImageState
 ``IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE``, ``Sysprep_succeeded.tag``, then shut down, reboot or
 quit), ``fail-appx`` (the real log lines, ImageState stays ``IMAGE_STATE_COMPLETE``) or ``hang``.
+Validation takes the first half of ``seconds``; the generalize pass the second, with ImageState
+``IMAGE_STATE_UNDEPLOYABLE`` meanwhile, where it stays if sysprep dies or a provider registered
+under ``SysPrepExternal\\Generalize`` fails (its DLL missing from the machine).
 
 The handlers answer the scripts that start sysprep, poll its status and remove Panther.
 """
@@ -26,6 +29,9 @@ DEFAULT_APPX = "Microsoft.WindowsTerminal_1.18.3181.0_x64__8wekyb3d8bbwe"
 _FLAG = re.compile(r"(?:^|[\s'\",(])/([A-Za-z]+(?::[^\s'\",)]+)?)")
 _KNOWN_FLAGS = {"generalize", "oobe", "audit", "shutdown", "reboot", "quit", "quiet", "mode:vm"}
 _POWER_FLAGS = ("shutdown", "reboot", "quit")
+GENERALIZE_PROVIDERS_KEY = (
+    "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Setup\\SysPrepExternal\\Generalize"
+)
 
 
 def sysprep_flags(view: ScriptView) -> list[str]:
@@ -172,20 +178,59 @@ class SysprepRun:
         if outcome == "hang":  # nothing changes until the power goes
             self._killed.wait()
             return
-        if self._killed.wait(machine.state.sysprep_seconds):
+        generalize = "generalize" in self.flags
+        # the first half of the run validates; the second is the generalize pass itself
+        half = machine.state.sysprep_seconds / 2
+        if self._killed.wait(half):
             return
         with machine.lock:
             failure = refusal or providers
-            if not failure and "generalize" in self.flags and (outcome == "fail-appx" or appx_blocked):
+            if not failure and generalize and (outcome == "fail-appx" or appx_blocked):
                 failure = self._appx_failure()
             if failure:
                 for line in failure:
                     self._log("Error", line, error=True)
-            else:
+            elif generalize:
+                # Windows marks the image undeployable until the pass completes: a run that
+                # dies from here on leaves an installation that can never be generalized
+                self._log("Info", "SYSPRP Sysprep_Generalize: running the generalize providers")
+                machine.set_image_state(catalog.IMAGE_STATE_UNDEPLOYABLE)
+                machine.save()
+        if failure:
+            self._exit(1)
+            return
+        if self._killed.wait(half):
+            return
+        with machine.lock:
+            failure = self._registered_provider_failure() if generalize else []
+            for line in failure:
+                self._log("Error", line, error=True)
+            if not failure:
                 self._generalized()
         self._exit(1 if failure else 0)
         if not failure:
             self._power_action()
+
+    def _registered_provider_failure(self) -> list[str]:
+        """The generalize pass runs each provider registered under SysPrepExternal\\Generalize
+        (data ``C:\\path\\provider.dll,EntryPoint``); one whose DLL is gone (an application
+        uninstalled without unregistering it) fails with ERROR_MOD_NOT_FOUND and halts sysprep."""
+        registry, files = self.machine.registry, self.machine.files
+        if not registry.exists(GENERALIZE_PROVIDERS_KEY):
+            return []
+        for value in registry.create(GENERALIZE_PROVIDERS_KEY).values():
+            dll, _, entry_point = str(value).partition(",")
+            dll = dll.strip().strip('"')
+            if dll and not files.is_file(dll):
+                return [
+                    "[0x0f0082] SYSPRP ActionPlatform::LaunchModule: Failure occurred while executing "
+                    f"'{entry_point.strip() or 'Sysprep_Generalize'}' from {dll}; dwRet = 0x7e",
+                    "[0x0f0070] SYSPRP RunExternalDlls:An error occurred while running registry "
+                    "sysprep DLLs, halting sysprep execution. dwRet = 0x7e",
+                    "[0x0f00a8] SYSPRP WinMain:Hit failure while processing sysprep generalize "
+                    "providers; hr = 0x8007007e",
+                ]
+        return []
 
     def _failed_providers(self) -> list[str]:
         # an external provider in a failed state (from the scenario) fails this run too
@@ -283,6 +328,26 @@ class SysprepStatus:
         return ScriptResult(stdout=json.dumps(sysprep_status(call.view, call.machine), separators=(",", ":")))
 
 
+class StopSysprep:
+    """A script that ends a running sysprep (``Stop-Process``): it dies where it is, so ended
+    in its generalize pass it leaves ImageState ``IMAGE_STATE_UNDEPLOYABLE``."""
+
+    name = "sysprep-stop"
+
+    def matches(self, view: ScriptView) -> bool:
+        return view.asks_all("Stop-Process", "sysprep") and not sysprep_flags(view)
+
+    def run(self, call: ScriptCall) -> ScriptResult:
+        found = call.machine.running_processes("sysprep")
+        for process in found:
+            process.kill()
+        for process in found:
+            if isinstance(process, SysprepRun):
+                process.wait(call.cancelled)
+        result = {"stopped": len(found), "running": bool(call.machine.running_processes("sysprep"))}
+        return ScriptResult(stdout=json.dumps(result, separators=(",", ":")))
+
+
 class RemovePanther:
     """A script that deletes C:\\Windows\\Panther (what Azure's generalize doc asks for) and,
     when it names it too, the Sysprep answer file."""
@@ -365,4 +430,4 @@ class PowerOff:
         return ScriptResult()
 
 
-HANDLERS: list[ScriptHandler] = [StartSysprep(), SysprepStatus(), RemovePanther(), PowerOff()]
+HANDLERS: list[ScriptHandler] = [StartSysprep(), SysprepStatus(), StopSysprep(), RemovePanther(), PowerOff()]

@@ -25,6 +25,9 @@ from imageready.steps.lease import LEASE_TAG, Lease, new_lease
 from imageready.target import VmRef
 
 ORDER = ("lock", "guest", "deallocate", "generalize", "verify", "capture", "unlock")
+#: power states of an operation under way (Azure refuses another operation until it ends)
+TRANSITIONAL = ("starting", "stopping", "deallocating")
+SETTLE_POLL_SECONDS = 1.0
 
 
 class StepFailed(Exception):
@@ -54,7 +57,7 @@ class StepRecord:
     vm: str
     step: str
     run_id: str
-    status: str = "running"  # done | already done | planned | skipped | failed
+    status: str = "running"  # done | already done | planned | skipped | failed | interrupted
     started: str = ""
     ended: str = ""
     detail: str = ""
@@ -96,6 +99,10 @@ class VmActions:
         self.reported: set[str] = set()
         self.records: dict[str, StepRecord] = {}
         self.lease: Lease | None = None
+        self._pending_lease: Lease | None = None
+        #: the run whose green verdict opened the gate: this run's, or the interrupted run's
+        #: this one resumes. Step tags name it, so that any later re-run finds that verdict.
+        self.verdict_run = options.run_id
         self._model: dict[str, Any] | None = None
 
     # --- running steps -------------------------------------------------------------------
@@ -118,10 +125,18 @@ class VmActions:
         except Exception as exc:
             record.status = "failed"
             record.detail = one_line(str(exc)) or type(exc).__name__
+            progress.emit(f"{self.vm.key}: step {name}: failed: {record.detail}")
             raise StepFailed(f"{self.vm.key}: step '{name}' failed: {record.detail}") from exc
+        except BaseException:
+            # Ctrl-C or SIGTERM (the plugin turns it into KeyboardInterrupt): the audit says so,
+            # and a re-run resumes from what the VM's tags record
+            record.status = "interrupted"
+            record.detail = f"interrupted during step {name}; re-run the same command to resume"
+            progress.emit(f"{self.vm.key}: step {name}: interrupted")
+            raise
         finally:
             record.ended = _utc()
-            record.azure = [_call_dict(c) for c in azure.calls[first_call:]]
+            record.azure = [call_record(c) for c in azure.calls[first_call:]]
         record.status = outcome.status
         record.evidence = outcome.evidence
         if outcome.status == "already done" and name not in ("lock", "unlock"):
@@ -160,16 +175,26 @@ class VmActions:
         """An earlier run (or this one) recorded step ``name`` as done on the VM."""
         return parse_step_tag(self.step_tag(name)).get("state") == "done"
 
-    def mark_started(self, name: str) -> None:
-        """Before an irreversible guest step: a re-run then knows to resume, not to start over."""
+    def mark_started(self, name: str, **facts: str) -> None:
+        """Before an irreversible guest step: a re-run then knows to resume, not to start over.
+        ``facts`` (short ``key=value`` words) are what a resuming run cannot learn any more once
+        the guest step has run, e.g. the deleted user's name."""
+        self._mark(name, "started", facts)
+
+    def mark_failed(self, name: str, why: str, **facts: str) -> None:
+        """After an irreversible guest step whose proof failed: no later run may call it done."""
+        self._mark(name, "failed", {**facts, "why": why})
+
+    def _mark(self, name: str, state: str, facts: dict[str, str]) -> None:
+        extra = "".join(f" {key}={value}" for key, value in facts.items() if value)
 
         def change(tags: dict[str, str]) -> dict[str, str]:
             self._ours(tags)
-            tags[STEP_TAG + name] = f"started run={self.options.run_id} at={_utc()}"
+            tags[STEP_TAG + name] = f"{state} {self._tag_fields()}{extra}"[:256]
             tags[LEASE_TAG] = self._renewed().render()
             return tags
 
-        self._patch_tags(change, f"record the start of step {name}")
+        self._patch_tags(change, f"record step {name} as {state}")
 
     # --- tags: lease and step marks, always with If-Match ------------------------------------
 
@@ -181,6 +206,8 @@ class VmActions:
             tags = change(dict(model.get("tags") or {}))
             try:
                 self._model = azure.update_tags(self.vm, tags, if_match=str(etag) if etag else None)
+                if LEASE_TAG in tags and self._pending_lease is not None:
+                    self.lease, self._pending_lease = self._pending_lease, None
                 return
             except AzurePreconditionFailed:
                 continue  # changed under us: re-read, re-check the lease, retry
@@ -192,20 +219,36 @@ class VmActions:
             holder = current.describe() if current else "nobody"
             raise StepFailed(f"{self.vm.key}: lost the lease (now held by {holder})")
 
+    def clear_mark(self, name: str) -> None:
+        """Forget a started step that failed without changing the guest (a re-run starts over)."""
+
+        def change(tags: dict[str, str]) -> dict[str, str]:
+            self._ours(tags)
+            tags.pop(STEP_TAG + name, None)
+            tags[LEASE_TAG] = self._renewed().render()
+            return tags
+
+        self._patch_tags(change, f"clear the mark of step {name}")
+
     def mark_done(self, name: str) -> None:
         """Record a finished step on the VM and renew the lease, in one conditional PATCH."""
 
         def change(tags: dict[str, str]) -> dict[str, str]:
             self._ours(tags)
-            tags[STEP_TAG + name] = f"done run={self.options.run_id} at={_utc()}"
+            tags[STEP_TAG + name] = f"done {self._tag_fields()}"
             tags[LEASE_TAG] = self._renewed().render()
             return tags
 
         self._patch_tags(change, f"record step {name}")
 
+    def _tag_fields(self) -> str:
+        by = f" by={self.options.run_id}" if self.verdict_run != self.options.run_id else ""
+        return f"run={self.verdict_run} at={_utc()}{by}"
+
     def _renewed(self) -> Lease:
-        self.lease = new_lease(self.options.run_id, self.options.operator, self.options.lease_ttl)
-        return self.lease
+        """The lease to write; it becomes ours (``self.lease``) only once the PATCH succeeded."""
+        self._pending_lease = new_lease(self.options.run_id, self.options.operator, self.options.lease_ttl)
+        return self._pending_lease
 
     def renew_lease(self) -> None:
         if not self.options.apply or self.lease is None:
@@ -281,8 +324,26 @@ class VmActions:
 
     # --- platform steps ------------------------------------------------------------------
 
-    def deallocate(self) -> Outcome:
+    def settled_statuses(self) -> dict[str, str]:
+        """The instance view once no power operation is under way. A run killed mid-operation
+        leaves it running in Azure, which refuses another until it ends: wait for it."""
         state = self.statuses()
+        if state.get("PowerState") not in TRANSITIONAL or not self.options.apply:
+            return state
+        deadline = float(getattr(self.provider.azure(self.vm), "lro_deadline", 1800.0))
+        ticker = progress.Ticker(f"{self.vm.key}: an earlier operation is under way", deadline=deadline)
+        while state.get("PowerState") in TRANSITIONAL:
+            if ticker.elapsed > deadline:
+                raise StepFailed(
+                    f"{self.vm.key} stayed PowerState/{state.get('PowerState')} for {deadline:.0f} s"
+                )
+            ticker.tick(f"PowerState/{state.get('PowerState')}")
+            time.sleep(SETTLE_POLL_SECONDS)
+            state = self.statuses()
+        return state
+
+    def deallocate(self) -> Outcome:
+        state = self.settled_statuses()
         if state.get("PowerState") == "deallocated":
             return Outcome("already done", "PowerState/deallocated")
         if not self.options.apply:
@@ -296,7 +357,7 @@ class VmActions:
         return Outcome("done", "PowerState/deallocated")
 
     def generalize(self) -> Outcome:
-        state = self.statuses()
+        state = self.settled_statuses()
         if state.get("OSState") == "generalized":
             return Outcome("already done", "OSState/generalized")
         if not self.options.apply:
@@ -320,7 +381,7 @@ class VmActions:
         )
 
 
-def _call_dict(call: Any) -> dict[str, Any]:
+def call_record(call: Any) -> dict[str, Any]:
     def when(value: float | None) -> str:
         if value is None:
             return ""

@@ -7,11 +7,17 @@ overwritten."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from imageready import progress
 from imageready.azure_errors import AzureNotFound
 from imageready.steps import Outcome, StepFailed, VmActions
 
 IMAGE_API = "2024-11-01"
 GALLERY_API = "2023-07-03"
+IN_PROGRESS = ("Creating", "Updating", "Accepted", "Running", "Migrating")
+POLL_SECONDS = 2.0
 
 
 class CaptureSpecError(ValueError):
@@ -52,10 +58,7 @@ def capture(actions: VmActions) -> Outcome:
         artifact = f"{base}/galleries/{spec[1]}/images/{spec[2]}/versions/{spec[3]}"
         api = GALLERY_API
     azure = actions.provider.azure(vm)
-    try:
-        existing = azure.get_resource(artifact, api)
-    except AzureNotFound:
-        existing = None
+    existing = _settled(actions, artifact, api)
     if existing is not None:
         source = _source_vm(existing)
         if source.lower() != vm.id.lower():
@@ -80,6 +83,34 @@ def capture(actions: VmActions) -> Outcome:
     return Outcome(
         "done", f"captured {created.get('id') or artifact}", {"artifact": created.get("id") or artifact}
     )
+
+
+def _settled(actions: VmActions, artifact: str, api: str) -> dict[str, Any] | None:
+    """The artifact once no operation is under way on it (None: it does not exist). A run killed
+    mid-capture leaves the creation going on in Azure: wait for its end rather than calling a
+    half-made image "already done"."""
+    azure = actions.provider.azure(actions.vm)
+    deadline = float(getattr(azure, "lro_deadline", 1800.0))
+    ticker = progress.Ticker(
+        f"{actions.vm.key}: {artifact.rsplit('/', 1)[-1]} is being created", deadline=deadline
+    )
+    while True:
+        try:
+            existing = azure.get_resource(artifact, api)
+        except AzureNotFound:
+            return None
+        state = str((existing.get("properties") or {}).get("provisioningState") or "Succeeded")
+        if state == "Succeeded":
+            return existing
+        if state not in IN_PROGRESS:
+            raise StepFailed(
+                f"{artifact} exists in provisioning state {state} (an earlier capture failed): delete it, "
+                "then re-run"
+            )
+        if ticker.elapsed > deadline:
+            raise StepFailed(f"{artifact} stayed {state} for {deadline:.0f} s")
+        ticker.tick(state)
+        time.sleep(POLL_SECONDS)
 
 
 def _source_vm(artifact: dict[str, object]) -> str:

@@ -14,9 +14,16 @@ from typing import Any
 
 from imageready import progress
 from imageready.facts import VmFacts
-from imageready.guest.base import GuestAuthError, GuestError
+from imageready.gate import parse_step_tag
+from imageready.guest.base import GuestError
 from imageready.steps import Outcome, StepFailed, VmActions
 
+#: why an earlier run's deprovisioning could not be proven (the ``why=`` of a failed guest tag)
+FAILURES = {
+    "post-state": "waagent left the user, its home, host keys, its state or root's history behind",
+    "findings": "sensitive data persisted after waagent",
+    "login": "the admin could still log in after waagent",
+}
 SCAN_CHECK_ID = "IR-SCAN"  # the check id of checks/test_sensitive_data.py (waivers name it)
 DEPROVISION = (
     'export HISTSIZE=0; unset HISTFILE; waagent -deprovision+user -force; echo "IR-POST waagent_exit $?"'
@@ -72,30 +79,76 @@ def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
     state = actions.statuses()
     if actions.step_done("guest") or state.get("OSState") == "generalized":
         return Outcome("already done", "the guest was deprovisioned")
-    resumed = bool(actions.step_tag("guest"))  # an earlier run started it and was interrupted
-    guest_facts = facts.require_guest()
-    user = str((guest_facts.get("user") or {}).get("name") or "")
-    context = DeprovisionContext.from_facts(guest_facts, user)
-    plan = (
-        f"run `sudo -n waagent -deprovision+user -force` (HISTSIZE=0) as {user}, prove the user, its "
-        "home, the host keys, /var/lib/waagent and root's history are gone, and re-scan the disk for "
-        "sensitive data in the same session"
-    )
+    # an earlier run started it and was interrupted: its tag holds what the guest may no longer tell
+    started = parse_step_tag(actions.step_tag("guest"))
+    if started.get("state") == "failed":
+        raise StepFailed(
+            f"run {started.get('run')} deprovisioned {vm.key} at {started.get('at')} and could not prove "
+            f"it clean ({FAILURES.get(started.get('why', ''), started.get('why', '?'))}); the admin "
+            "login is gone, so nothing can prove it any more: rebuild the copy from its source"
+        )
     if state.get("PowerState") != "running":
         raise StepFailed(
             f"{vm.key} is {state.get('PowerState')} and no run recorded deprovisioning its guest: "
             "start it and run the checks again"
         )
+    if started.get("user"):
+        # the admin user may be gone already (waagent ran): the facts cannot be trusted to name it
+        # (read through Run Command they describe root), the tag written before waagent can
+        user = started["user"]
+        context = DeprovisionContext(
+            action="waagent-deprovision+user",
+            provisioned_user=user,
+            regenerate_host_keys=started.get("hostkeys") == "y",
+            delete_root_password=started.get("rootpw") == "y",
+        )
+    else:
+        guest_facts = facts.require_guest()
+        user = str((guest_facts.get("user") or {}).get("name") or "")
+        context = DeprovisionContext.from_facts(guest_facts, user)
+    plan = (
+        f"run `sudo -n waagent -deprovision+user -force` (HISTSIZE=0) as {user}, prove the user, its "
+        "home, the host keys, /var/lib/waagent and root's history are gone, and re-scan the disk for "
+        "sensitive data in the same session"
+    )
     if not actions.options.apply:
         return Outcome("planned", f"would {plan}")
     try:
         guest = actions.provider.guest(vm)
-    except GuestAuthError:
-        if not resumed:
+    except GuestError:
+        if not started:
             raise
-        return _resume_by_run_command(actions, user, context)
-    actions.mark_started("guest")
-    started = time.monotonic()
+        guest = None
+    if guest is None or guest.read_only:
+        if started:  # no SSH login as the admin any more: waagent most likely ran; prove it
+            return _resume_by_run_command(actions, user, context)
+        raise StepFailed(
+            f"{vm.key}: no SSH login as {user}: waagent must run in the admin's session, not through "
+            "Run Command (read-only here)"
+        )
+    remembered = {
+        "user": user,
+        "hostkeys": "y" if context.regenerate_host_keys else "n",
+        "rootpw": "y" if context.delete_root_password else "n",
+    }
+    actions.mark_started("guest", **remembered)
+    try:
+        return _deprovision_and_prove(actions, guest, user, context, scan)
+    except _ProofFailed as exc:
+        actions.mark_failed("guest", exc.why, **remembered)
+        raise StepFailed(str(exc)) from None
+
+
+class _ProofFailed(Exception):
+    """waagent ran, and the guest it left is not proven clean: ``why`` is a FAILURES key."""
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+def _deprovision_and_prove(actions: VmActions, guest: Any, user: str, context: Any, scan: Any) -> Outcome:
+    began = time.monotonic()
     result = scan(guest, DEPROVISION + "\n" + post_probe(user))
     post = parse_post(list(result.stats.get("run_first_lines") or []))
     if not post:
@@ -105,7 +158,7 @@ def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
     evidence: dict[str, Any] = {
         "waagent_exit": waagent_exit,
         "post_state": post,
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": round(time.monotonic() - began, 1),
     }
     wrong = problems(
         post,
@@ -113,7 +166,9 @@ def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
         delete_root_password=context.delete_root_password,
     )
     if wrong:
-        raise StepFailed(f"waagent exited {waagent_exit} but {'; '.join(wrong)} (checked on the disk)")
+        raise _ProofFailed(
+            "post-state", f"waagent exited {waagent_exit} but {'; '.join(wrong)} (checked on the disk)"
+        )
     if not result.complete:
         raise StepFailed(
             "the sensitive-data re-scan after waagent did not complete ("
@@ -127,15 +182,18 @@ def deprovision(actions: VmActions, facts: VmFacts, scan: Any) -> Outcome:
     }
     if persisting:
         listed = "; ".join(f.summary() for f in persisting[:5])
-        raise StepFailed(
+        raise _ProofFailed(
+            "findings",
             f"{len(persisting)} sensitive finding(s) persist after deprovisioning, the VM is NOT "
-            f"deallocated: {listed}"
+            f"deallocated: {listed}",
         )
     _prove_login_refused(actions, user)
     return Outcome(
         "done",
         f"waagent -deprovision+user ran (exit {waagent_exit}); user {user}, its home, host keys, "
-        "/var/lib/waagent and root's history verified gone; re-scan clean; new logins refused",
+        "/var/lib/waagent and root's history verified gone; re-scan: "
+        + (f"{len(result.findings)} finding(s), all waived by fingerprint" if result.findings else "clean")
+        + "; new logins refused",
         evidence,
     )
 
@@ -148,8 +206,7 @@ def actions_waived(findings: list[Any], actions: VmActions) -> list[Any]:
     return [
         f
         for f in findings
-        if book.find("IR-SCAN-" + str(f.rule_id), actions.vm.key, str(f.rule_id), fingerprint=f.fingerprint)
-        is None
+        if book.find(SCAN_CHECK_ID, actions.vm.key, str(f.rule_id), fingerprint=f.fingerprint) is None
     ]
 
 
@@ -162,7 +219,7 @@ def _prove_login_refused(actions: VmActions, user: str) -> None:
         progress.emit(f"{actions.vm.key}: new login as {user} refused, as it should be: {exc}")
         return
     guest.close()
-    raise StepFailed(f"{user} can still log in to {actions.vm.key} after deprovisioning")
+    raise _ProofFailed("login", f"{user} can still log in to {actions.vm.key} after deprovisioning")
 
 
 def _resume_by_run_command(actions: VmActions, user: str, context: Any) -> Outcome:
@@ -186,6 +243,7 @@ def _resume_by_run_command(actions: VmActions, user: str, context: Any) -> Outco
     return Outcome(
         "already done",
         f"{user} can no longer log in; Run Command confirms the user, host keys and waagent state "
-        "are gone (an earlier run was interrupted after waagent)",
+        "are gone (an earlier run was interrupted after waagent; its re-scan of the deprovisioned "
+        "disk is not on record, the pre-flight scan of its green verdict stands for it)",
         {"post_state": post},
     )
