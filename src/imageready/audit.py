@@ -31,6 +31,8 @@ def vm_verdict(status: str, decision: Mapping[str, Any] | None, steps: list[dict
     """One word for the top of a VM's page."""
     if any(s.get("status") == "failed" for s in steps):
         return "ACTION FAILED"
+    if any(s.get("status") == "interrupted" for s in steps):
+        return "INTERRUPTED"
     if decision is not None and not decision.get("open"):
         return "BLOCKED" if status in ("green", "absent") else "NOT READY"
     if steps and all(s.get("status") in ("done", "already done", "skipped") for s in steps):
@@ -52,6 +54,7 @@ def build_record(
     vm_list = [dict(v) for v in vms]
     order = [
         "ACTION FAILED",
+        "INTERRUPTED",
         "NOT READY",
         "BLOCKED",
         "INCOMPLETE",
@@ -170,7 +173,7 @@ section.vm:first-of-type{page-break-before:auto}}
 """
 
 _OK = {"GENERALIZED", "ACTIONS DONE", "READY"}
-_WARN = {"READY (PLAN ONLY)", "INCOMPLETE", "BLOCKED"}
+_WARN = {"READY (PLAN ONLY)", "INCOMPLETE", "BLOCKED", "INTERRUPTED"}
 
 
 def _e(value: Any) -> str:

@@ -194,7 +194,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--sysprep-args",
         default="/generalize /oobe /shutdown /mode:vm",
         metavar="ARGS",
-        help="sysprep.exe arguments (default: /generalize /oobe /shutdown /mode:vm).",
+        help="sysprep.exe arguments (default: /generalize /oobe /shutdown /mode:vm); /generalize "
+        "and /oobe are required, and exactly one of /shutdown and /quit; /quiet is always added.",
     )
     group.addoption(
         "--sysprep-deadline",
@@ -269,6 +270,13 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         parse_capture(config.getoption("capture_as"))
     except CaptureSpecError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    from imageready.steps import StepFailed
+    from imageready.steps.windows import sysprep_arguments
+
+    try:
+        sysprep_arguments(tuple(str(config.getoption("sysprep_args")).split()))
+    except StepFailed as exc:
         raise pytest.UsageError(str(exc)) from None
     scan_rules = config.getoption("scan_rules")
     if scan_rules is not None:

@@ -109,3 +109,9 @@ def test_options_are_in_one_group_with_help(pytester: pytest.Pytester) -> None:
         "--report-dir=DIR",
     ):
         assert option in section, option
+
+
+def test_bad_sysprep_arguments_are_a_usage_error(project: Project) -> None:
+    result = project.run("--vm", "rg/good", "--sysprep-args", "/generalize /oobe /reboot")
+    assert result.ret == exitcodes.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --sysprep-args *give exactly one of /shutdown and /quit*"])
