@@ -18,13 +18,13 @@ from imageready.guest.base import (
     GuestDisconnected,
     GuestTimeout,
     GuestUnreachable,
+    parse_address,
 )
 from imageready.guest.ssh import (
     KEY_ENV,
     GuestHostKeyRejected,
     SshGuest,
     connect_ssh,
-    parse_address,
 )
 
 Vm = tuple[LinuxGuest, SshGuest]
@@ -237,10 +237,10 @@ def test_testinfra_modules_share_the_connection(vm_and_ssh: Vm) -> None:
     ],
 )
 def test_parse_address(address: str, expected: tuple[str, int]) -> None:
-    assert parse_address(address) == expected
+    assert parse_address(address, 22) == expected
 
 
 @pytest.mark.parametrize("address", ["", "host:port", "[::1]:x"])
 def test_parse_address_rejects(address: str) -> None:
     with pytest.raises(ValueError, match="expected HOST or HOST:PORT"):
-        parse_address(address)
+        parse_address(address, 22)

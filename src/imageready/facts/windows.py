@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
+
+from imageready.facts.document import SCHEMA_VERSION, FactsError, Schema, parse_document
+
+__all__ = ["SCHEMA_VERSION", "SCRIPT", "FactsError", "parse"]
 
 #: PowerShell 5.1 source; run it through a Windows guest transport (it reads nothing from stdin).
 SCRIPT: str = resources.files("imageready.facts").joinpath("windows.ps1").read_text(encoding="utf-8")
 
-SCHEMA_VERSION = 1
-
-# key -> the JSON types it may hold (None: null, for a probe that failed)
-_TOP_LEVEL: dict[str, tuple[type | None, ...]] = {
+_TOP_LEVEL: Schema = {
     "schema": (int,),
     "os_family": (str,),
     "hostname": (str, None),
@@ -44,46 +44,15 @@ _LISTS = (
 )
 
 
-class FactsError(ValueError):
-    """The facts output is not what the schema promises; the message is one line."""
-
-
-def parse(stdout: bytes) -> dict[str, Any]:
-    """Decode and validate the script's output (one JSON object, schema 1, Windows)."""
-    text = stdout.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
-    if not text:
-        raise FactsError("the Windows facts script printed nothing")
-    try:
-        facts = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FactsError(f"the Windows facts script did not print one JSON object: {err}") from None
-    if not isinstance(facts, dict):
-        raise FactsError("the Windows facts script printed JSON that is not an object")
+def _unroll(facts: dict[str, Any]) -> None:
     for key in _LISTS:
         if isinstance(facts.get(key), dict | str):
             facts[key] = [facts[key]]
     pending = facts.get("pending_reboot")
     if isinstance(pending, dict) and isinstance(pending.get("reasons"), str):
         pending["reasons"] = [pending["reasons"]]
-    for key, types in _TOP_LEVEL.items():
-        if key not in facts:
-            raise FactsError(f"Windows facts: {key!r} is missing")
-        value = facts[key]
-        if not any(value is None if t is None else _is(value, t) for t in types):
-            raise FactsError(f"Windows facts: {key!r} has an unexpected type {type(value).__name__}")
-    if facts["schema"] != SCHEMA_VERSION or facts["os_family"] != "Windows":
-        raise FactsError(
-            f"Windows facts: expected schema {SCHEMA_VERSION} for Windows, got schema "
-            f"{facts['schema']!r} for {facts['os_family']!r}"
-        )
-    for entry in facts["errors"]:
-        if not isinstance(entry, dict) or not {"probe", "error"} <= entry.keys():
-            raise FactsError("Windows facts: an 'errors' entry lacks probe or error")
-    return facts
 
 
-def _is(value: Any, kind: type) -> bool:
-    # bool is an int in Python, but not in the schema
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
+def parse(stdout: bytes) -> dict[str, Any]:
+    """Decode and validate the script's output (one JSON object, schema 1, Windows)."""
+    return parse_document(stdout, "Windows", _TOP_LEVEL, _unroll)

@@ -41,6 +41,7 @@ from imageready.guest.base import (
     GuestIdentity,
     GuestTimeout,
     GuestUnreachable,
+    parse_address,
 )
 
 #: paramiko's own log, with tracebacks for failures this module reports as one line; it does not
@@ -424,21 +425,6 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def parse_address(address: str, default_port: int = 22) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
-    text = address.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if not host or (port and not port.isdigit()):
-        raise ValueError(f"guest address {address!r}: expected HOST or HOST:PORT")
-    return host, int(port) if port else default_port
-
-
 def connect_ssh(
     address: str,
     user: str,
@@ -452,7 +438,7 @@ def connect_ssh(
     **options: Any,
 ) -> SshGuest:
     """Connect to ``address`` (``host[:port]``) as ``user`` and return the open guest."""
-    host, port = parse_address(address)
+    host, port = parse_address(address, 22)
     guest = SshGuest(
         host,
         port,

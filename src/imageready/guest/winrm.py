@@ -51,6 +51,7 @@ from imageready.guest.base import (
     GuestIdentity,
     GuestTimeout,
     GuestUnreachable,
+    parse_address,
 )
 from imageready.redact import register_secret
 
@@ -397,21 +398,6 @@ def _refused(err: BaseException) -> bool:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:300]
-
-
-def parse_address(address: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
-    text = address.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if not host or (port and not port.isdigit()):
-        raise ValueError(f"guest address {address!r}: expected HOST or HOST:PORT")
-    return host, int(port) if port else default_port
 
 
 def connect_winrm(
