@@ -51,7 +51,10 @@ def fake(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
 
 
 def pem(kind: str = "OPENSSH ") -> tuple[str, str]:
-    body = "\n".join(fake(64, string.ascii_letters + string.digits + "+/") for _ in range(6))
+    # lines that end in "+" and "/" (base64, not concatenation): both engines must keep them
+    ends = ["+", "/", "=", "", "", ""]
+    alphabet = string.ascii_letters + string.digits + "+/"
+    body = "\n".join(fake(64 - len(end), alphabet) + end for end in ends)
     return f"-----BEGIN {kind}PRIVATE KEY-----\n{body}\n-----END {kind}PRIVATE KEY-----\n", body
 
 

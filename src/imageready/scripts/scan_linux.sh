@@ -123,9 +123,12 @@ block_body() {  # path line: the key material after a BEGIN header, or nothing
               gsub(/\\n/, "\n", body); k = split(body, parts, "\n"); out = ""
               for (i = 1; i <= k; i++) { p = parts[i]
                   if (p ~ /^[ \t"'"'"'+]*[A-Za-z-]+: /) continue
-                  sub(/^[ \t"'"'"'+]*/, "", p); sub(/[ \t"'"'"',+;\r]*$/, "", p)
-                  if (p !~ /^[A-Za-z0-9+\/=]*$/) exit
-                  out = out p }
+                  # as the python engine: the longest base64 run, then only quotes, commas,
+                  # concatenation and spaces (a "+" that ends a base64 line is key material)
+                  sub(/^[ \t"'"'"'+]*/, "", p); match(p, /^[A-Za-z0-9+\/=]*/)
+                  b = substr(p, 1, RLENGTH); r = substr(p, RLENGTH + 1)
+                  if (r !~ /^[ \t"'"'"',+;\r]*$/) exit
+                  out = out b }
               if (length(out) >= 64) print out }' "$prefix$1"
 }
 
