@@ -160,12 +160,10 @@ class Run:
         return found
 
 
-def harness(
-    sim: Azsim, *args: str, report_dir: Path, timeout: float = 900, env: dict[str, str] | None = None
-) -> Run:
-    """Run `pytest <args>` from the repository root against ``sim`` as an operator would."""
+def harness_command(*args: str, report_dir: Path) -> list[str]:
+    """`python -m pytest <args>` with the report options every harness run here uses."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    command = [
+    return [
         sys.executable,
         "-m",
         "pytest",
@@ -178,7 +176,24 @@ def harness(
         "-o",
         "console_output_style=classic",
     ]
+
+
+def harness(
+    sim: Azsim,
+    *args: str,
+    report_dir: Path,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+) -> Run:
+    """Run `pytest <args>` from the repository root (or ``cwd``) against ``sim`` as an operator
+    would."""
     done = subprocess.run(
-        command, cwd=REPO, env={**sim.env, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        harness_command(*args, report_dir=report_dir),
+        cwd=cwd,
+        env={**sim.env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return Run(done.returncode, done.stdout, done.stderr, report_dir)

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from imageready import exitcodes
 from imageready.steps import ORDER
 from imageready.steps.lease import LEASE_TAG, Lease
 
-from .conftest import REPO, Azsim, Run, harness
+from .conftest import REPO, Azsim, Run, harness, harness_command
 
 SCENARIO = "tests/scenarios/actions-resume.yaml"
 pytestmark = [pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root]
@@ -92,19 +91,7 @@ class Watched:
 
 def start_harness(sim: Azsim, *args: str, report_dir: Path) -> Watched:
     """``harness`` (tests/e2e/conftest.py) in the background: the same command, the same files."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        *args,
-        "-p",
-        "no:cacheprovider",
-        f"--report-dir={report_dir}",
-        f"--junitxml={report_dir / 'junit.xml'}",
-        "-o",
-        "console_output_style=classic",
-    ]
+    command = harness_command(*args, report_dir=report_dir)
     stdout_path = report_dir.with_name(report_dir.name + ".stdout")
     with stdout_path.open("w") as stdout:
         process = subprocess.Popen(

@@ -15,7 +15,7 @@ import pytest
 
 from imageready import exitcodes
 
-from .conftest import REPO, Azsim, Run
+from .conftest import REPO, Azsim, Run, harness
 
 SCENARIO = "tests/scenarios/checks-custom.yaml"
 pytestmark = [pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root]
@@ -47,19 +47,7 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_policy(sim: Azsim, policy: Path, *args: str, report_dir: Path) -> Run:
     """`pytest <args>` in the policy copy, as an operator with their own policy would run it."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        *args,
-        "-p",
-        "no:cacheprovider",
-        f"--report-dir={report_dir}",
-        f"--junitxml={report_dir / 'junit.xml'}",
-    ]
-    done = subprocess.run(command, cwd=policy, env=sim.env, capture_output=True, text=True, timeout=600)
-    return Run(done.returncode, done.stdout, done.stderr, report_dir)
+    return harness(sim, *args, report_dir=report_dir, timeout=600, cwd=policy)
 
 
 def test_the_example_runs_beside_the_builtin_checks_and_shuts_the_gate(
