@@ -610,16 +610,9 @@ class AzureSession:
         }
         resource_id = self._compute_id(rg, "snapshots", name)
 
-        def run(kwargs: dict[str, Any], polling: ARMPolling) -> dict[str, Any]:
-            result = cast(
-                dict[str, Any],
-                snapshots.begin_create_or_update(
-                    rg, name, _json_body(body), polling=polling, cls=_raw_json, **kwargs
-                ).result(),
-            )
-            return result
-
-        return self._change("create snapshot", resource_id, resource_id, run)[0]
+        return self._create(
+            "create snapshot", resource_id, resource_id, snapshots.begin_create_or_update, rg, name, body=body
+        )
 
     def create_disk_from_snapshot(
         self, rg: str, name: str, snapshot_id: str, location: str, tags: dict[str, str]
@@ -632,16 +625,9 @@ class AzureSession:
         }
         resource_id = self._compute_id(rg, "disks", name)
 
-        def run(kwargs: dict[str, Any], polling: ARMPolling) -> dict[str, Any]:
-            result = cast(
-                dict[str, Any],
-                disks.begin_create_or_update(
-                    rg, name, _json_body(body), polling=polling, cls=_raw_json, **kwargs
-                ).result(),
-            )
-            return result
-
-        return self._change("create disk", resource_id, resource_id, run)[0]
+        return self._create(
+            "create disk", resource_id, resource_id, disks.begin_create_or_update, rg, name, body=body
+        )
 
     def _create_nic_like(
         self, rg: str, name: str, source_nic_id: str, location: str, tags: dict[str, str]
@@ -733,16 +719,9 @@ class AzureSession:
         vms = self._client.virtual_machines
         resource_id = self._compute_id(rg, "virtualMachines", name)
 
-        def run(kwargs: dict[str, Any], polling: ARMPolling) -> dict[str, Any]:
-            result = cast(
-                dict[str, Any],
-                vms.begin_create_or_update(
-                    rg, name, _json_body(body), polling=polling, cls=_raw_json, **kwargs
-                ).result(),
-            )
-            return result
-
-        return self._change("create VM", resource_id, f"{rg}/{name}", run)[0]
+        return self._create(
+            "create VM", resource_id, f"{rg}/{name}", vms.begin_create_or_update, rg, name, body=body
+        )
 
     def create_image(
         self, rg: str, name: str, source_vm_id: str, location: str, tags: dict[str, str]
@@ -767,16 +746,9 @@ class AzureSession:
         }
         resource_id = self._compute_id(rg, "images", name)
 
-        def run(kwargs: dict[str, Any], polling: ARMPolling) -> dict[str, Any]:
-            result = cast(
-                dict[str, Any],
-                images.begin_create_or_update(
-                    rg, name, _json_body(body), polling=polling, cls=_raw_json, **kwargs
-                ).result(),
-            )
-            return result
-
-        return self._change("create image", resource_id, resource_id, run)[0]
+        return self._create(
+            "create image", resource_id, resource_id, images.begin_create_or_update, rg, name, body=body
+        )
 
     def create_gallery_image_version(
         self,
@@ -799,23 +771,34 @@ class AzureSession:
         }
         resource_id = f"{self._compute_id(rg, 'galleries', gallery)}/images/{definition}/versions/{version}"
 
-        def run(kwargs: dict[str, Any], polling: ARMPolling) -> dict[str, Any]:
-            result = cast(
-                dict[str, Any],
-                versions.begin_create_or_update(
-                    rg,
-                    gallery,
-                    definition,
-                    version,
-                    _json_body(body),
-                    polling=polling,
-                    cls=_raw_json,
-                    **kwargs,
-                ).result(),
-            )
-            return result
+        return self._create(
+            "create gallery image version",
+            resource_id,
+            resource_id,
+            versions.begin_create_or_update,
+            rg,
+            gallery,
+            definition,
+            version,
+            body=body,
+        )
 
-        return self._change("create gallery image version", resource_id, resource_id, run)[0]
+    def _create(
+        self,
+        operation: str,
+        resource_id: str,
+        target: str,
+        begin: Callable[..., Any],
+        *names: str,
+        body: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A PUT through the SDK's ``begin_create_or_update``, as one recorded change."""
+
+        def run(kwargs: dict[str, Any], polling: ARMPolling) -> dict[str, Any]:
+            poller = begin(*names, _json_body(body), polling=polling, cls=_raw_json, **kwargs)
+            return cast(dict[str, Any], poller.result())
+
+        return self._change(operation, resource_id, target, run)[0]
 
     def _compute_id(self, rg: str, kind: str, name: str) -> str:
         return (

@@ -488,6 +488,21 @@ def _waiver(raw: dict[str, str]) -> Waiver:
     )
 
 
+def _verdict(state: RunState, vm: VmRef) -> dict[str, Any]:
+    """The verdict document of ``vm`` as this run sees it now."""
+    facts = state.facts_cache.get(vm.key)
+    return verdict_document(
+        state.gate(vm),
+        vm_id=facts.vm_id if facts is not None else None,
+        policy=state.digest,
+        harness_version=state.harness_version,
+        operator=state.operator(),
+        change_ticket=state.change_ticket,
+        waivers=state.waivers,
+        run_id=state.run_id,
+    )
+
+
 def write_verdicts(state: RunState) -> list[Path]:
     """One verdict file per VM whose checks this run collected (controller only)."""
     paths = []
@@ -499,18 +514,7 @@ def write_verdicts(state: RunState) -> list[Path]:
         resume = state.resumes[vm.key] if vm.key in state.resumes else state.resume(vm)
         if resume is not None and resume.accepted:
             continue  # the resumed run's verdict stays the record; this run judged nothing
-        facts = state.facts_cache.get(vm.key)
-        document = verdict_document(
-            gate,
-            vm_id=facts.vm_id if facts is not None else None,
-            policy=state.digest,
-            harness_version=state.harness_version,
-            operator=state.operator(),
-            change_ticket=state.change_ticket,
-            waivers=state.waivers,
-            run_id=state.run_id,
-        )
-        paths.append(write_verdict(state.report_dir / "verdicts", document))
+        paths.append(write_verdict(state.report_dir / "verdicts", _verdict(state, vm)))
     return paths
 
 
@@ -519,17 +523,7 @@ def write_verdict_now(state: RunState, vm: VmRef) -> None:
     mid-way can be resumed (the end of the run writes it again, complete)."""
     if state.gates.get(vm.key) is None:
         return
-    facts = state.facts_cache.get(vm.key)
-    document = verdict_document(
-        state.gate(vm),
-        vm_id=facts.vm_id if facts is not None else None,
-        policy=state.digest,
-        harness_version=state.harness_version,
-        operator=state.operator(),
-        change_ticket=state.change_ticket,
-        waivers=state.waivers,
-        run_id=state.run_id,
-    )
+    document = _verdict(state, vm)
     if document["green"]:
         write_verdict(state.report_dir / "verdicts", document)
 

@@ -86,6 +86,7 @@ class RunState:
     vm_actions: dict[str, Any] = field(default_factory=dict)
     _provider: FactsProvider | None = None
     _digest: str | None = None
+    _verdict_documents: dict[str, tuple[Path, dict[str, Any]]] | None = None
     _operator: dict[str, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -232,7 +233,9 @@ class RunState:
         return Resume(run, tag, True, f"resuming run {run} under its green verdict {source}")
 
     def _judge_verdict(self, vm: VmRef) -> VerdictDecision:
-        documents = load_verdicts(self.verdict_paths)
+        if self._verdict_documents is None:  # read the --verdict files once per run, not per VM
+            self._verdict_documents = load_verdicts(self.verdict_paths)
+        documents = self._verdict_documents
         found = documents.get(vm.id.lower())
         if found is None:
             where = ", ".join(str(p) for p in self.verdict_paths)
