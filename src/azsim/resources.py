@@ -70,6 +70,39 @@ class DiskEncryptionSet(Resource):
 
 
 @dataclass
+class DiskRestorePoint(Resource):
+    """A disk restore point: the read-only record of one disk in a VM restore point
+    (``restorePointCollections/C/restorePoints/P/diskRestorePoints/NAME``). Its
+    ``properties.sourceResourceId`` names the disk it was taken of, and ``sourceUniqueId`` that
+    disk's uniqueId (REST example DiskRestorePoint_Get, Microsoft.Compute DiskRP 2023-10-02). A
+    disk made from it has createOption Restore ("copying from a backup recovery point")."""
+
+    source_id: str = ""
+    source_unique_id: str | None = None
+    os: str | None = None
+    hyper_v_generation: str | None = None
+    family_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def to_arm(self) -> dict[str, Any]:
+        props: dict[str, Any] = {"timeCreated": self.time_created, "sourceResourceId": self.source_id}
+        if self.os:
+            props["osType"] = self.os
+        if self.hyper_v_generation:
+            props["hyperVGeneration"] = self.hyper_v_generation
+        props["familyId"] = self.family_id
+        if self.source_unique_id:
+            props["sourceUniqueId"] = self.source_unique_id
+        props["networkAccessPolicy"] = "AllowAll"
+        props["publicNetworkAccess"] = "Disabled"
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": f"{COMPUTE}/restorePointCollections/restorePoints/diskRestorePoints",
+            "properties": props,
+        }
+
+
+@dataclass
 class Disk(Resource):
     """A managed disk (``snapshot=False``) or a snapshot."""
 

@@ -198,7 +198,9 @@ class DiskSpec:
     name: str
     size_gb: int = 30
     create_option: str = "FromImage"
-    source: str | None = None  # "snapshots/NAME" or "disks/NAME" in the same resource group
+    #: "snapshots/NAME", "disks/NAME" or "restore_points/COLLECTION/POINT/NAME" (a disk restore
+    #: point) in the same resource group
+    source: str | None = None
     image: str | None = None  # "Publisher:Offer:Sku:Version"
     os: str | None = None  # Linux | Windows | None (data disks)
     encryption: str = "platform"  # platform | customer | none
@@ -207,6 +209,9 @@ class DiskSpec:
     lun: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     hyper_v_generation: str | None = None
+    #: the source was deleted and another resource made under its name since this one was
+    #: copied: creationData.sourceUniqueId names the old one, not the resource found now
+    source_replaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,18 @@ class ResourceGroupSpec:
     snapshots: tuple[DiskSpec, ...]
     galleries: tuple[GallerySpec, ...]
     disk_encryption_sets: tuple[DiskEncryptionSetSpec, ...]
+    restore_points: tuple[DiskRestorePointSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiskRestorePointSpec:
+    """A disk restore point (restorePointCollections/C/restorePoints/P/diskRestorePoints/NAME)
+    taken of ``source`` ("disks/NAME"; named but absent: the disk was deleted since)."""
+
+    collection: str
+    point: str
+    name: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -300,8 +317,13 @@ def _disk(data: Any, where: str, *, os_default: str | None, lun: bool = False) -
     name = r.name()
     create_option = r.text("create_option", "Empty" if lun else "FromImage", choices=_CREATE_OPTIONS)
     source = r.optional_text("source")
-    if source is not None and not re.match(r"^(snapshots|disks)/[^/]+$", source):
-        raise ScenarioError(f"{r.where('source')}: expected snapshots/NAME or disks/NAME, got {source!r}")
+    if source is not None and not re.match(
+        r"^((snapshots|disks)/[^/]+|restore_points/[^/]+/[^/]+/[^/]+)$", source
+    ):
+        raise ScenarioError(
+            f"{r.where('source')}: expected snapshots/NAME, disks/NAME or "
+            f"restore_points/COLLECTION/POINT/NAME, got {source!r}"
+        )
     image = r.optional_text("image")
     if image is not None and len(image.split(":")) != 4:
         raise ScenarioError(f"{r.where('image')}: expected Publisher:Offer:Sku:Version, got {image!r}")
@@ -323,6 +345,7 @@ def _disk(data: Any, where: str, *, os_default: str | None, lun: bool = False) -
         lun=r.integer("lun", 0) if lun else None,
         tags=r.strings("tags"),
         hyper_v_generation=r.optional_text("hyper_v_generation"),
+        source_replaced=r.flag("source_replaced", False),
     )
     r.done()
     return spec
@@ -448,6 +471,16 @@ def _resource_group(data: Any, where: str) -> ResourceGroupSpec:
             )
         )
         d.done()
+    points = []
+    for i, item in enumerate(r.items("restore_points")):
+        p = _Reader(item, f"{r.where('restore_points')}[{i}]")
+        point = DiskRestorePointSpec(
+            collection=p.text("collection"), point=p.text("point"), name=p.name(), source=p.text("source")
+        )
+        if not re.match(r"^disks/[^/]+$", point.source):
+            raise ScenarioError(f"{p.where('source')}: expected disks/NAME, got {point.source!r}")
+        points.append(point)
+        p.done()
     spec = ResourceGroupSpec(
         name=name,
         location=location,
@@ -457,6 +490,7 @@ def _resource_group(data: Any, where: str) -> ResourceGroupSpec:
         snapshots=snapshots,
         galleries=galleries,
         disk_encryption_sets=tuple(des_list),
+        restore_points=tuple(points),
     )
     r.done()
     _check_names(spec, where)

@@ -88,26 +88,90 @@ def creation(model: dict[str, Any] | None) -> dict[str, Any]:
     return dict(_props(model).get("creationData") or {})
 
 
+def lineage_kind(resource_id: str) -> str:
+    """disk | snapshot | disk restore point | other, from the resource id's type segments."""
+    lower = resource_id.lower()
+    if "/providers/microsoft.compute/" in lower:
+        if "/diskrestorepoints/" in lower:
+            return "disk restore point"
+        if "/snapshots/" in lower:
+            return "snapshot"
+        if "/disks/" in lower:
+            return "disk"
+    return "other"
+
+
+def source_id(model: dict[str, Any] | None) -> str:
+    """Where a disk or snapshot was copied from (``creationData.sourceResourceId``), or the disk
+    a disk restore point was taken of (``properties.sourceResourceId``)."""
+    props = _props(model)
+    return str(creation(model).get("sourceResourceId") or props.get("sourceResourceId") or "")
+
+
+def _source_unique_id(model: dict[str, Any] | None) -> str:
+    props = _props(model)
+    return str(creation(model).get("sourceUniqueId") or props.get("sourceUniqueId") or "")
+
+
 def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
-    """disk → (snapshot →) source disk, as far as the gathered facts reach. Each link:
-    ``kind``, ``id``, ``create_option``, ``exists`` (False when the source is gone)."""
+    """The OS disk's lineage as far as the gathered facts reach, the OS disk first. Each link:
+    ``kind``, ``id``, ``create_option``, ``exists`` (True; False when Azure answered 404; None
+    when it was not or could not be read), ``managed_by`` (the VM a disk is attached to),
+    ``same_source`` (False when the resource found under that id is not the one the previous
+    link was made from: its uniqueId differs from the recorded sourceUniqueId) and ``error``."""
     azure = facts.azure or {}
     known = {**azure.get("disks", {}), **azure.get("snapshots", {}), **azure.get("sources", {})}
     missing = {k.lower() for k in azure.get("missing_sources", [])}
-    chain = []
-    current = disk_id
+    unresolved = {str(k).lower(): str(v) for k, v in (azure.get("unresolved_sources") or {}).items()}
+    chain: list[dict[str, Any]] = []
+    current, expected_unique = disk_id, ""
     seen: set[str] = set()
-    while current and current.lower() not in seen:
-        seen.add(current.lower())
-        model = known.get(current.lower())
-        kind = "snapshot" if "/snapshots/" in current.lower() else "disk"
-        if model is None:
-            # False: Azure answered 404 (the source was deleted); None: not looked up
-            exists = False if current.lower() in missing else None
-            chain.append({"kind": kind, "id": current, "create_option": "", "exists": exists})
+    while current:
+        key = current.lower()
+        kind = lineage_kind(current)
+        if key in seen:
+            chain.append(_link(kind, current, exists=True, error="the lineage loops back to this resource"))
             break
-        data = creation(model)
-        option = str(data.get("createOption") or "")
-        chain.append({"kind": kind, "id": current, "create_option": option, "exists": True})
-        current = str(data.get("sourceResourceId") or "")
+        seen.add(key)
+        model = known.get(key)
+        if model is None:
+            if key in missing:
+                chain.append(_link(kind, current, exists=False))
+            else:
+                chain.append(_link(kind, current, exists=None, error=unresolved.get(key, "not looked up")))
+            break
+        props = _props(model)
+        unique = str(props.get("uniqueId") or "")
+        chain.append(
+            _link(
+                kind,
+                current,
+                exists=True,
+                create_option=str(creation(model).get("createOption") or ""),
+                managed_by=str(model.get("managedBy") or ""),
+                same_source=None if not (expected_unique and unique) else expected_unique == unique,
+            )
+        )
+        current, expected_unique = source_id(model), _source_unique_id(model)
     return chain
+
+
+def _link(
+    kind: str,
+    resource_id: str,
+    *,
+    exists: bool | None,
+    create_option: str = "",
+    managed_by: str = "",
+    same_source: bool | None = None,
+    error: str = "",
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "id": resource_id,
+        "create_option": create_option,
+        "exists": exists,
+        "managed_by": managed_by,
+        "same_source": same_source,
+        "error": error,
+    }
