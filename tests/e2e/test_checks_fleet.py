@@ -163,7 +163,8 @@ EXPECTED = [
     ("test_vm_is_a_copy", "win-empty-disk", "", F, "win-empty-disk-osdisk was created empty (Empty)"),
     ("test_vm_is_a_copy", "win-attached", "", F, "as it is (Attach): the VM runs on the original disk"),
     ("test_vm_is_a_copy", "win-replaced-src", "", F, "is not the resource it was copied from"),
-    ("test_vm_is_a_copy", "win-own-disk", "", F, "leads back to this VM's own disk (disk win-own-disk-data0)"),
+    ("test_vm_is_a_copy", "win-own-disk", "", F,
+     "leads back to this VM's own disk (disk win-own-disk-data0)"),
     # Windows readiness
     ("test_no_pending_reboot", "win-clean-copy", "", P, ""),
     ("test_no_pending_reboot", "win-sealed", "", F,

@@ -174,7 +174,8 @@ def test_hole3_flipped_green_and_status_are_refused(project: Project) -> None:
     assert not project.acted("bad")
     result.stdout.fnmatch_lines(
         [
-            "*refused: its derived fields disagree with its cases: it says status 'green', green True, but*'red'*"
+            "*refused: its derived fields disagree with its cases: "
+            "it says status 'green', green True, but*'red'*"
         ]
     )
 
@@ -199,7 +200,8 @@ def test_hole3_a_case_removed_from_the_verdict_is_refused(project: Project) -> N
     assert not project.acted("bad")
     result.stdout.fnmatch_lines(
         [
-            "*refused: it does not cover the checks this run expects*checks/test_basic.py::test_not_bad[[]rg/bad[]]*"
+            "*refused: it does not cover the checks this run expects"
+            "*checks/test_basic.py::test_not_bad[[]rg/bad[]]*"
         ]
     )
 
