@@ -241,6 +241,32 @@ class GateKeeper:
         _report_blocked(item, nextitem, decision)
         return True
 
+    @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
+    def one_line_report(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+        """An expected environment failure (Azure, guest facts, timeout: an exception with a
+        ``category``) is reported by its one line. Built here, before pytest's own report, because
+        pytest would first render the traceback with the source of every frame, which costs more
+        than the check itself on a red fleet."""
+        exc = call.excinfo.value if call.excinfo is not None else None
+        if item_info(item) is None or not isinstance(exc, Exception) or not getattr(exc, "category", None):
+            return None
+        # item._report_sections (captured output) is private: pytest 8/9's own
+        # TestReport.from_item_and_call reads it the same way
+        sections = [(f"Captured {key} {when}", content) for when, key, content in item._report_sections]
+        return pytest.TestReport(
+            item.nodeid,
+            item.location,
+            {name: 1 for name in item.keywords},
+            "failed",
+            one_line(str(exc)) or type(exc).__name__,
+            call.when,  # type: ignore[arg-type]
+            sections,
+            call.duration,
+            call.start,
+            call.stop,
+            user_properties=item.user_properties,
+        )
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]

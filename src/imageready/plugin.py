@@ -475,6 +475,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             values.append((vm, Sentinel("facts-unavailable", exc)))
             ids.append(f"{vm.key}-facts-unavailable")
             continue
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            # facts of an unexpected shape: this VM's cases error, the run goes on for the others
+            error = FactsUnavailable(
+                f"{vm.key}: the facts {each!r} is read from are malformed ({type(exc).__name__}: {exc})",
+                "guest facts",
+            )
+            values.append((vm, Sentinel("facts-unavailable", error)))
+            ids.append(f"{vm.key}-facts-unavailable")
+            continue
         if not items:
             values.append((vm, NOTHING_TO_EXAMINE))
             ids.append(f"{vm.key}-none")

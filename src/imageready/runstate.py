@@ -192,11 +192,7 @@ class RunState:
             return self.resumes[vm.key]
         found: Resume | None = None
         facts = self.facts(vm)
-        tag = (
-            ""
-            if facts.azure is None
-            else str((facts.vm_model.get("tags") or {}).get(STEP_TAG + "guest") or "")
-        )
+        tag = facts.tag(STEP_TAG + "guest")
         if tag:
             run = parse_step_tag(tag).get("run", "")
             found = self._resume_from_verdict(vm, run, tag, facts.vm_id)

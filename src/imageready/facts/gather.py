@@ -259,6 +259,8 @@ class AzureFactsProvider:
                 unresolved[source.lower()] = one_line(str(exc))
                 break
             sources[source.lower()] = found
+            if lineage_kind(source) == "disk":
+                break  # the first source disk decides whether the VM is a copy (checks/test_provenance.py)
             source = source_id(found)
         return sources, missing, unresolved
 
