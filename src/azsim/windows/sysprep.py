@@ -23,7 +23,7 @@ What Windows does here, and where Microsoft says so:
   "The KMS current count does not increase", KB 929829). A run refused before that point (as
   SYSTEM, at ``ValidateUser``) leaves an old tag where it was.
 * Its logs: ``%WINDIR%\\System32\\Sysprep\\Panther\\setupact.log`` and ``setuperr.log``
-  ("Sysprep (Generalize) a Windows installation", "Deployment troubleshooting and log files").
+  ("Sysprep Process Overview", section "Sysprep Log Files": generalize logs to that folder).
 * Its flags: "Sysprep Command-Line Options" (``/mode:vm``, ``/quit``, ``/shutdown``, ``/unattend``).
 * A machine powered off from outside (ARM powerOff or deallocate) ends every process in it: a
   sysprep cut off in its generalize pass leaves ``IMAGE_STATE_UNDEPLOYABLE`` (Windows Setup States:
