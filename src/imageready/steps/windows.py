@@ -171,18 +171,24 @@ def cause_of(logs: dict[str, Any]) -> str:
     return "no error line in setuperr.log"
 
 
-def _parse_time(text: object) -> dt.datetime | None:
-    """A guest time in PowerShell's round-trip format (``2026-11-25T21:13:18.1234567Z``)."""
-    found = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", str(text or ""))
+def _parse_time(text: object) -> int | None:
+    """A guest time in PowerShell's round-trip format (``2026-11-25T21:13:18.1234567Z``) as
+    100-nanosecond ticks since 1970 (the format's own precision: no rounding between two times)."""
+    found = re.fullmatch(
+        r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,7}))?(Z|[+-]\d\d:\d\d)?", str(text or "")
+    )
     if not found:
         return None
     whole, fraction, zone = found.groups()
-    stamp = dt.datetime.fromisoformat(whole + "." + (fraction or "0")[:6].ljust(6, "0"))
     offset = dt.timedelta(0)
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
         offset = sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    return stamp.replace(tzinfo=dt.timezone(offset))
+    try:
+        stamp = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone(offset))
+    except ValueError:
+        return None
+    return int(stamp.timestamp()) * 10_000_000 + int((fraction or "0").ljust(7, "0"))
 
 
 class Seal:
