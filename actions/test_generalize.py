@@ -32,7 +32,9 @@ def test_guest_generalized(vm: VmRef, guest_generalized: StepRecord, vm_actions:
         post = evidence["post_state"]
         assert (post.get("user_present"), post.get("waagent_lib_entries")) == ("no", "0"), post
     elif guest_generalized.status == "done":
-        # Windows: sysprep resealed the guest and powered it off; Azure shows it stopped
+        # Windows: the reseal was seen (or recorded by the run this one resumes), never assumed
+        # from a power-off; then Azure shows it stopped
+        assert evidence.get("proof"), f"{vm.key}: sysprep called done without proof of the reseal"
         assert evidence.get("power_state_after") in ("stopped", "deallocated"), evidence
     tag = (vm_actions.vm_model(instance_view=False).get("tags") or {}).get(STEP_TAG + "guest")
     assert parse_step_tag(tag).get("state") == "done", (

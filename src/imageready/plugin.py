@@ -192,10 +192,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--sysprep-args",
-        default="/generalize /oobe /shutdown /mode:vm",
+        default="/generalize /oobe /shutdown",
         metavar="ARGS",
-        help="sysprep.exe arguments (default: /generalize /oobe /shutdown /mode:vm); /generalize "
-        "and /oobe are required, and exactly one of /shutdown and /quit; /quiet is always added.",
+        help="sysprep.exe arguments (default: /generalize /oobe /shutdown); /generalize and /oobe "
+        "are required, and exactly one of /shutdown and /quit; /mode:vm only if every VM made from "
+        "the image has the same hardware profile; /unattend is refused (Azure does not support "
+        "custom answer files); /quiet is always added.",
     )
     group.addoption(
         "--sysprep-deadline",

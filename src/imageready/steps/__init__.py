@@ -44,7 +44,7 @@ class ActionOptions:
     lease_ttl: dt.timedelta = dt.timedelta(minutes=30)
     break_lease: bool = False
     capture: tuple[str, ...] | None = None  # ("image", NAME) | ("gallery", G, D, V)
-    sysprep_args: tuple[str, ...] = ("/generalize", "/oobe", "/shutdown", "/mode:vm")
+    sysprep_args: tuple[str, ...] = ("/generalize", "/oobe", "/shutdown")
     sysprep_deadline: float = 3600.0
     guest_timeout: float = 300.0
     scan_deadline: float = 900.0
