@@ -457,3 +457,10 @@ def test_a_generalized_vm_keeps_its_disks_and_nic_and_its_disks_can_be_copied(
     snapshot = session.create_snapshot(RG, "snap-of-sealed", os_disk["id"], "westeurope", {})
     assert snapshot["properties"]["creationData"]["sourceResourceId"] == os_disk["id"]
     assert snapshot["properties"]["provisioningState"] == "Succeeded"
+
+
+def test_a_snapshot_may_be_made_from_a_snapshot(fleet: Azsim, session: AzureSession) -> None:
+    source = compute_path(fleet, "snapshots", "snap-routes")
+    copy = session.create_snapshot(RG, "snap-of-snap", source, "westeurope", {})
+    assert copy["properties"]["creationData"]["sourceResourceId"] == source
+    assert copy["properties"]["provisioningState"] == "Succeeded"
