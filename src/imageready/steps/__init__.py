@@ -379,7 +379,7 @@ class VmActions:
             return Outcome("skipped", "no lease held by this run")
         if self.statuses().get("OSState") == "generalized":
             final = self.lease.render() if self.lease else ""
-            self.lease = None
+            self.lease, self.sealed = None, False  # nothing left to give back at the end of the run
             return Outcome(
                 "done",
                 "the final lease stays on the VM (Azure takes no change to a generalized VM): it binds "
