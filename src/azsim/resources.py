@@ -123,6 +123,8 @@ class Disk(Resource):
     lineage: dict[str, Any] | None = None
     #: where its guest content lives, relative to azsim's state directory (azsim.guestapi)
     content_home: str | None = None
+    #: x64 | Arm64 for an OS disk (DiskRP's supportedCapabilities.architecture); None: not shown
+    architecture: str | None = None
 
     def creation_data(self, subscription: str) -> dict[str, Any]:
         data: dict[str, Any] = {"createOption": self.create_option}
@@ -186,6 +188,8 @@ class Disk(Resource):
             props["osType"] = self.os
         if self.hyper_v_generation:
             props["hyperVGeneration"] = self.hyper_v_generation
+        if self.architecture:
+            props["supportedCapabilities"] = {"architecture": self.architecture}
         props["creationData"] = self.creation_data(subscription)
         props["diskSizeGB"] = self.size_gb
         props["diskSizeBytes"] = self.size_gb * 1024**3
@@ -306,16 +310,26 @@ class GalleryImage(Resource):
     publisher: str = ""
     offer: str = ""
     sku: str = ""
+    #: the SecurityType feature (None: the definition declares none, i.e. Standard)
+    security_type: str | None = None
+    architecture: str = "x64"
+    plan: dict[str, str] | None = None
 
     def to_arm(self) -> dict[str, Any]:
         body = self.envelope(f"{COMPUTE}/galleries/images")
-        body["properties"] = {
+        props: dict[str, Any] = {
             "osType": self.os,
             "osState": self.os_state,
             "hyperVGeneration": self.hyper_v_generation,
+            "architecture": self.architecture,
             "identifier": {"publisher": self.publisher, "offer": self.offer, "sku": self.sku},
             "provisioningState": self.provisioning_state,
         }
+        if self.security_type:
+            props["features"] = [{"name": "SecurityType", "value": self.security_type}]
+        if self.plan:
+            props["purchasePlan"] = dict(self.plan)
+        body["properties"] = props
         return body
 
 

@@ -246,6 +246,19 @@ class VmSpec:
     plan: dict[str, str] | None
     #: False: the VM model leaves out storageProfile.osDisk.osType (an OS type Azure does not know)
     os_type_reported: bool = True
+    #: x64 | Arm64: what the VM size runs; ARM shows it on the OS disk (supportedCapabilities)
+    architecture: str = "x64"
+
+
+#: the SecurityType feature values an image definition may declare (Microsoft's "Store and share
+#: images in an Azure Compute Gallery", image definitions); None: no SecurityType feature
+GALLERY_SECURITY_TYPES = (
+    "TrustedLaunch",
+    "ConfidentialVM",
+    "TrustedLaunchSupported",
+    "ConfidentialVMSupported",
+    "TrustedLaunchAndConfidentialVmSupported",
+)
 
 
 @dataclass(frozen=True)
@@ -257,6 +270,10 @@ class GalleryImageSpec:
     publisher: str
     offer: str
     sku: str
+    security_type: str | None = None
+    architecture: str = "x64"
+    #: purchasePlan {name, publisher, product}, for images of Marketplace images with a plan
+    plan: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -418,6 +435,7 @@ def _vm(data: Any, where: str, rg_location: str) -> VmSpec:
         hyper_v_generation=r.text("hyper_v_generation", "V2", choices=("V1", "V2")),
         plan=plan,
         os_type_reported=r.flag("os_type_reported", True),
+        architecture=r.text("architecture", "x64", choices=("x64", "Arm64")),
     )
     r.done()
     return spec
@@ -428,6 +446,13 @@ def _gallery(data: Any, where: str) -> GallerySpec:
     images = []
     for i, item in enumerate(r.items("images")):
         g = _Reader(item, f"{r.where('images')}[{i}]")
+        plan = g.strings("plan") or None
+        if plan is not None and set(plan) != {"name", "publisher", "product"}:
+            raise ScenarioError(f"{g.where('plan')}: expected exactly name, publisher and product")
+        security = g.optional_text("security_type")
+        if security is not None and security not in GALLERY_SECURITY_TYPES:
+            allowed = ", ".join(GALLERY_SECURITY_TYPES)
+            raise ScenarioError(f"{g.where('security_type')}: expected one of {allowed}, got {security!r}")
         images.append(
             GalleryImageSpec(
                 name=g.name(),
@@ -437,6 +462,9 @@ def _gallery(data: Any, where: str) -> GallerySpec:
                 publisher=g.text("publisher", "imageready"),
                 offer=g.text("offer", "azsim"),
                 sku=g.text("sku", g.data.get("name", "image")),
+                security_type=security,
+                architecture=g.text("architecture", "x64", choices=("x64", "Arm64")),
+                plan=plan,
             )
         )
         g.done()

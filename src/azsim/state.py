@@ -169,6 +169,7 @@ class Store:
             hyper_v_generation=spec.hyper_v_generation,
             plan=dict(spec.plan) if spec.plan else None,
             os_type_reported=spec.os_type_reported,
+            architecture=spec.architecture,
             guest_spec=dict(spec.guest),
             extensions=[
                 Extension(e.name, e.publisher, e.type, e.version, e.provisioning_state)
@@ -178,6 +179,7 @@ class Store:
         os_disk = self._disk_from_spec(rg, spec.location, spec.os_disk, snapshot=False)
         os_disk.managed_by = vm.id
         os_disk.hyper_v_generation = spec.hyper_v_generation
+        os_disk.architecture = spec.architecture
         # the guest writes its disk where it keeps the rest of its state (azsim.guests)
         os_disk.content_home = str(guest_home(rg, spec.name))
         os_disk.lineage = {
@@ -259,6 +261,9 @@ class Store:
                             publisher=image.publisher,
                             offer=image.offer,
                             sku=image.sku,
+                            security_type=image.security_type,
+                            architecture=image.architecture,
+                            plan=dict(image.plan) if image.plan else None,
                         )
                     )
         # Second pass: a source named in the scenario gives its unique id and its lineage; a
