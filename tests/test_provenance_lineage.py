@@ -23,7 +23,7 @@ POINT = f"{CP}/restorePointCollections/rpc/restorePoints/rp1/diskRestorePoints/g
 
 
 def disk(
-    option: str, source: str = "", *, managed_by: str = "", unique: str = "u", src_unique: str = ""
+    option: str, source: str = "", *, managed_by: str = "", unique: str = "u", src_unique: str = "u"
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"createOption": option}
     if source:
@@ -36,8 +36,8 @@ def disk(
     return model
 
 
-def restore_point(source: str) -> dict[str, Any]:
-    return {"properties": {"sourceResourceId": source}}
+def restore_point(source: str, src_unique: str = "u") -> dict[str, Any]:
+    return {"properties": {"sourceResourceId": source, "sourceUniqueId": src_unique}}
 
 
 def judge(
@@ -124,6 +124,13 @@ def test_hole4_unreadable_source_is_red() -> None:
 def test_hole4_source_replaced_under_its_name_is_red() -> None:
     copy, why = judge(disk("Copy", GOLDEN, src_unique="old-id"), {GOLDEN: disk("FromImage", unique="new-id")})
     assert not copy and "is not the resource it was copied from" in why
+
+
+def test_hole4_a_copy_that_does_not_record_its_sources_unique_id_is_red() -> None:
+    plain = disk("Copy", GOLDEN)
+    del plain["properties"]["creationData"]["sourceUniqueId"]
+    copy, why = judge(plain, {GOLDEN: disk("FromImage")})
+    assert not copy and "does not record its uniqueId (sourceUniqueId)" in why
 
 
 def test_hole4_chain_back_to_this_vms_own_disk_is_red() -> None:

@@ -292,7 +292,9 @@ def facts_digest(document: Mapping[str, Any], paths: Iterable[Sequence[str | int
     """SHA-256 over the values ``document`` ({"guest": ..., "azure": ...}) holds at ``paths``."""
     from imageready.facts.view import value_at
 
-    pairs = sorted(([*path], value_at(document, tuple(path))) for path in paths)
+    pairs = sorted(
+        (([*path], value_at(document, tuple(path))) for path in paths), key=lambda p: json.dumps(p[0])
+    )
     body = json.dumps(pairs, sort_keys=True, default=str, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
 

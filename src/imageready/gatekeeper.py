@@ -386,7 +386,7 @@ class GateKeeper:
         facts = self.state.facts_cache.get(info.vm.key)
         if not reads or facts is None:
             return {}
-        paths = sorted([*path] for path in reads)
+        paths = sorted(([*path] for path in reads), key=json.dumps)
         document = {"guest": facts.guest, "azure": facts.azure}
         return {"facts_read": paths, "facts_digest": facts_digest(document, paths)}
 

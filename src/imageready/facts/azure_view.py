@@ -166,7 +166,8 @@ def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
     missing = {str(k).lower() for k in view.need("missing_sources", list)}
     unresolved = view.need("unresolved_sources", dict)
     chain: list[dict[str, Any]] = []
-    current, expected_unique = disk_id, ""
+    # the uniqueId the previous link recorded for its source (None: it recorded none)
+    current, expected_unique = disk_id, None
     seen: set[str] = set()
     while current:
         key = current.lower()
@@ -190,10 +191,12 @@ def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
         option = "" if created is None else created.need("createOption", str)
         same_source: bool | None = None
         error = ""
-        if expected_unique:
+        if chain and kind != "disk restore point":  # a restore point has no uniqueId of its own
             unique = props.optional("uniqueId", str)
-            same_source = unique == expected_unique
-            if unique is None:
+            same_source = unique is not None and unique == expected_unique
+            if expected_unique is None:
+                error = "the copy made from it does not record its uniqueId (sourceUniqueId)"
+            elif unique is None:
                 error = "its uniqueId is not reported, so it cannot be shown to be the source"
         # ARM leaves managedBy out of an unattached disk; the OS disk's own owner is this VM
         owner = link.optional("managedBy", str) if chain and kind == "disk" else None
@@ -212,7 +215,8 @@ def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
             break  # the first source disk decides; what it was made from is not needed
         holder = props if created is None else created
         current = str(holder.optional("sourceResourceId", str) or "")
-        expected_unique = str(holder.optional("sourceUniqueId", str) or "")
+        # absent: checked at the source, if it exists (a deleted source is red for that anyway)
+        expected_unique = holder.optional("sourceUniqueId", str) if current else None
     return chain
 
 
