@@ -30,6 +30,7 @@ _TOP_LEVEL: Schema = {
     "unattend_files": (list, None),
     "services": (dict, None),
     "sysprep_providers_failed": (list, None),
+    "identity": (dict, None),
     "errors": (list,),
 }
 #: keys that hold lists: ConvertTo-Json in Windows PowerShell 5.1 may still print a
