@@ -35,6 +35,8 @@ FLEET = [
     "lin-no-agent",
     "lin-old-agent",
     "lin-no-sudo",
+    "lin-ovf-stale",
+    "lin-ovf-other-user",
     "win-dc-original",
     "win-roles-ok",
     "win-sealed",
@@ -207,6 +209,18 @@ EXPECTED = [
     ("test_client_alive_interval", "lin-no-agent", "", F, "on rg-checks/lin-no-agent is 0 (sshd's default"),
     ("test_client_alive_interval", "lin-old-agent", "", F, "is 10, outside 30-235"),
     ("test_client_alive_interval", "lin-no-sudo", "", F, "is 300, outside 30-235"),
+    # the user waagent -deprovision+user deletes (ovf-env.xml)
+    ("test_deprovision_deletes_admin_user", "lin-clean-copy", "", P, ""),
+    ("test_deprovision_deletes_admin_user", "lin-no-agent", "", F,
+     "/var/lib/waagent/ovf-env.xml is missing on rg-checks/lin-no-agent: `waagent -deprovision+user` "
+     "would delete no user"),
+    ("test_deprovision_deletes_admin_user", "lin-old-agent", "", F,
+     "waagent cannot read the user from /var/lib/waagent/ovf-env.xml on rg-checks/lin-old-agent (ParseError"),
+    ("test_deprovision_deletes_admin_user", "lin-ovf-stale", "", F,
+     "([ProtocolError] Failed to validate OVF: PlatformSettingsSection not found): `waagent "
+     "-deprovision+user` would print 'ovf-env.xml is not found', skip deleting the user"),
+    ("test_deprovision_deletes_admin_user", "lin-ovf-other-user", "", F,
+     "names user 'builder', but osProfile.adminUsername is 'azureuser'"),
 ]
 # fmt: on
 

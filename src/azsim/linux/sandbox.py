@@ -59,7 +59,7 @@ ln -s /proc/self/fd "$root/dev/fd"
 mount -t tmpfs -o mode=755,nosuid,nodev,size=16m run "$root/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev,size=64m tmp "$root/tmp"
 # SMBIOS as the kernel shows it: /sys/class/dmi/id -> ../../devices/virtual/dmi/id
-mount -t tmpfs -o mode=755,nosuid,nodev,noexec,size=64k sysfs "$root/sys"
+mount -t tmpfs -o mode=755,nosuid,nodev,noexec,size=64k sys "$root/sys"
 mkdir -p "$root/sys/devices/virtual/dmi/id" "$root/sys/class/dmi"
 ln -s ../../devices/virtual/dmi/id "$root/sys/class/dmi/id"
 if [ -n "$smbios" ]; then
@@ -303,18 +303,20 @@ class Sandbox:
         self._imds.start()
 
     def _release(self) -> None:
-        """Close what azsim holds in the guest's network (the namespace goes with the last)."""
+        """Close what azsim holds in the guest's network (the namespace goes with the last).
+        Whoever calls it (stop, or the thread that saw the guest exit) returns only once the
+        relay's port is closed."""
         with self._release_lock:
-            relay, self._relay = self._relay, None
-            imds, self._imds = self._imds, None
-            netns_fd, self._netns_fd = self._netns_fd, -1
-        if relay is not None:
-            relay.close()
-        if imds is not None:
-            imds.close()
-        if netns_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(netns_fd)
+            if self._relay is not None:
+                self._relay.close()
+                self._relay = None
+            if self._imds is not None:
+                self._imds.close()
+                self._imds = None
+            if self._netns_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._netns_fd)
+                self._netns_fd = -1
 
     def console_tail(self) -> str:
         try:

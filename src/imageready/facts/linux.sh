@@ -272,8 +272,10 @@ from azurelinuxagent.common.utils import fileutil
 try:
     env = OvfEnv(fileutil.read_file(sys.argv[1]))
     print(json.dumps({"user_name": env.username, "error": None}))
-except (ProtocolError, ExpatError) as err:
-    print(json.dumps({"user_name": None, "error": type(err).__name__ + ": " + str(err)}))
+except ProtocolError as err:  # its text names itself: "[ProtocolError] Failed to validate OVF: ..."
+    print(json.dumps({"user_name": None, "error": str(err)}))
+except ExpatError as err:
+    print(json.dumps({"user_name": None, "error": "ExpatError: " + str(err)}))
 except Exception as err:
     print(json.dumps({"user_name": None, "error": type(err).__name__}))
 """
@@ -319,7 +321,7 @@ def builtin_ovf(path):
     ]
     missing = next((name for name, node in required if node is None), None)
     if missing:
-        return {"user_name": None, "error": f"ProtocolError: Failed to validate OVF: {missing} not found"}
+        return {"user_name": None, "error": f"[ProtocolError] Failed to validate OVF: {missing} not found"}
     return {"user_name": (first(conf_set, f"{wa}UserName").text or "").strip(), "error": None}
 
 
@@ -327,7 +329,14 @@ def ovf_env(agent):
     """The user `waagent -deprovision+user` deletes: ovf-env.xml's UserName as waagent parses it."""
     lib = ((agent or {}).get("conf") or {}).get("Lib.Dir") or "/var/lib/waagent"
     path = os.path.join(lib, "ovf-env.xml")
-    found = {"path": path, "present": os.path.isfile(path), "parses": None, "parser": None,
+    try:
+        os.stat(path)
+        present = True
+    except FileNotFoundError:
+        present = False
+    # a PermissionError (no root: /var/lib/waagent is root's) leaves the probe null: the file is
+    # then unknown, not absent
+    found = {"path": path, "present": present, "parses": None, "parser": None,
              "user_name": None, "error": None}
     if not found["present"]:
         return found

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -210,7 +211,15 @@ class SshGuest(Guest):
             timeout=60.0,
             purpose="the identity probe",
         )
-        self._binding.accept(parse_probe(result.stdout), transport)
+        self._accept(parse_probe(result.stdout), transport)
+
+    def _accept(self, reading: object, transport: object) -> None:
+        """Judge ``reading``; once proven, later connections of this object must show the same
+        host key before they prove again."""
+        binding = self._binding
+        binding.accept(reading, transport)
+        if not binding.pins.ssh_host_key and self._host_key:
+            binding.pins = dataclasses.replace(binding.pins, ssh_host_key=self._host_key)
 
     def _client(self) -> paramiko.SSHClient:
         client: paramiko.SSHClient = self._backend.client
@@ -370,7 +379,7 @@ class SshGuest(Guest):
             transport, command, timeout=timeout, purpose=purpose, stdin=stdin, on_progress=on_progress
         )
         if binding.needs_proof(transport) and proof_in is not None:
-            binding.accept(proof_in(result), transport)
+            self._accept(proof_in(result), transport)
         return result
 
     def _exec_raw(
