@@ -20,8 +20,10 @@ from imageready.facts import FactsUnavailable, VmFacts
 from imageready.target import VmRef
 
 
-def _ovf_env(vm: VmRef, guest_facts: dict[str, Any]) -> dict[str, Any]:
-    """The ``ovf_env`` fact, or an error: absent, null or ill-typed facts never pass."""
+@pytest.fixture
+def ovf_env(vm: VmRef, guest_facts: dict[str, Any]) -> dict[str, Any]:
+    """The ``ovf_env`` fact (facts/SCHEMA.md), or an error: absent, null or ill-typed facts never
+    pass."""
     ovf = guest_facts.get("ovf_env")
     if not isinstance(ovf, dict):
         why = next(
@@ -48,7 +50,8 @@ def _ovf_env(vm: VmRef, guest_facts: dict[str, Any]) -> dict[str, Any]:
     return ovf
 
 
-def _ssh_user(vm: VmRef, facts: VmFacts, guest_facts: dict[str, Any]) -> str:
+@pytest.fixture
+def ssh_user(vm: VmRef, facts: VmFacts, guest_facts: dict[str, Any]) -> str:
     """Who the deprovision step would run waagent as: the user imageready's SSH session logged in
     as (proven by a login with the run's key, unlike a tag), as the facts script saw it."""
     transport = facts.guest_identity.get("transport")
@@ -64,6 +67,17 @@ def _ssh_user(vm: VmRef, facts: VmFacts, guest_facts: dict[str, Any]) -> str:
     return name
 
 
+@pytest.fixture
+def arm_admin(vm: VmRef, facts: VmFacts) -> str | None:
+    """``osProfile.adminUsername`` as ARM reports it; None for a VM made from a copied disk,
+    which has no osProfile (as in Azure): the SSH login stands alone then."""
+    os_profile = facts.vm_model.get("properties", {}).get("osProfile") or {}
+    admin = os_profile.get("adminUsername")
+    if admin is not None and (not isinstance(admin, str) or not admin):
+        raise FactsUnavailable(f"{vm.key}: osProfile.adminUsername is not a user name ({admin!r})")
+    return admin
+
+
 @pytest.mark.check(
     id="IR-LNX-007",
     title="waagent -deprovision+user will delete the admin user (ovf-env.xml names it)",
@@ -72,15 +86,9 @@ def _ssh_user(vm: VmRef, facts: VmFacts, guest_facts: dict[str, Any]) -> str:
     doc=_docs.LINUX_AGENT,
 )
 def test_deprovision_deletes_admin_user(
-    vm: VmRef, facts: VmFacts, guest_facts: dict[str, Any], request: pytest.FixtureRequest
+    vm: VmRef, ovf_env: dict[str, Any], ssh_user: str, arm_admin: str | None, request: pytest.FixtureRequest
 ) -> None:
-    ovf = _ovf_env(vm, guest_facts)
-    connecting = _ssh_user(vm, facts, guest_facts)
-    # a VM made from a copied disk has no osProfile (as in Azure): the SSH login stands alone then
-    os_profile = facts.vm_model.get("properties", {}).get("osProfile") or {}
-    admin = os_profile.get("adminUsername")
-    if admin is not None and not isinstance(admin, str):
-        raise FactsUnavailable(f"{vm.key}: osProfile.adminUsername is not a string ({admin!r})")
+    ovf, connecting, admin = ovf_env, ssh_user, arm_admin
     evidence(
         request,
         f"{vm.key}: {ovf['path']} present {ovf['present']}, parses {ovf['parses']} ({ovf['parser']}), "
