@@ -194,9 +194,9 @@ def test_windows_copy_generalized_and_captured_as_a_gallery_version(azsim: Azsim
     assert steps["capture"]["evidence"]["artifact"].lower() == found.id.lower()
 
 
-def test_the_user_waagent_would_skip_is_caught_before_anything_runs(azsim: Azsim, tmp_path: Path) -> None:
-    """IR-LNX-007 (issue 11, point 7): waagent 2.7 cannot read this ovf-env.xml, so the check is
-    red and --apply changes nothing."""
+def test_hole_7_the_user_deprovision_deletes_is_checked_first(azsim: Azsim, tmp_path: Path) -> None:
+    """No wrong green, hole 7: waagent 2.7 cannot read this ovf-env.xml, so it would delete no user
+    (and exit 0). IR-LNX-007 is red before anything irreversible: --apply changes nothing."""
     seq = azsim.last_seq()
     run = harness(azsim, "--vm", STALE_OVF, "--apply", report_dir=tmp_path)
     assert run.returncode == exitcodes.RED_CHECKS, run.output[-4000:]
