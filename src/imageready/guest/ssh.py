@@ -211,7 +211,14 @@ class SshGuest(Guest):
             timeout=60.0,
             purpose="the identity probe",
         )
-        self._accept(parse_probe(result.stdout), transport)
+        reading = parse_probe(result.stdout)
+        if reading is None and not result.ok:
+            # it did not run to its end (it always exits 0 when it does): nothing is proven
+            # either way, so nothing runs now, and the next command tries again
+            stderr = " ".join(result.stderr.decode("utf-8", "replace").split())[:300]
+            why = stderr or f"exit {result.exit_code}"
+            raise GuestDisconnected(f"{self._where()}: the identity probe did not complete: {why}")
+        self._accept(reading, transport)
 
     def _accept(self, reading: object, transport: object) -> None:
         """Judge ``reading``; once proven, later connections of this object must show the same

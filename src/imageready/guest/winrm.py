@@ -290,8 +290,14 @@ class WinRmGuest(Guest):
     def _prove(self, protocol: Protocol, shell_id: str, deadline: float) -> None:
         """The identity probe, in the shell the next command will run in (a shell lives on one
         machine: a connection that lands elsewhere cannot reach it)."""
-        code, out, _err = self._command(protocol, shell_id, probe_script("Windows"), deadline, [], None)
-        self._binding.accept(parse_probe(out) if code == 0 else None, shell_id)
+        code, out, err = self._command(protocol, shell_id, probe_script("Windows"), deadline, [], None)
+        reading = parse_probe(out)
+        if reading is None and code != 0:
+            # it did not run to its end (e.g. the machine is shutting down): nothing is proven
+            # either way, so nothing runs now, and the next command tries again
+            why = _one_line(clean_stderr(err).decode("utf-8", "replace")) or f"exit {code}"
+            raise GuestDisconnected(f"{self._where()}: the identity probe did not complete: {why}")
+        self._binding.accept(reading, shell_id)
 
     def _server_certificate_digest(self) -> str:
         context = (
