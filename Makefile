@@ -16,7 +16,7 @@ APT_COMMANDS := debootstrap chromium chromedriver rg unshare nsenter mcs mono
 PYTEST_WORKERS ?= 2
 REPORT_DIR ?= reports/out
 
-.PHONY: help bootstrap system venv node lint typecheck test test-fast demo report clean
+.PHONY: help bootstrap system venv node lint typecheck test test-fast test-floor demo report clean
 
 help:
 	@echo "make demo    run the main job end to end on the simulated fleet"
@@ -62,6 +62,16 @@ test: bootstrap lint typecheck
 	@rc=0; $(BIN)/pytest tests -n $(PYTEST_WORKERS) --dist loadscope -p no:cacheprovider || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests were collected" >&2; exit 1; fi; exit $$rc
 
+# The lowest Azure SDK versions pyproject.toml allows (tests/floor-constraints.txt), in their own
+# virtualenv, running the tests that drive the SDKs against azsim.
+FLOOR_VENV := .venv-floor
+test-floor: system
+	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -c tests/floor-constraints.txt -e '.[azsim,dev]'
+	$(FLOOR_VENV)/bin/python -m pip check
+	$(FLOOR_VENV)/bin/pytest tests/azsim tests/test_azure_layer.py -n $(PYTEST_WORKERS) --dist loadscope -p no:cacheprovider
+
 demo: bootstrap
 	@bash scripts/demo.sh
 
@@ -69,4 +79,4 @@ report: node
 	@bash scripts/report.sh $(REPORT_DIR)
 
 clean:
-	rm -rf $(VENV) reports/node_modules $(REPORT_DIR) .azsim .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) reports/node_modules $(REPORT_DIR) .azsim .pytest_cache .mypy_cache .ruff_cache

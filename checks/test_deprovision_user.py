@@ -10,48 +10,26 @@ it, the login the harness would prove things with may be gone.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from checks import _docs
 from imageready.checking import evidence, finding
 from imageready.facts import FactsUnavailable, VmFacts
+from imageready.facts.azure_view import azure
+from imageready.facts.view import GUEST_FACTS, FactsView
 from imageready.target import VmRef
 
 
 @pytest.fixture
-def ovf_env(vm: VmRef, guest_facts: dict[str, Any]) -> dict[str, Any]:
-    """The ``ovf_env`` fact (facts/SCHEMA.md), or an error: absent, null or ill-typed facts never
-    pass."""
-    ovf = guest_facts.get("ovf_env")
-    if not isinstance(ovf, dict):
-        why = next(
-            (e.get("error") for e in guest_facts.get("errors") or [] if e.get("probe") == "ovf_env"),
-            "missing from the facts",
-        )
-        raise FactsUnavailable(f"{vm.key}: the ovf_env fact is unavailable: {why}", "guest facts")
-    kinds = {
-        "path": (str,),
-        "present": (bool,),
-        "parses": (bool, type(None)),
-        "user_name": (str, type(None)),
-        "error": (str, type(None)),
-    }
-    for key, allowed in kinds.items():
-        if not isinstance(ovf.get(key), allowed):
-            raise FactsUnavailable(
-                f"{vm.key}: the ovf_env fact has no valid {key!r} ({ovf.get(key)!r})", "guest facts"
-            )
-    if ovf["present"] and ovf["parses"] is None:
-        raise FactsUnavailable(
-            f"{vm.key}: ovf_env says the file exists but not whether it parses", "guest facts"
-        )
-    return ovf
+def ovf_env(guest_facts: FactsView) -> FactsView:
+    """The ``ovf_env`` fact (facts/SCHEMA.md); absent or null (e.g. no root to read
+    /var/lib/waagent): the case errors, it never passes."""
+    view: FactsView = guest_facts.need("ovf_env", dict)
+    return view
 
 
 @pytest.fixture
-def ssh_user(vm: VmRef, facts: VmFacts, guest_facts: dict[str, Any]) -> str:
+def ssh_user(vm: VmRef, facts: VmFacts, guest_facts: FactsView) -> str:
     """Who the deprovision step would run waagent as: the user imageready's SSH session logged in
     as (proven by a login with the run's key, unlike a tag), as the facts script saw it."""
     transport = facts.guest_identity.get("transport")
@@ -61,20 +39,22 @@ def ssh_user(vm: VmRef, facts: VmFacts, guest_facts: dict[str, Any]) -> str:
             "the user whose session would run waagent is unknown",
             "guest unreachable",
         )
-    name = (guest_facts.get("user") or {}).get("name")
-    if not isinstance(name, str) or not name:
-        raise FactsUnavailable(f"{vm.key}: the facts do not name the connecting user", "guest facts")
+    name: str = guest_facts.need("user.name", str)
+    if not name:
+        raise FactsUnavailable(f"{vm.key}: the facts name no connecting user", GUEST_FACTS)
     return name
 
 
 @pytest.fixture
-def arm_admin(vm: VmRef, facts: VmFacts) -> str | None:
-    """``osProfile.adminUsername`` as ARM reports it; None for a VM made from a copied disk,
-    which has no osProfile (as in Azure): the SSH login stands alone then."""
-    os_profile = facts.vm_model.get("properties", {}).get("osProfile") or {}
-    admin = os_profile.get("adminUsername")
-    if admin is not None and (not isinstance(admin, str) or not admin):
-        raise FactsUnavailable(f"{vm.key}: osProfile.adminUsername is not a user name ({admin!r})")
+def arm_admin(facts: VmFacts) -> str | None:
+    """``osProfile.adminUsername`` as ARM reports it. None only when ARM shows no osProfile at
+    all: a VM made from a copied (specialized) disk has none, as in Azure; the SSH login then
+    stands alone. An osProfile without its adminUsername is missing data."""
+    props = azure(facts).need("vm.properties", dict)
+    profile = props.optional("osProfile", dict)
+    if profile is None:
+        return None
+    admin: str = profile.need("adminUsername", str)
     return admin
 
 
@@ -86,16 +66,16 @@ def arm_admin(vm: VmRef, facts: VmFacts) -> str | None:
     doc=_docs.LINUX_AGENT,
 )
 def test_deprovision_deletes_admin_user(
-    vm: VmRef, ovf_env: dict[str, Any], ssh_user: str, arm_admin: str | None, request: pytest.FixtureRequest
+    vm: VmRef, ovf_env: FactsView, ssh_user: str, arm_admin: str | None, request: pytest.FixtureRequest
 ) -> None:
-    ovf, connecting, admin = ovf_env, ssh_user, arm_admin
+    connecting, admin = ssh_user, arm_admin
+    path = ovf_env.need("path", str)
+    present = ovf_env.need("present", bool)
     evidence(
         request,
-        f"{vm.key}: {ovf['path']} present {ovf['present']}, parses {ovf['parses']} ({ovf['parser']}), "
-        f"names user {ovf['user_name']}; ARM admin {admin or '(no osProfile)'}; SSH user {connecting}",
+        f"{vm.key}: {path} present {present}; ARM admin {admin or '(no osProfile)'}; SSH user {connecting}",
     )
-    path = ovf["path"]
-    if not ovf["present"]:
+    if not present:
         finding(
             f"{path} is missing on {vm.key}: `waagent -deprovision+user` would delete no user and leave "
             f"{connecting}, its home and its keys in the image",
@@ -104,9 +84,12 @@ def test_deprovision_deletes_admin_user(
             "(userdel -r) and deprovision without +user.",
             doc=_docs.LINUX_AGENT,
         )
-    if not ovf["parses"]:
+    parses, parser = ovf_env.need("parses", bool), ovf_env.need("parser", str)
+    if not parses:
+        why = ovf_env.optional("error", str) or "it names no UserName"  # null: the parser gave no reason
+        evidence(request, f"{vm.key}: {parser} cannot read it: {why}")
         finding(
-            f"waagent cannot read the user from {path} on {vm.key} ({ovf['error'] or 'no UserName'}): "
+            f"waagent cannot read the user from {path} on {vm.key} ({why}): "
             "`waagent -deprovision+user` would print 'ovf-env.xml is not found', skip deleting the "
             f"user and still exit 0, leaving {connecting} in the image",
             where=f"{vm.key}: {path}",
@@ -114,9 +97,10 @@ def test_deprovision_deletes_admin_user(
             "PlatformSettingsSection), or delete the admin user yourself before deprovisioning.",
             doc=_docs.LINUX_AGENT,
         )
-    named = ovf["user_name"]
+    named = ovf_env.need("user_name", str)
+    evidence(request, f"{vm.key}: {parser} reads UserName {named!r}")
     wanted = [("the SSH user imageready connects as", connecting)]
-    if admin:
+    if admin is not None:
         wanted.insert(0, ("osProfile.adminUsername", admin))
     for label, user in wanted:
         if named != user:

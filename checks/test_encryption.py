@@ -10,7 +10,8 @@ import pytest
 from checks import _docs
 from imageready.checking import evidence, finding
 from imageready.facts import VmFacts
-from imageready.facts.azure_view import ade_extensions, disk_ade_enabled, disk_sse, extension_type
+from imageready.facts.azure_view import ade_extensions, disk_ade_enabled, disk_sse, extension_type, extensions
+from imageready.facts.view import FactsView
 from imageready.target import VmRef
 
 
@@ -63,8 +64,7 @@ def test_no_ade_extension(vm: VmRef, facts: VmFacts, request: pytest.FixtureRequ
     found = ade_extensions(facts)
     evidence(
         request,
-        f"{vm.key}: extensions: "
-        + (", ".join(extension_type(e) for e in (facts.azure or {}).get("extensions", [])) or "none"),
+        f"{vm.key}: extensions: " + (", ".join(extension_type(e) for e in extensions(facts)) or "none"),
     )
     if found:
         names = ", ".join(str(e.get("name")) for e in found)
@@ -86,24 +86,19 @@ def test_no_ade_extension(vm: VmRef, facts: VmFacts, request: pytest.FixtureRequ
     each="bitlocker_volume",
 )
 def test_bitlocker_volume_decrypted(vm: VmRef, bitlocker_volume: Any, request: pytest.FixtureRequest) -> None:
-    if not isinstance(bitlocker_volume, dict):
+    if not isinstance(bitlocker_volume, FactsView):
         evidence(request, f"{vm.key}: no BitLocker volumes reported")
         return
     v = bitlocker_volume
-    mount = v.get("mount_point")
-    percent = float(v.get("encryption_percentage") or 0)
-    state = (
-        f"{v.get('volume_status')}, protection {v.get('protection_status')}, {percent:g} % encrypted, "
-        f"method {v.get('encryption_method')}"
-    )
-    evidence(request, f"volume {mount}: {state}", v)
-    decrypted = (
-        str(v.get("volume_status")) == "FullyDecrypted"
-        and str(v.get("protection_status")) == "Off"
-        and percent == 0
-    )
+    mount = v.need("mount_point", str)
+    status, protection = v.need("volume_status", str), v.need("protection_status", str)
+    percent = float(v.need("encryption_percentage", float))
+    method = v.need("encryption_method", str)
+    state = f"{status}, protection {protection}, {percent:g} % encrypted, method {method}"
+    evidence(request, f"volume {mount}: {state}", dict(v.raw))
+    decrypted = status == "FullyDecrypted" and protection == "Off" and percent == 0
     if not decrypted:
-        busy = " and still decrypting" if v.get("volume_status") == "DecryptionInProgress" else ""
+        busy = " and still decrypting" if status == "DecryptionInProgress" else ""
         finding(
             f"volume {mount} of {vm.key} is not fully decrypted{busy} ({state})",
             where=f"{vm.key}: Get-BitLockerVolume {mount}",
@@ -121,14 +116,15 @@ def test_bitlocker_volume_decrypted(vm: VmRef, bitlocker_volume: Any, request: p
     each="crypt_volume",
 )
 def test_no_luks_volume(vm: VmRef, crypt_volume: Any, request: pytest.FixtureRequest) -> None:
-    if not isinstance(crypt_volume, dict):
+    if not isinstance(crypt_volume, FactsView):
         evidence(request, f"{vm.key}: no dm-crypt/LUKS volumes (crypttab, device mapper)")
         return
     v = crypt_volume
+    mountpoint = v.optional("mountpoint", str)
     finding(
-        f"{vm.key} has an encrypted volume {v.get('name')} ({v.get('source')}: {v.get('device')}"
-        f"{', mounted at ' + str(v['mountpoint']) if v.get('mountpoint') else ''})",
-        where=f"{vm.key}: {v.get('source')}",
+        f"{vm.key} has an encrypted volume {v.optional('name', str)} ({v.optional('source', str)}: "
+        f"{v.optional('device', str)}{', mounted at ' + mountpoint if mountpoint else ''})",
+        where=f"{vm.key}: {v.optional('source', str)}",
         fix="Decrypt the volume (Azure Disk Encryption for Linux: az vm encryption disable) and remove "
         "its /etc/crypttab entry before generalizing.",
         doc=_docs.ADE,

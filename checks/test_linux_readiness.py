@@ -8,6 +8,7 @@ import pytest
 
 from checks import _docs
 from imageready.checking import evidence, finding
+from imageready.facts.view import FactsView
 from imageready.target import VmRef
 
 MIN_WAAGENT = (2, 2, 41)
@@ -31,15 +32,11 @@ def _version(text: str) -> tuple[int, ...]:
     os="Linux",
     doc=_docs.LINUX_AGENT,
 )
-def test_waagent_installed(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    agent = guest_facts.get("waagent") or {}
-    version = str(agent.get("version") or "")
-    evidence(
-        request,
-        f"{vm.key}: waagent installed {agent.get('installed')} at {agent.get('path')}, "
-        f"version {version or 'unknown'}",
-    )
-    if not agent.get("installed"):
+def test_waagent_installed(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    agent = guest_facts["waagent"]
+    installed = agent.need("installed", bool)
+    evidence(request, f"{vm.key}: waagent installed {installed}")
+    if not installed:
         finding(
             f"waagent (WALinuxAgent) is not installed on {vm.key}: `waagent -deprovision+user` "
             "cannot run and VMs from the image would not provision",
@@ -47,11 +44,12 @@ def test_waagent_installed(vm: VmRef, guest_facts: dict[str, Any], request: pyte
             fix="Install the distribution's walinuxagent/WALinuxAgent package.",
             doc=_docs.LINUX_AGENT,
         )
-    if _version(version) < MIN_WAAGENT:
+    path, version = agent.need("path", str), agent.need("version", str)
+    evidence(request, f"{vm.key}: waagent {version} at {path}")
+    if not _version(version) or _version(version) < MIN_WAAGENT:
         finding(
-            f"waagent {version or '(unknown version)'} on {vm.key} is older than "
-            f"{'.'.join(map(str, MIN_WAAGENT))}",
-            where=f"{vm.key}: {agent.get('path')}",
+            f"waagent {version} on {vm.key} is older than {'.'.join(map(str, MIN_WAAGENT))}",
+            where=f"{vm.key}: {path}",
             fix="Update the walinuxagent package.",
             doc=_docs.LINUX_AGENT,
         )
@@ -66,7 +64,7 @@ def test_waagent_installed(vm: VmRef, guest_facts: dict[str, Any], request: pyte
     each="waagent_setting",
 )
 def test_waagent_deprovision_setting(vm: VmRef, waagent_setting: Any, request: pytest.FixtureRequest) -> None:
-    key, value = waagent_setting["key"], waagent_setting["value"]
+    key, value = waagent_setting["key"], waagent_setting["value"]  # value None: not in waagent.conf
     evidence(request, f"{vm.key}: /etc/waagent.conf {key}={value if value is not None else '(not set)'}")
     if str(value).lower() != "y":
         # waagent's built-in default for both settings is n
@@ -91,10 +89,11 @@ def test_waagent_deprovision_setting(vm: VmRef, waagent_setting: Any, request: p
     os="Linux",
     doc=_docs.GENERALIZE,
 )
-def test_sudo_nopasswd(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    user = (guest_facts.get("user") or {}).get("name")
-    evidence(request, f"{vm.key}: `sudo -n true` as {user}: {guest_facts.get('sudo_nopasswd')}")
-    if not guest_facts.get("sudo_nopasswd"):
+def test_sudo_nopasswd(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    user = guest_facts.need("user.name", str)
+    nopasswd = guest_facts.need("sudo_nopasswd", bool)
+    evidence(request, f"{vm.key}: `sudo -n true` as {user}: {nopasswd}")
+    if not nopasswd:
         finding(
             f"`sudo -n` does not work for {user} on {vm.key}: the deprovision step runs "
             "`sudo waagent -deprovision+user` non-interactively",
@@ -111,17 +110,20 @@ def test_sudo_nopasswd(vm: VmRef, guest_facts: dict[str, Any], request: pytest.F
     os="Linux",
     doc=_docs.LINUX_GENERIC,
 )
-def test_cloud_init_settled(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    ci = guest_facts.get("cloud_init") or {}
-    evidence(
-        request,
-        f"{vm.key}: cloud-init installed {ci.get('installed')}, status {ci.get('status')}, "
-        f"disabled {ci.get('disabled')}",
-    )
-    if ci.get("installed") and not ci.get("disabled") and ci.get("status") not in ("done", "disabled"):
+def test_cloud_init_settled(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    ci = guest_facts["cloud_init"]
+    installed = ci.need("installed", bool)
+    if not installed:
+        evidence(request, f"{vm.key}: cloud-init not installed")
+        return
+    disabled = ci.need("disabled", bool)
+    # null status: `cloud-init status` could not say; only a disabled cloud-init needs none
+    status = ci.optional("status", str) if disabled else ci.need("status", str)
+    evidence(request, f"{vm.key}: cloud-init installed, status {status}, disabled {disabled}")
+    if not disabled and status not in ("done", "disabled"):
         finding(
-            f"cloud-init on {vm.key} is {ci.get('status') or 'in an unknown state'}: an image taken "
-            "now carries a half-applied or failed configuration",
+            f"cloud-init on {vm.key} is {status}: an image taken now carries a half-applied or failed "
+            "configuration",
             where=f"{vm.key}: cloud-init status",
             fix="Wait for `cloud-init status --wait`, fix any error, then run `cloud-init clean --logs`.",
             doc=_docs.LINUX_GENERIC,
@@ -137,17 +139,18 @@ def test_cloud_init_settled(vm: VmRef, guest_facts: dict[str, Any], request: pyt
     each="swap",
 )
 def test_no_swap_on_os_disk(vm: VmRef, swap: Any, request: pytest.FixtureRequest) -> None:
-    if not isinstance(swap, dict):
+    if not isinstance(swap, FactsView):
         evidence(request, f"{vm.key}: no active swap")
         return
+    path, on_os_disk = swap.need("path", str), swap.need("on_os_disk", bool)
     evidence(
         request,
-        f"{vm.key}: swap {swap.get('path')} ({swap.get('type')}, {swap.get('size_kb')} kB), "
-        f"on OS disk {swap.get('on_os_disk')}",
+        f"{vm.key}: swap {path} ({swap.need('type', str)}, {swap.need('size_kb', int)} kB), "
+        f"on OS disk {on_os_disk}",
     )
-    if swap.get("on_os_disk"):
+    if on_os_disk:
         finding(
-            f"swap {swap.get('path')} is on the OS disk of {vm.key}",
+            f"swap {path} is on the OS disk of {vm.key}",
             where=f"{vm.key}: /proc/swaps",
             fix="Remove it (swapoff, /etc/fstab) and let waagent or cloud-init create swap on the "
             "resource disk (ResourceDisk.EnableSwap=y).",
@@ -162,20 +165,14 @@ def test_no_swap_on_os_disk(vm: VmRef, swap: Any, request: pytest.FixtureRequest
     os="Linux",
     doc=_docs.MARKETPLACE_CERT,
 )
-def test_client_alive_interval(
-    vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest
-) -> None:
-    sshd = guest_facts.get("sshd") or {}
-    value = sshd.get("client_alive_interval")
-    evidence(request, f"{vm.key}: ClientAliveInterval {value} ({sshd.get('source')})")
+def test_client_alive_interval(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    sshd = guest_facts["sshd"]
+    # null: neither `sshd -T` nor the configuration files gave a value, so it is unknown
+    value = sshd.need("client_alive_interval", int)
+    evidence(request, f"{vm.key}: ClientAliveInterval {value} ({sshd.need('source', str)})")
     low, high = CLIENT_ALIVE_RANGE
-    if value is None or not low <= int(value) <= high:
-        if value is None:
-            problem = "unknown (neither `sshd -T` nor the config files gave a value)"
-        elif int(value) == 0:
-            problem = "0 (sshd's default: no keepalives)"
-        else:
-            problem = f"{value}, outside {low}-{high}"
+    if not low <= value <= high:
+        problem = "0 (sshd's default: no keepalives)" if value == 0 else f"{value}, outside {low}-{high}"
         finding(
             f"sshd ClientAliveInterval on {vm.key} is {problem}",
             where=f"{vm.key}: /etc/ssh/sshd_config",

@@ -11,26 +11,23 @@ import pytest
 
 from checks import _docs
 from imageready.checking import evidence, finding
+from imageready.facts.view import FactsView
 from imageready.policy import role_rule
 from imageready.target import VmRef
 
-
-def _role_details(guest: dict[str, Any], role: str) -> dict[str, Any]:
-    return dict((guest.get("role_details") or {}).get(role) or {})
-
-
 # conditional rows of the table: the state in which the role is supported, from the guest facts
-CONDITIONS: dict[str, tuple[Callable[[dict[str, Any]], bool], str]] = {
+# (an installed conditional role must have its details: absent or null, the check errors)
+CONDITIONS: dict[str, tuple[Callable[[FactsView], bool], str]] = {
     "wds_not_initialized": (
-        lambda g: _role_details(g, "WDS").get("initialized") is False,
+        lambda g: g.need("role_details.WDS.initialized", bool) is False,
         "Windows Deployment Services is initialized",
     ),
     "hyperv_no_virtual_networks": (
-        lambda g: _role_details(g, "Hyper-V").get("virtual_switches") == 0,
+        lambda g: g.need("role_details.Hyper-V.virtual_switches", int) == 0,
         "Hyper-V has virtual networks (virtual switches)",
     ),
     "iis_no_encrypted_credentials": (
-        lambda g: _role_details(g, "Web-Server").get("encrypted_credentials") is False,
+        lambda g: g.need("role_details.Web-Server.encrypted_credentials", bool) is False,
         "IIS applicationHost.config holds encrypted credentials",
     ),
 }
@@ -45,18 +42,18 @@ CONDITIONS: dict[str, tuple[Callable[[dict[str, Any]], bool], str]] = {
     each="role",
 )
 def test_server_role_supported(
-    vm: VmRef, role: Any, guest_facts: dict[str, Any], request: pytest.FixtureRequest
+    vm: VmRef, role: Any, guest_facts: FactsView, request: pytest.FixtureRequest
 ) -> None:
-    if not isinstance(role, dict):  # no role or feature installed at all
+    if not isinstance(role, FactsView):  # no role or feature installed at all
         evidence(request, f"{vm.key}: no Windows roles or features installed")
         return
-    name = str(role["name"])
+    name = role.need("name", str)
     rule = role_rule(name)
-    label = f"{role.get('display_name') or name} ({name})"
+    label = f"{role.need('display_name', str)} ({name})"
     if rule is None:
         evidence(request, f"{label}: supported by Sysprep")
         return
-    where = f"{vm.key}: installed {role.get('feature_type') or 'feature'} {name}"
+    where = f"{vm.key}: installed {role.need('feature_type', str)} {name}"
     source = f"{rule.source_text}"
     if rule.verdict == "conditional":
         holds, problem = CONDITIONS[rule.condition]

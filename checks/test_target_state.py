@@ -9,7 +9,7 @@ import pytest
 
 from checks import _docs
 from imageready.checking import evidence, finding
-from imageready.facts import VmFacts
+from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.azure_view import (
     agent_status,
     os_state,
@@ -37,6 +37,10 @@ def test_vm_exists_and_provisioned(vm: VmRef, run: RunState, request: pytest.Fix
             doc=_docs.GENERALIZE,
         )
     state = provisioning_state(facts)
+    if facts.vm_id is None:
+        raise FactsUnavailable(
+            f"{vm.key}: Azure reports no vmId, so the VM cannot be identified", "Azure API error"
+        )
     evidence(request, f"{vm.id}: provisioningState {state}, vmId {facts.vm_id}")
     if state.lower() != "succeeded":
         finding(

@@ -8,6 +8,7 @@ import pytest
 
 from checks import _docs
 from imageready.checking import evidence, finding
+from imageready.facts.view import FactsView
 from imageready.target import VmRef
 
 # what our sysprep step removes before running sysprep: all of C:\Windows\Panther and this file
@@ -26,12 +27,14 @@ def removed_by_action(path: str) -> bool:
     os="Windows",
     doc=_docs.SYSPREP_OVERVIEW,
 )
-def test_no_pending_reboot(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    pending = guest_facts.get("pending_reboot") or {}
-    evidence(request, f"{vm.key}: pending reboot {pending.get('pending')}", pending)
-    if pending.get("pending"):
+def test_no_pending_reboot(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    pending = guest_facts["pending_reboot"]
+    is_pending = pending.need("pending", bool)
+    evidence(request, f"{vm.key}: pending reboot {is_pending}", dict(pending.raw))
+    if is_pending:
+        reasons = [str(r) for r in pending.optional("reasons", list) or []] or ["unknown reason"]
         finding(
-            f"{vm.key} has a reboot pending ({', '.join(pending.get('reasons') or ['unknown reason'])}); "
+            f"{vm.key} has a reboot pending ({', '.join(reasons)}); "
             "Sysprep fails or generalizes a half-updated system",
             where=f"{vm.key}: registry (CBS, Windows Update, PendingFileRenameOperations)",
             fix="Restart the VM, let updates finish, and run the checks again.",
@@ -46,12 +49,14 @@ def test_no_pending_reboot(vm: VmRef, guest_facts: dict[str, Any], request: pyte
     os="Windows",
     doc=_docs.SYSPREP_DOMAIN,
 )
-def test_not_domain_joined(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    domain = guest_facts.get("domain") or {}
-    evidence(request, f"{vm.key}: part of domain {domain.get('part_of_domain')} ({domain.get('domain')})")
-    if domain.get("part_of_domain"):
+def test_not_domain_joined(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    domain = guest_facts["domain"]
+    joined = domain.need("part_of_domain", bool)
+    name = domain.need("domain", str)
+    evidence(request, f"{vm.key}: part of domain {joined} ({name})")
+    if joined:
         finding(
-            f"{vm.key} is joined to the domain {domain.get('domain')}: Sysprep /generalize removes it "
+            f"{vm.key} is joined to the domain {name}: Sysprep /generalize removes it "
             "from the domain and every VM from the image would need rejoining",
             where=f"{vm.key}: Win32_ComputerSystem.PartOfDomain",
             fix="Remove the VM from the domain (Remove-Computer) and restart; join deployed VMs with "
@@ -69,10 +74,10 @@ def test_not_domain_joined(vm: VmRef, guest_facts: dict[str, Any], request: pyte
     each="appx_package",
 )
 def test_appx_provisioned_for_all_users(vm: VmRef, appx_package: Any, request: pytest.FixtureRequest) -> None:
-    if not isinstance(appx_package, dict):
+    if not isinstance(appx_package, FactsView):
         evidence(request, f"{vm.key}: every installed Appx package is provisioned for all users")
         return
-    name, user = appx_package.get("name"), appx_package.get("user")
+    name, user = appx_package.need("name", str), appx_package.need("user", str)
     finding(
         f"Appx package {name} is installed for user {user} but not provisioned for all users: "
         "Sysprep fails with 0x80073cf2",
@@ -90,15 +95,14 @@ def test_appx_provisioned_for_all_users(vm: VmRef, appx_package: Any, request: p
     os="Windows",
     doc=_docs.SYSPREP_OVERVIEW,
 )
-def test_not_upgraded(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    os_facts = guest_facts.get("os") or {}
-    evidence(
-        request,
-        f"{vm.key}: {os_facts.get('caption')} {os_facts.get('version')}, upgraded {os_facts.get('upgraded')}",
-    )
-    if os_facts.get("upgraded"):
+def test_not_upgraded(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    os_facts = guest_facts["os"]
+    upgraded = os_facts.need("upgraded", bool)
+    caption = os_facts.need("caption", str)
+    evidence(request, f"{vm.key}: {caption} {os_facts.need('version', str)}, upgraded {upgraded}")
+    if upgraded:
         finding(
-            f"{vm.key} was upgraded in place to {os_facts.get('caption')}: Sysprep does not support "
+            f"{vm.key} was upgraded in place to {caption}: Sysprep does not support "
             "generalizing an upgraded installation",
             where=f"{vm.key}: HKLM\\SYSTEM\\Setup\\Upgrade",
             fix="Build the image from a clean installation of this Windows version.",
@@ -114,11 +118,12 @@ def test_not_upgraded(vm: VmRef, guest_facts: dict[str, Any], request: pytest.Fi
     doc=_docs.SYSPREP_OVERVIEW,
 )
 def test_generalize_count_remaining(
-    vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest
+    vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest
 ) -> None:
-    count = guest_facts.get("generalize_count")
+    # null: slmgr could not say, so whether sysprep /generalize can succeed is unknown
+    count = guest_facts.need("generalize_count", int)
     evidence(request, f"{vm.key}: remaining generalize (rearm) count {count}")
-    if count is not None and int(count) < 1:
+    if count < 1:
         finding(
             f"{vm.key} has no generalize count left: Sysprep /generalize will fail",
             where=f"{vm.key}: slmgr /dlv remaining Windows rearm count",
@@ -135,16 +140,14 @@ def test_generalize_count_remaining(
     os="Windows",
     doc=_docs.GENERALIZE,
 )
-def test_no_stale_answer_files(
-    vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest
-) -> None:
-    found = [str(p) for p in guest_facts.get("unattend_files") or []]
-    panther = guest_facts.get("panther") or {}
+def test_no_stale_answer_files(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    found = [str(p) for p in guest_facts.need("unattend_files", list)]
+    panther = guest_facts["panther"]
     removed = [p for p in found if removed_by_action(p)]
     stale = [p for p in found if not removed_by_action(p)]
     evidence(
         request,
-        f"{vm.key}: Panther present {panther.get('exists')} ({panther.get('file_count')} "
+        f"{vm.key}: Panther present {panther.need('exists', bool)} ({panther.need('file_count', int)} "
         f"files, removed by the sysprep step); answer files: {', '.join(found) or 'none'}"
         + (f"; removed by the sysprep step: {', '.join(removed)}" if removed else ""),
     )
@@ -168,17 +171,18 @@ def test_no_stale_answer_files(
     each="agent_service",
 )
 def test_agent_service_running(vm: VmRef, agent_service: Any, request: pytest.FixtureRequest) -> None:
-    service = dict(agent_service)
-    evidence(
-        request,
-        f"{vm.key}: service {service['name']}: {service.get('status')}, {service.get('start_type')}",
-    )
-    if service.get("status") != "Running" or service.get("start_type") == "Disabled":
+    name, installed = agent_service["name"], agent_service["installed"]
+    if installed is None:
+        evidence(request, f"{vm.key}: service {name} is not installed")
+        status = start_type = None
+    else:
+        status, start_type = installed.need("status", str), installed.need("start_type", str)
+        evidence(request, f"{vm.key}: service {name}: {status}, {start_type}")
+    if status != "Running" or start_type == "Disabled":
         finding(
-            f"service {service['name']} on {vm.key} is {service.get('status') or 'missing'} "
-            f"({service.get('start_type') or 'not installed'}): VMs from the image would not report "
-            "ready to Azure",
-            where=f"{vm.key}: Get-Service {service['name']}",
+            f"service {name} on {vm.key} is {status or 'missing'} "
+            f"({start_type or 'not installed'}): VMs from the image would not report ready to Azure",
+            where=f"{vm.key}: Get-Service {name}",
             fix="Install or repair the Windows Azure guest agent and set the service to Automatic.",
             doc=_docs.WINDOWS_AGENT,
         )
@@ -191,10 +195,10 @@ def test_agent_service_running(vm: VmRef, agent_service: Any, request: pytest.Fi
     os="Windows",
     doc=_docs.WINDOWS_PREPARE,
 )
-def test_cdrom_enabled(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    cdrom = (guest_facts.get("services") or {}).get("cdrom") or {}
-    evidence(request, f"{vm.key}: cdrom service start type {cdrom.get('start_type')}")
-    if cdrom.get("start_type") == "Disabled":
+def test_cdrom_enabled(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    start_type = guest_facts.need("services.cdrom.start_type", str)
+    evidence(request, f"{vm.key}: cdrom service start type {start_type}")
+    if start_type == "Disabled":
         finding(
             f"the CD/DVD-ROM service (cdrom) on {vm.key} is disabled: provisioning reads the "
             "configuration ISO through it",
@@ -212,12 +216,12 @@ def test_cdrom_enabled(vm: VmRef, guest_facts: dict[str, Any], request: pytest.F
     doc=_docs.SYSPREP_OVERVIEW,
 )
 def test_no_failed_sysprep_providers(
-    vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest
+    vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest
 ) -> None:
-    failed = list(guest_facts.get("sysprep_providers_failed") or [])
-    evidence(request, f"{vm.key}: failed Sysprep providers: {len(failed)}", failed)
+    failed = guest_facts.need("sysprep_providers_failed", list)
+    evidence(request, f"{vm.key}: failed Sysprep providers: {len(failed)}", list(failed.raw))
     if failed:
-        names = ", ".join(str(p.get("name")) for p in failed)
+        names = ", ".join(str(p.optional("name", str)) for p in failed)
         finding(
             f"Sysprep external provider(s) in a failed state on {vm.key}: {names}",
             where=f"{vm.key}: HKLM\\SYSTEM\\Setup\\Status\\SysprepStatus",
@@ -234,8 +238,8 @@ def test_no_failed_sysprep_providers(
     os="Windows",
     doc=_docs.SYSPREP_OVERVIEW,
 )
-def test_image_state_complete(vm: VmRef, guest_facts: dict[str, Any], request: pytest.FixtureRequest) -> None:
-    state = guest_facts.get("image_state")
+def test_image_state_complete(vm: VmRef, guest_facts: FactsView, request: pytest.FixtureRequest) -> None:
+    state = guest_facts.need("image_state", str)
     evidence(request, f"{vm.key}: ImageState {state}")
     if state != "IMAGE_STATE_COMPLETE":
         finding(

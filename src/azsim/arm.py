@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from azsim import arm_resources, arm_vms
+from azsim import arm_resources, arm_restore_points, arm_vms
 from azsim.aad import Directory, TokenError
 from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, route
 from azsim.faults import Fault, FaultSet, RequestFacts
@@ -168,6 +168,7 @@ ROUTES: list[Route] = [
     route("GET", "/metadata/endpoints", _cloud_metadata, "", "metadata", auth=False),
     *arm_vms.ROUTES,
     *arm_resources.ROUTES,
+    *arm_restore_points.ROUTES,
 ]
 
 

@@ -3,8 +3,9 @@
 Creation is an LRO (the resource shows ``Creating`` until it ends) and copies what Azure copies:
 a snapshot or a disk made from one keeps the OS type, size, Hyper-V generation, encryption
 settings, the lineage of the VM whose OS disk it was and its content (the guest's files as they
-are when the copy starts; see ``azsim.guestapi``). Rules enforced: an image or a gallery image
-version for a *Generalized* definition needs a generalized VM.
+are when the copy starts; see ``azsim.guestapi``). The rules an image or a gallery image version
+made from a VM must meet (generalized source, security type, generation, architecture, plan) are
+listed with their Microsoft sources in docs/azsim-rules.md.
 """
 
 from __future__ import annotations
@@ -148,13 +149,12 @@ def _put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str], *, snapshot: b
                     "NotFound",
                     f"Resource '{source_id}' was not found (properties.creationData.sourceResourceId).",
                 )
-            if snapshot and source.snapshot:
-                raise invalid("A snapshot is made from a disk; the source is a snapshot.")
             disk.source_id = source.id
             disk.source_unique_id = source.unique_id
             disk.size_gb = int(props.get("diskSizeGB") or source.size_gb)
             disk.os = source.os
             disk.hyper_v_generation = source.hyper_v_generation
+            disk.architecture = source.architecture
             disk.encryption, disk.des_id, disk.ade = source.encryption, source.des_id, source.ade
             disk.lineage = sim.store.lineage_of(source)
             source_home = source.content_home
@@ -212,19 +212,53 @@ def get_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
         return ArmReply(200, image.to_arm())
 
 
+#: a VM's security type -> the SecurityType its image definition must declare (None: no feature)
+_DEFINITION_FOR = {"Standard": None, "TrustedLaunch": "TrustedLaunch", "ConfidentialVM": "ConfidentialVM"}
+#: SecurityTypes whose images hold no VM guest state: a VM cannot be their source
+_NO_VM_SOURCE = (
+    "TrustedLaunchSupported",
+    "ConfidentialVMSupported",
+    "TrustedLaunchAndConfidentialVmSupported",
+)
+
+
+def _same_source(existing: Image | GalleryImageVersion, vm: Vm, what: str) -> None:
+    """A PUT on an artifact that exists updates it (200); one made from another VM azsim refuses,
+    so that no test can rely on re-pointing an image (Azure's answer to that is not documented)."""
+    if existing.source_vm_id.lower() != vm.id.lower():
+        raise ArmError(
+            409,
+            "Conflict",
+            f"{what} '{existing.name}' exists and was made from '{existing.source_vm_id}'; azsim does not "
+            f"re-point it to '{vm.id}'.",
+        )
+
+
 def put_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     body = req.json()
     rg = _rg(sim, m)
     props = body.get("properties") or {}
     with sim.store.lock:
         resource_id = sim.store.compute_id(rg, "images", m["name"])
-        if sim.store.get(resource_id) is not None:
-            raise ArmError(
-                409, "Conflict", f"Image '{m['name']}' already exists; azsim does not update images."
-            )
         vm = _source_vm(
             sim, (props.get("sourceVirtualMachine") or {}).get("id"), "properties.sourceVirtualMachine.id"
         )
+        existing = sim.store.get(resource_id)
+        if isinstance(existing, Image):
+            _same_source(existing, vm, "Image")
+            if "tags" in body:
+                existing.tags = _tags(body)
+            return ArmReply(200, existing.to_arm())
+        if vm.security_type != "Standard":
+            raise not_allowed(
+                "Creation of managed images are not supported for virtual machine with "
+                f"{vm.security_type} security type."
+            )
+        if vm.architecture != "x64":
+            raise not_allowed(
+                f"Creation of managed images is not supported for virtual machine '{vm.name}' with the "
+                f"{vm.architecture} architecture: capture it to an Azure Compute Gallery."
+            )
         if not vm.generalized:
             raise not_allowed("Capture operation cannot be completed because the VM is not generalized.")
         assert vm.os_disk is not None
@@ -239,6 +273,8 @@ def put_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
             os_disk_id=vm.os_disk.id,
             os_disk_size_gb=vm.os_disk.size_gb,
             data_disks=[(lun, d.id, d.size_gb) for lun, d in sorted(vm.data_disks, key=lambda x: x[0])],
+            # the request's value when given (Microsoft tells `az image create` users to pass V2 for a
+            # generation 2 VM), else the source's
             hyper_v_generation=str(props.get("hyperVGeneration") or vm.hyper_v_generation),
         )
     return _created(sim, req, image, "createImage", 201, image.to_arm)
@@ -287,6 +323,51 @@ def get_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]
         return ArmReply(200, version.to_arm())
 
 
+def _check_definition_takes(image: GalleryImage, vm: Vm) -> None:
+    """What an image definition requires of a source VM (docs/azsim-rules.md, gallery rules)."""
+    if image.security_type in _NO_VM_SOURCE:
+        raise invalid(
+            f"The security type '{image.security_type}' is not supported for the source id '{vm.id}'. "
+            "Currently only Vhd Blob, User Image and Gallery Image Version sources are supported for "
+            f"'{image.security_type}' images."
+        )
+
+    def differs(what: str, source: str, parent: str, status: int = 400, code: str = "BadRequest") -> ArmError:
+        return ArmError(
+            status,
+            code,
+            f"The resource with id '{vm.id}' has a different {what} ['{source}'] than the parent gallery "
+            f"image {what} ['{parent}'].",
+        )
+
+    if vm.os != image.os:
+        raise differs("OS type", vm.os, image.os)
+    state = "Generalized" if vm.generalized else "Specialized"
+    if state != image.os_state:
+        raise differs("OS state", state, image.os_state)
+    if vm.hyper_v_generation != image.hyper_v_generation:
+        generations = (vm.hyper_v_generation, image.hyper_v_generation)
+        raise differs("Hypervisor generation", *generations, 409, "Conflict")
+    wanted = _DEFINITION_FOR.get(vm.security_type, vm.security_type)
+    if image.security_type != wanted:
+        raise invalid(
+            f"The source virtual machine '{vm.id}' has security type '{vm.security_type}', but the gallery "
+            f"image definition '{image.name}' declares SecurityType '{image.security_type or 'none'}' "
+            f"(it must declare '{wanted or 'none'}')."
+        )
+    if vm.architecture != image.architecture:
+        raise invalid(
+            f"The source virtual machine '{vm.id}' has architecture '{vm.architecture}', but the gallery "
+            f"image definition '{image.name}' has architecture '{image.architecture}'."
+        )
+    if vm.plan and {k: vm.plan.get(k) for k in ("name", "publisher", "product")} != (image.plan or {}):
+        raise invalid(
+            f"The source virtual machine '{vm.id}' carries the Marketplace purchase plan "
+            f"{vm.plan.get('publisher')}/{vm.plan.get('product')}/{vm.plan.get('name')}; the gallery image "
+            f"definition '{image.name}' must declare the same purchasePlan."
+        )
+
+
 def put_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     body = req.json()
     rg = _rg(sim, m)
@@ -299,31 +380,19 @@ def put_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]
     with sim.store.lock:
         image = _gallery_image(sim, m, rg)
         resource_id = f"{image.id}/versions/{m['version']}"
-        if sim.store.get(resource_id) is not None:
-            raise ArmError(409, "Conflict", f"Gallery image version '{m['version']}' already exists.")
         source = (props.get("storageProfile") or {}).get("source") or {}
         vm = _source_vm(
             sim,
             source.get("virtualMachineId") or source.get("id"),
             "properties.storageProfile.source.virtualMachineId",
         )
-        if vm.os != image.os:
-            raise invalid(
-                f"The source VM's OS type '{vm.os}' does not match the gallery image "
-                f"definition's OS type '{image.os}'."
-            )
-        if image.os_state == "Generalized" and not vm.generalized:
-            raise not_allowed(
-                f"The source virtual machine '{vm.name}' is not generalized, but the "
-                f"gallery image definition '{image.name}' has osState 'Generalized'."
-            )
-        if image.os_state == "Specialized" and vm.generalized:
-            raise invalid(
-                f"The source virtual machine '{vm.name}' is generalized, but the gallery "
-                f"image definition '{image.name}' has osState 'Specialized'."
-            )
-        if vm.power not in ("stopped", "deallocated") and image.os_state == "Generalized":
-            raise not_allowed(f"The source virtual machine '{vm.name}' must be stopped.")
+        existing = sim.store.get(resource_id)
+        if isinstance(existing, GalleryImageVersion):
+            _same_source(existing, vm, "Gallery image version")
+            if "tags" in body:
+                existing.tags = _tags(body)
+            return ArmReply(200, existing.to_arm())
+        _check_definition_takes(image, vm)
         assert vm.os_disk is not None
         publishing = props.get("publishingProfile") or {}
         regions = publishing.get("targetRegions") or [{"name": image.location}]

@@ -1,9 +1,13 @@
-"""Virtual machine routes, with the rules Azure enforces on them.
+"""Virtual machine routes, with the rules Azure enforces on them (each rule, its Microsoft source
+and its test: docs/azsim-rules.md).
 
 - generalize is synchronous (200, empty body) and refused unless the VM is stopped or deallocated;
-- after it the instance view holds ``OSState/generalized`` and the VM can never start again;
+- after it the instance view holds ``OSState/generalized``, the VM can never start again, and it
+  takes no change at all: PUT, PATCH and tags (through the VM or the ``Microsoft.Resources/tags``
+  API at its scope) are refused with ``OperationNotAllowedOnGeneralizedVM``;
 - one operation at a time per VM (another one is refused with 409);
 - the etag changes on every mutation; ``If-Match`` that does not match is 412;
+- a list names each VM's extensions by id only; a GET shows them whole;
 - Run Command needs a running VM with a ready agent, and shows Azure's output shapes (Linux: one
   ``[stdout]``/``[stderr]`` message; Windows: StdOut/StdErr statuses), each stream cut to its last
   4096 bytes as Azure does.
@@ -22,14 +26,8 @@ if TYPE_CHECKING:
 
 RUN_COMMAND_OUTPUT_LIMIT = 4096
 RUN_COMMAND_TIMEOUT = 5400.0  # Azure gives a Run Command script 90 minutes
-_ACTING = {
-    "deallocate": "deallocating",
-    "powerOff": "stopping",
-    "start": "starting",
-    "restart": "restarting",
-    "createVm": "being created",
-    "runCommand": "running a command",
-}
+#: how Azure names an operation in "Operation 'X' is not allowed ..." ("Start VM": bitnami/vms#1471)
+OPERATION_NAMES = {"start": "Start VM", "restart": "Restart VM"}
 
 
 def _check_if_match(req: ArmRequest, vm: Vm) -> None:
@@ -47,9 +45,18 @@ def _check_if_match(req: ArmRequest, vm: Vm) -> None:
 def _check_idle(vm: Vm, operation: str) -> None:
     if vm.busy is not None:
         raise not_allowed(
-            f"Operation '{operation}' is not allowed on VM '{vm.name}' since the VM "
-            f"is {_ACTING.get(vm.busy, 'busy')}. Retry after the operation in "
-            "progress completes."
+            f"Operation '{operation}' is not allowed on VM '{vm.name}' since another operation is "
+            "in progress."
+        )
+
+
+def refuse_if_generalized(vm: Vm, operation: str) -> None:
+    """A generalized VM accepts no change at all, tags included."""
+    if vm.generalized:
+        raise ArmError(
+            409,
+            "OperationNotAllowedOnGeneralizedVM",
+            f"Operation '{operation}' is not allowed on VM '{vm.name}' since the VM is generalized.",
         )
 
 
@@ -70,7 +77,7 @@ def list_vms(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     rg = sim.check_rg(m["rg"]) if "rg" in m else None
     with sim.store.lock:
         vms = [vm for vm in sim.store.vms() if rg is None or vm.resource_group.lower() == rg.lower()]
-        value = [vm.to_arm(sim.store.subscription_id, sim.store.ssh_public_key) for vm in vms]
+        value = [vm.to_arm(sim.store.subscription_id, sim.store.ssh_public_key, listed=True) for vm in vms]
     return ArmReply(200, {"value": value})
 
 
@@ -115,10 +122,73 @@ def update_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
         raise invalid(f"azsim updates only 'tags' of a VM; got {', '.join(unsupported)}.")
     with sim.store.lock:
         vm = sim.vm_or_404(m)
+        refuse_if_generalized(vm, "Update VM")
         _check_if_match(req, vm)
         if "tags" in body:
             _apply_tags(vm, body)
         return _vm_reply(sim, vm, instance_view=False)
+
+
+def _tags_resource(vm: Vm) -> dict[str, Any]:
+    """``Microsoft.Resources/tags/default`` at the VM's scope, as the Tags API shows it."""
+    return {
+        "id": f"{vm.id}/providers/Microsoft.Resources/tags/default",
+        "name": "default",
+        "type": "Microsoft.Resources/tags",
+        "properties": {"tags": dict(vm.tags)},
+    }
+
+
+def _tags_in(body: dict[str, Any]) -> dict[str, str]:
+    tags = (body.get("properties") or {}).get("tags")
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise invalid("properties.tags: expected an object of string values.")
+    return {str(k): v for k, v in tags.items()}
+
+
+def get_scope_tags(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    with sim.store.lock:
+        return ArmReply(200, _tags_resource(sim.vm_or_404(m)))
+
+
+def put_scope_tags(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    """Tags API, create or update at scope: the given tags replace the resource's tags."""
+    body = req.json()
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        refuse_if_generalized(vm, "Update VM")
+        vm.tags = _tags_in(body)
+        vm.touch()
+        return ArmReply(200, _tags_resource(vm))
+
+
+def patch_scope_tags(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    """Tags API, update at scope: ``operation`` Merge, Replace or Delete (by name, or name and value)."""
+    body = req.json()
+    operation = str(body.get("operation") or "")
+    if operation.lower() not in ("merge", "replace", "delete"):
+        raise invalid(f"operation: expected Merge, Replace or Delete, got {operation!r}.")
+    given = _tags_in(body)
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        refuse_if_generalized(vm, "Update VM")
+        if operation.lower() == "merge":
+            vm.tags = {**vm.tags, **given}
+        elif operation.lower() == "replace":
+            vm.tags = given
+        else:
+            vm.tags = {k: v for k, v in vm.tags.items() if not (k in given and given[k] in ("", v))}
+        vm.touch()
+        return ArmReply(200, _tags_resource(vm))
+
+
+def delete_scope_tags(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    with sim.store.lock:
+        vm = sim.vm_or_404(m)
+        refuse_if_generalized(vm, "Update VM")
+        vm.tags = {}
+        vm.touch()
+    return ArmReply(200, None)
 
 
 def _power_operation(sim: Simulator, req: ArmRequest, m: dict[str, str], kind: str) -> ArmReply:
@@ -134,9 +204,10 @@ def _power_operation(sim: Simulator, req: ArmRequest, m: dict[str, str], kind: s
         vm = sim.vm_or_404(m)
         if kind in ("start", "restart") and vm.generalized:
             raise not_allowed(
-                f"Operation '{kind}' is not allowed on VM '{vm.name}' since the VM is generalized."
+                f"Operation '{OPERATION_NAMES[kind]}' is not allowed on VM '{vm.name}' since the VM is "
+                "generalized."
             )
-        _check_idle(vm, kind)
+        _check_idle(vm, OPERATION_NAMES.get(kind, kind))
         if kind == "restart" and vm.power != "running":
             raise not_allowed(
                 f"Operation 'restart' is not allowed on VM '{vm.name}' since the VM is {vm.power}."
@@ -209,8 +280,9 @@ def generalize(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
         _check_idle(vm, "generalize")
         if vm.power not in ("stopped", "deallocated"):
             raise not_allowed(
-                f"Operation 'generalize' is not allowed on VM '{vm.name}' since the "
-                f"VM is {vm.power}. Please stop or deallocate the VM and retry."
+                f"Operation 'generalize' is not allowed on VM '{vm.name}' since the VM is running. "
+                "Please power off explicitly in case you shut down the VM from inside the guest "
+                "operating system."
             )
         if not vm.generalized:
             vm.generalized = True
@@ -334,6 +406,10 @@ def _attached_disk(sim: Simulator, rg: str, ref: Any, where: str, vm_id: str) ->
     return disk
 
 
+def _plan(value: Any) -> dict[str, str] | None:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) and value else None
+
+
 def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     """PUT a VM: tags-only update of an existing VM, or a new VM from attached managed disks."""
     body = req.json()
@@ -348,6 +424,7 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
                     "PreconditionFailed",
                     f"VM '{existing.name}' already exists (If-None-Match: *).",
                 )
+            refuse_if_generalized(existing, "Update VM")
             _check_if_match(req, existing)
             if "tags" in body:
                 _apply_tags(existing, body)
@@ -400,7 +477,10 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
             data_disks=data_disks,
             nic=nic,
             encryption_at_host=bool((props.get("securityProfile") or {}).get("encryptionAtHost")),
+            security_type=str((props.get("securityProfile") or {}).get("securityType") or "Standard"),
             hyper_v_generation=os_disk.hyper_v_generation or "V2",
+            architecture=os_disk.architecture or "x64",
+            plan=_plan(body.get("plan")),
             guest_spec=dict(lineage.get("guest") or {}),
             busy="createVm",
         )
@@ -453,6 +533,8 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
 
 
 VM = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+#: the Tags API at a resource's scope (azure-mgmt-resource TagsOperations.*_at_scope, `az tag`)
+TAGS = "/providers/Microsoft.Resources/tags/default"
 _VMS = "Microsoft.Compute/virtualMachines"
 ROUTES: list[Route] = [
     route(
@@ -479,6 +561,38 @@ ROUTES: list[Route] = [
         f"{_VMS}/instanceView/read",
         "instanceView",
         scope_trim=1,
+    ),
+    route(
+        "GET",
+        VM + TAGS,
+        get_scope_tags,
+        "Microsoft.Resources/tags/read",
+        "getTagsAtScope",
+        scope_trim=4,
+    ),
+    route(
+        "PUT",
+        VM + TAGS,
+        put_scope_tags,
+        "Microsoft.Resources/tags/write",
+        "createOrUpdateTagsAtScope",
+        scope_trim=4,
+    ),
+    route(
+        "PATCH",
+        VM + TAGS,
+        patch_scope_tags,
+        "Microsoft.Resources/tags/write",
+        "updateTagsAtScope",
+        scope_trim=4,
+    ),
+    route(
+        "DELETE",
+        VM + TAGS,
+        delete_scope_tags,
+        "Microsoft.Resources/tags/delete",
+        "deleteTagsAtScope",
+        scope_trim=4,
     ),
     route("GET", VM + "/extensions", list_extensions, f"{_VMS}/extensions/read", "listExtensions"),
     route("GET", VM + "/extensions/{ext}", get_extension, f"{_VMS}/extensions/read", "getExtension"),

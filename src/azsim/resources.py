@@ -70,6 +70,39 @@ class DiskEncryptionSet(Resource):
 
 
 @dataclass
+class DiskRestorePoint(Resource):
+    """A disk restore point: the read-only record of one disk in a VM restore point
+    (``restorePointCollections/C/restorePoints/P/diskRestorePoints/NAME``). Its
+    ``properties.sourceResourceId`` names the disk it was taken of, and ``sourceUniqueId`` that
+    disk's uniqueId (REST example DiskRestorePoint_Get, Microsoft.Compute DiskRP 2023-10-02). A
+    disk made from it has createOption Restore ("copying from a backup recovery point")."""
+
+    source_id: str = ""
+    source_unique_id: str | None = None
+    os: str | None = None
+    hyper_v_generation: str | None = None
+    family_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def to_arm(self) -> dict[str, Any]:
+        props: dict[str, Any] = {"timeCreated": self.time_created, "sourceResourceId": self.source_id}
+        if self.os:
+            props["osType"] = self.os
+        if self.hyper_v_generation:
+            props["hyperVGeneration"] = self.hyper_v_generation
+        props["familyId"] = self.family_id
+        if self.source_unique_id:
+            props["sourceUniqueId"] = self.source_unique_id
+        props["networkAccessPolicy"] = "AllowAll"
+        props["publicNetworkAccess"] = "Disabled"
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": f"{COMPUTE}/restorePointCollections/restorePoints/diskRestorePoints",
+            "properties": props,
+        }
+
+
+@dataclass
 class Disk(Resource):
     """A managed disk (``snapshot=False``) or a snapshot."""
 
@@ -90,6 +123,8 @@ class Disk(Resource):
     lineage: dict[str, Any] | None = None
     #: where its guest content lives, relative to azsim's state directory (azsim.guestapi)
     content_home: str | None = None
+    #: x64 | Arm64 for an OS disk (DiskRP's supportedCapabilities.architecture); None: not shown
+    architecture: str | None = None
 
     def creation_data(self, subscription: str) -> dict[str, Any]:
         data: dict[str, Any] = {"createOption": self.create_option}
@@ -153,6 +188,8 @@ class Disk(Resource):
             props["osType"] = self.os
         if self.hyper_v_generation:
             props["hyperVGeneration"] = self.hyper_v_generation
+        if self.architecture:
+            props["supportedCapabilities"] = {"architecture": self.architecture}
         props["creationData"] = self.creation_data(subscription)
         props["diskSizeGB"] = self.size_gb
         props["diskSizeBytes"] = self.size_gb * 1024**3
@@ -273,16 +310,26 @@ class GalleryImage(Resource):
     publisher: str = ""
     offer: str = ""
     sku: str = ""
+    #: the SecurityType feature (None: the definition declares none, i.e. Standard)
+    security_type: str | None = None
+    architecture: str = "x64"
+    plan: dict[str, str] | None = None
 
     def to_arm(self) -> dict[str, Any]:
         body = self.envelope(f"{COMPUTE}/galleries/images")
-        body["properties"] = {
+        props: dict[str, Any] = {
             "osType": self.os,
             "osState": self.os_state,
             "hyperVGeneration": self.hyper_v_generation,
+            "architecture": self.architecture,
             "identifier": {"publisher": self.publisher, "offer": self.offer, "sku": self.sku},
             "provisioningState": self.provisioning_state,
         }
+        if self.security_type:
+            props["features"] = [{"name": "SecurityType", "value": self.security_type}]
+        if self.plan:
+            props["purchasePlan"] = dict(self.plan)
+        body["properties"] = props
         return body
 
 

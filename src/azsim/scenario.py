@@ -199,7 +199,9 @@ class DiskSpec:
     name: str
     size_gb: int = 30
     create_option: str = "FromImage"
-    source: str | None = None  # "snapshots/NAME" or "disks/NAME" in the same resource group
+    #: "snapshots/NAME", "disks/NAME" or "restore_points/COLLECTION/POINT/NAME" (a disk restore
+    #: point) in the same resource group
+    source: str | None = None
     image: str | None = None  # "Publisher:Offer:Sku:Version"
     os: str | None = None  # Linux | Windows | None (data disks)
     encryption: str = "platform"  # platform | customer | none
@@ -208,6 +210,9 @@ class DiskSpec:
     lun: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     hyper_v_generation: str | None = None
+    #: the source was deleted and another resource made under its name since this one was
+    #: copied: creationData.sourceUniqueId names the old one, not the resource found now
+    source_replaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,8 @@ class VmSpec:
     plan: dict[str, str] | None
     #: False: the VM model leaves out storageProfile.osDisk.osType (an OS type Azure does not know)
     os_type_reported: bool = True
+    #: x64 | Arm64: what the VM size runs; ARM shows it on the OS disk (supportedCapabilities)
+    architecture: str = "x64"
     #: what the guest learns about its VM (IMDS, SMBIOS); staging, see ``identity`` in the README
     identity: IdentitySpec = field(default_factory=lambda: IdentitySpec())
 
@@ -256,6 +263,17 @@ class IdentitySpec:
     vm_id: str = ""
 
 
+#: the SecurityType feature values an image definition may declare (Microsoft's "Store and share
+#: images in an Azure Compute Gallery", image definitions); None: no SecurityType feature
+GALLERY_SECURITY_TYPES = (
+    "TrustedLaunch",
+    "ConfidentialVM",
+    "TrustedLaunchSupported",
+    "ConfidentialVMSupported",
+    "TrustedLaunchAndConfidentialVmSupported",
+)
+
+
 @dataclass(frozen=True)
 class GalleryImageSpec:
     name: str
@@ -265,6 +283,10 @@ class GalleryImageSpec:
     publisher: str
     offer: str
     sku: str
+    security_type: str | None = None
+    architecture: str = "x64"
+    #: purchasePlan {name, publisher, product}, for images of Marketplace images with a plan
+    plan: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +311,18 @@ class ResourceGroupSpec:
     snapshots: tuple[DiskSpec, ...]
     galleries: tuple[GallerySpec, ...]
     disk_encryption_sets: tuple[DiskEncryptionSetSpec, ...]
+    restore_points: tuple[DiskRestorePointSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiskRestorePointSpec:
+    """A disk restore point (restorePointCollections/C/restorePoints/P/diskRestorePoints/NAME)
+    taken of ``source`` ("disks/NAME"; named but absent: the disk was deleted since)."""
+
+    collection: str
+    point: str
+    name: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -316,8 +350,13 @@ def _disk(data: Any, where: str, *, os_default: str | None, lun: bool = False) -
     name = r.name()
     create_option = r.text("create_option", "Empty" if lun else "FromImage", choices=_CREATE_OPTIONS)
     source = r.optional_text("source")
-    if source is not None and not re.match(r"^(snapshots|disks)/[^/]+$", source):
-        raise ScenarioError(f"{r.where('source')}: expected snapshots/NAME or disks/NAME, got {source!r}")
+    if source is not None and not re.match(
+        r"^((snapshots|disks)/[^/]+|restore_points/[^/]+/[^/]+/[^/]+)$", source
+    ):
+        raise ScenarioError(
+            f"{r.where('source')}: expected snapshots/NAME, disks/NAME or "
+            f"restore_points/COLLECTION/POINT/NAME, got {source!r}"
+        )
     image = r.optional_text("image")
     if image is not None and len(image.split(":")) != 4:
         raise ScenarioError(f"{r.where('image')}: expected Publisher:Offer:Sku:Version, got {image!r}")
@@ -339,6 +378,7 @@ def _disk(data: Any, where: str, *, os_default: str | None, lun: bool = False) -
         lun=r.integer("lun", 0) if lun else None,
         tags=r.strings("tags"),
         hyper_v_generation=r.optional_text("hyper_v_generation"),
+        source_replaced=r.flag("source_replaced", False),
     )
     r.done()
     return spec
@@ -411,6 +451,7 @@ def _vm(data: Any, where: str, rg_location: str) -> VmSpec:
         hyper_v_generation=r.text("hyper_v_generation", "V2", choices=("V1", "V2")),
         plan=plan,
         os_type_reported=r.flag("os_type_reported", True),
+        architecture=r.text("architecture", "x64", choices=("x64", "Arm64")),
         identity=_identity(r.child("identity")),
     )
     r.done()
@@ -432,6 +473,13 @@ def _gallery(data: Any, where: str) -> GallerySpec:
     images = []
     for i, item in enumerate(r.items("images")):
         g = _Reader(item, f"{r.where('images')}[{i}]")
+        plan = g.strings("plan") or None
+        if plan is not None and set(plan) != {"name", "publisher", "product"}:
+            raise ScenarioError(f"{g.where('plan')}: expected exactly name, publisher and product")
+        security = g.optional_text("security_type")
+        if security is not None and security not in GALLERY_SECURITY_TYPES:
+            allowed = ", ".join(GALLERY_SECURITY_TYPES)
+            raise ScenarioError(f"{g.where('security_type')}: expected one of {allowed}, got {security!r}")
         images.append(
             GalleryImageSpec(
                 name=g.name(),
@@ -441,6 +489,9 @@ def _gallery(data: Any, where: str) -> GallerySpec:
                 publisher=g.text("publisher", "imageready"),
                 offer=g.text("offer", "azsim"),
                 sku=g.text("sku", g.data.get("name", "image")),
+                security_type=security,
+                architecture=g.text("architecture", "x64", choices=("x64", "Arm64")),
+                plan=plan,
             )
         )
         g.done()
@@ -475,6 +526,16 @@ def _resource_group(data: Any, where: str) -> ResourceGroupSpec:
             )
         )
         d.done()
+    points = []
+    for i, item in enumerate(r.items("restore_points")):
+        p = _Reader(item, f"{r.where('restore_points')}[{i}]")
+        point = DiskRestorePointSpec(
+            collection=p.text("collection"), point=p.text("point"), name=p.name(), source=p.text("source")
+        )
+        if not re.match(r"^disks/[^/]+$", point.source):
+            raise ScenarioError(f"{p.where('source')}: expected disks/NAME, got {point.source!r}")
+        points.append(point)
+        p.done()
     spec = ResourceGroupSpec(
         name=name,
         location=location,
@@ -484,6 +545,7 @@ def _resource_group(data: Any, where: str) -> ResourceGroupSpec:
         snapshots=snapshots,
         galleries=galleries,
         disk_encryption_sets=tuple(des_list),
+        restore_points=tuple(points),
     )
     r.done()
     _check_names(spec, where)

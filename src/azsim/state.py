@@ -7,6 +7,7 @@ Names compare case-insensitively, as in ARM, and are shown as created.
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
 from azsim.guestapi import disk_home, guest_home
@@ -14,6 +15,7 @@ from azsim.resources import (
     COMPUTE,
     Disk,
     DiskEncryptionSet,
+    DiskRestorePoint,
     Gallery,
     GalleryImage,
     GalleryImageVersion,
@@ -27,6 +29,7 @@ from azsim.vm import Extension, Vm
 __all__ = [
     "Disk",
     "DiskEncryptionSet",
+    "DiskRestorePoint",
     "Extension",
     "Gallery",
     "GalleryImage",
@@ -66,6 +69,18 @@ class Store:
 
     def compute_id(self, rg: str, kind: str, name: str) -> str:
         return f"{rg_id(self.subscription_id, rg)}/providers/{COMPUTE}/{kind}/{name}"
+
+    def source_id(self, rg: str, source: str) -> str:
+        """The resource id of a scenario ``source``: disks/NAME, snapshots/NAME or
+        restore_points/COLLECTION/POINT/NAME, in resource group ``rg``."""
+        kind, _, rest = source.partition("/")
+        if kind == "restore_points":
+            collection, point, name = rest.split("/")
+            return (
+                self.compute_id(rg, "restorePointCollections", collection)
+                + f"/restorePoints/{point}/diskRestorePoints/{name}"
+            )
+        return self.compute_id(rg, kind, rest)
 
     def network_id(self, rg: str, kind: str, name: str) -> str:
         return f"{rg_id(self.subscription_id, rg)}/providers/Microsoft.Network/{kind}/{name}"
@@ -127,8 +142,10 @@ class Store:
             content_home=str(disk_home(rg, kind, spec.name)),
         )
         if spec.source:
-            source_kind, source_name = spec.source.split("/")
-            disk.source_id = self.compute_id(rg, source_kind, source_name)
+            disk.source_id = self.source_id(rg, spec.source)
+        if spec.source_replaced:
+            # what creationData.sourceUniqueId recorded: a resource that no longer exists
+            disk.source_unique_id = str(uuid.uuid4())
         self.add(disk)
         return disk
 
@@ -152,6 +169,7 @@ class Store:
             hyper_v_generation=spec.hyper_v_generation,
             plan=dict(spec.plan) if spec.plan else None,
             os_type_reported=spec.os_type_reported,
+            architecture=spec.architecture,
             guest_spec=dict(spec.guest),
             identity_imds=spec.identity.imds,
             identity_smbios=spec.identity.smbios,
@@ -164,6 +182,7 @@ class Store:
         os_disk = self._disk_from_spec(rg, spec.location, spec.os_disk, snapshot=False)
         os_disk.managed_by = vm.id
         os_disk.hyper_v_generation = spec.hyper_v_generation
+        os_disk.architecture = spec.architecture
         # the guest writes its disk where it keeps the rest of its state (azsim.guests)
         os_disk.content_home = str(guest_home(rg, spec.name))
         os_disk.lineage = {
@@ -210,6 +229,18 @@ class Store:
                 self._disk_from_spec(rg.name, rg.location, spec, snapshot=False)
             for spec in rg.snapshots:
                 self._disk_from_spec(rg.name, rg.location, spec, snapshot=True)
+            for point in rg.restore_points:
+                self.add(
+                    DiskRestorePoint(
+                        id=self.source_id(
+                            rg.name, f"restore_points/{point.collection}/{point.point}/{point.name}"
+                        ),
+                        name=point.name,
+                        resource_group=rg.name,
+                        location=rg.location,
+                        source_id=self.source_id(rg.name, point.source),
+                    )
+                )
             for vm_spec in rg.vms:
                 self._vm_from_spec(rg.name, vm_spec)
             for gallery_spec in rg.galleries:
@@ -233,22 +264,29 @@ class Store:
                             publisher=image.publisher,
                             offer=image.offer,
                             sku=image.sku,
+                            security_type=image.security_type,
+                            architecture=image.architecture,
+                            plan=dict(image.plan) if image.plan else None,
                         )
                     )
         # Second pass: a source named in the scenario gives its unique id and its lineage; a
         # source that is named but absent models "the source was deleted".
         for resource in list(self.resources.values()):
-            if isinstance(resource, Disk) and resource.source_id:
+            if isinstance(resource, Disk | DiskRestorePoint) and resource.source_id:
                 source = self.get(resource.source_id)
-                if isinstance(source, Disk):
+                if isinstance(source, Disk) and resource.source_unique_id is None:
                     resource.source_unique_id = source.unique_id
+                    if isinstance(resource, DiskRestorePoint):
+                        resource.os = source.os
+                        resource.hyper_v_generation = source.hyper_v_generation
         for resource in list(self.resources.values()):
             if isinstance(resource, Disk) and resource.lineage is None:
                 resource.lineage = self.lineage_of(resource)
 
-    def lineage_of(self, disk: Disk, depth: int = 0) -> dict[str, Any] | None:
+    def lineage_of(self, disk: Disk | DiskRestorePoint, depth: int = 0) -> dict[str, Any] | None:
         """The OS-disk lineage a copy inherits from its source chain (None if unknown)."""
-        if disk.lineage is not None or depth > 8 or not disk.source_id:
-            return disk.lineage
+        own = disk.lineage if isinstance(disk, Disk) else None
+        if own is not None or depth > 8 or not disk.source_id:
+            return own
         source = self.get(disk.source_id)
-        return self.lineage_of(source, depth + 1) if isinstance(source, Disk) else None
+        return self.lineage_of(source, depth + 1) if isinstance(source, Disk | DiskRestorePoint) else None

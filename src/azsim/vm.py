@@ -76,6 +76,7 @@ class Vm(Resource):
     plan: dict[str, str] | None = None
     #: False: the model leaves out the OS disk's osType (the scenario's os_type_reported)
     os_type_reported: bool = True
+    architecture: str = "x64"
     guest_spec: dict[str, Any] = field(default_factory=dict)
     etag_counter: int = 1
     #: the kind of the operation in progress on this VM, if any
@@ -253,7 +254,11 @@ class Vm(Resource):
         *,
         instance_view: bool = False,
         guest_os: dict[str, str] | None = None,
+        listed: bool = False,
     ) -> dict[str, Any]:
+        """The VM as GET shows it; ``listed``: as a list shows it, where ARM names each child
+        extension by its id only (real clients rely on it: azure-cli's ``vm list`` flattens an
+        extension's properties and would meet two ``type`` keys; see docs/azsim-rules.md)."""
         body = self.envelope(f"{COMPUTE}/virtualMachines")
         body["etag"] = self.etag
         if self.plan:
@@ -283,5 +288,8 @@ class Vm(Resource):
         if instance_view:
             props["instanceView"] = self.instance_view(subscription, guest_os)
         body["properties"] = props
-        body["resources"] = [ext.to_arm(self) for ext in self.extensions]
+        if listed:
+            body["resources"] = [{"id": f"{self.id}/extensions/{ext.name}"} for ext in self.extensions]
+        else:
+            body["resources"] = [ext.to_arm(self) for ext in self.extensions]
         return body

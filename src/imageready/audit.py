@@ -75,11 +75,40 @@ def build_record(
     return masked
 
 
+def _identity(vm: Any, facts: Any) -> dict[str, Any]:
+    """What Azure said the VM is, for the record; never fails the audit (facts may be partial)."""
+    from imageready.facts import FactsUnavailable
+    from imageready.facts.azure_view import provenance_chain
+
+    identity: dict[str, Any] = {"resource_id": vm.id, "key": vm.key}
+    if facts is None:
+        return identity
+    try:
+        model = facts.vm_model
+        props = model.get("properties") or {}
+        os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
+        disk_id = str((os_disk.get("managedDisk") or {}).get("id") or "")
+        identity.update(
+            copy_of=facts.tag("imageready-copy-of") or None,
+            vm_id=facts.vm_id,
+            os=facts.os_type,
+            size=(props.get("hardwareProfile") or {}).get("vmSize"),
+            region=model.get("location"),
+            os_disk=disk_id,
+            os_disk_provenance=provenance_chain(facts, disk_id) if disk_id else [],
+            guest=facts.guest_identity,
+        )
+    except FactsUnavailable as exc:
+        identity["error"] = facts.azure_error or str(exc)
+    except (AttributeError, TypeError, ValueError) as exc:  # a malformed document is recorded, not fatal
+        identity["error"] = f"Azure's view of the VM is malformed ({type(exc).__name__})"
+    return identity
+
+
 def from_run_state(
     state: Any, steps: Mapping[str, list[dict[str, Any]]], final_states: Mapping[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Assemble the record from a finished run (controller side)."""
-    from imageready.facts.azure_view import provenance_chain
 
     vms = []
     for vm in state.vms:
@@ -87,24 +116,7 @@ def from_run_state(
         cases = sorted(gate.cases.values(), key=lambda c: c.case_id) if gate is not None else []
         decision = state.decisions.get(vm.key)
         facts = state.facts_cache.get(vm.key)
-        identity: dict[str, Any] = {"resource_id": vm.id, "key": vm.key}
-        if facts is not None and facts.azure is not None:
-            model = facts.azure["vm"]
-            props = model.get("properties", {})
-            os_disk = props.get("storageProfile", {}).get("osDisk", {})
-            disk_id = str((os_disk.get("managedDisk") or {}).get("id") or "")
-            identity.update(
-                copy_of=(model.get("tags") or {}).get("imageready-copy-of"),
-                vm_id=facts.vm_id,
-                os=facts.os_type,
-                size=props.get("hardwareProfile", {}).get("vmSize"),
-                region=model.get("location"),
-                os_disk=disk_id,
-                os_disk_provenance=provenance_chain(facts, disk_id) if disk_id else [],
-                guest=facts.guest_identity,
-            )
-        elif facts is not None:
-            identity["error"] = facts.azure_error
+        identity = _identity(vm, facts)
         vm_steps = list(steps.get(vm.key, []))
         status = gate.status if gate is not None else "absent"
         decision_dict = asdict(decision) if decision is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imageready.facts import FactsUnavailable, VmFacts
+from imageready.facts.view import FactsView, guest_view
 from imageready.gate import WaiverBook
 from imageready.gatekeeper import run_state
 from imageready.runstate import RunState
@@ -31,10 +32,12 @@ def facts(request: pytest.FixtureRequest, vm: VmRef) -> VmFacts:
 
 
 @pytest.fixture
-def guest_facts(facts: VmFacts) -> dict[str, object]:
-    """The guest facts script's JSON for ``vm`` (facts/SCHEMA.md); errors if the guest could not
-    be reached."""
-    return facts.require_guest()
+def guest_facts(facts: VmFacts) -> FactsView:
+    """The guest facts script's JSON for ``vm`` (facts/SCHEMA.md) as a strict view: a fact that
+    is absent, null or of the wrong type makes the reading check error (category "guest facts"),
+    never pass; ``.need("a.b", bool)`` reads a typed fact, ``.optional(...)`` one whose absence
+    means something. Errors if the guest could not be reached."""
+    return guest_view(facts.require_guest())
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ deselected, not collected, not run — keeps it shut. One VM's gate never depend
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -33,7 +34,7 @@ OUTCOMES = GREEN_OUTCOMES | {
     "deselected",
     "not_run",
 }
-VERDICT_SCHEMA = 1
+VERDICT_SCHEMA = 2
 
 GateStatus = Literal["green", "red", "incomplete", "absent"]
 
@@ -65,9 +66,13 @@ class VmGate:
     """What the gate knows about one VM in this run."""
 
     vm: VmRef
+    #: every check case the whole policy generates for this VM (collected before any selection),
+    #: with its outcome; the expected set is exactly these keys
     cases: dict[str, CaseRecord] = field(default_factory=dict)
     #: check modules under the policy directory that this run did not collect at all
     missing_modules: list[str] = field(default_factory=list)
+    #: check functions (``@pytest.mark.check``) of collected modules that produced no case
+    missing_functions: list[str] = field(default_factory=list)
 
     def expect(self, record: CaseRecord) -> None:
         self.cases.setdefault(record.case_id, record)
@@ -79,23 +84,53 @@ class VmGate:
 
     @property
     def status(self) -> GateStatus:
-        if not self.cases and self.missing_modules:
-            return "absent"
-        if any(c.outcome not in GREEN_OUTCOMES | {"deselected", "not_run"} for c in self.cases.values()):
-            return "red"
-        if self.missing_modules or any(not c.green for c in self.cases.values()):
-            return "incomplete"
-        return "green" if self.cases else "absent"
+        return gate_status(self.cases.values(), self.missing_modules, self.missing_functions)
 
     def blockers(self) -> list[str]:
-        """Why the gate is shut, one line per blocking case or module (empty when green)."""
-        lines = [
-            f"{c.case_id}: {describe_outcome(c)}"
-            for c in sorted(self.cases.values(), key=lambda c: c.case_id)
-            if not c.green
-        ]
-        lines += [f"{m}: not collected in this run" for m in self.missing_modules]
-        return lines
+        """Why the gate is shut, one line per blocking case, module or function (empty when green)."""
+        return gate_blockers(self.cases.values(), self.missing_modules, self.missing_functions)
+
+
+#: outcomes of a case this run did not judge (it was left out or never got to run)
+UNJUDGED = frozenset({"deselected", "not_run"})
+RED_OUTCOMES = OUTCOMES - GREEN_OUTCOMES - UNJUDGED
+
+
+def gate_status(
+    cases: Iterable[CaseRecord], missing_modules: Iterable[str] = (), missing_functions: Iterable[str] = ()
+) -> GateStatus:
+    """green: every expected case judged green and nothing of the policy left out; red: a case
+    judged red; absent: no case judged at all; incomplete: anything else."""
+    outcomes = [case.outcome for case in cases]
+    if any(outcome not in GREEN_OUTCOMES | UNJUDGED for outcome in outcomes):
+        return "red"
+    if not any(outcome not in UNJUDGED for outcome in outcomes):
+        return "absent"
+    if list(missing_modules) or list(missing_functions) or any(o not in GREEN_OUTCOMES for o in outcomes):
+        return "incomplete"
+    return "green"
+
+
+def gate_blockers(
+    cases: Iterable[CaseRecord], missing_modules: Iterable[str] = (), missing_functions: Iterable[str] = ()
+) -> list[str]:
+    lines = [
+        f"{c.case_id}: {describe_outcome(c)}" for c in sorted(cases, key=lambda c: c.case_id) if not c.green
+    ]
+    lines += [f"{m}: not collected in this run" for m in missing_modules]
+    lines += [
+        f"{f}: a check that produced no case (its name does not match python_functions?)"
+        for f in missing_functions
+    ]
+    return lines
+
+
+def expected_digest(case_ids: Iterable[str]) -> str:
+    """SHA-256 over the sorted expected case ids: two runs expect the same cases iff equal."""
+    hasher = hashlib.sha256()
+    for case_id in sorted(set(case_ids)):
+        hasher.update(case_id.encode("utf-8") + b"\n")
+    return "sha256:" + hasher.hexdigest()
 
 
 def describe_outcome(case: CaseRecord) -> str:
@@ -105,7 +140,8 @@ def describe_outcome(case: CaseRecord) -> str:
         "skipped": "skipped",
         "xfailed": "marked xfail (a check may not be expected to fail)",
         "xpassed": "marked xfail (a check may not be expected to fail)",
-        "deselected": "deselected (-k, -m or --deselect)",
+        "deselected": "deselected (left out by the command line: a node id or path subset, -k, -m, "
+        "--deselect)",
         "not_run": "did not run",
     }
     text = words.get(case.outcome, case.outcome)
@@ -257,7 +293,8 @@ def policy_digest(paths: Iterable[Path]) -> str:
     """SHA-256 over the policy: every file under the given directories (or the files), by
     relative path and content. Byte-identical policy gives the same digest on any machine."""
     hasher = hashlib.sha256()
-    for base in sorted({Path(p) for p in paths}):
+    # ordered by name, not absolute path: the same policy gives the same digest on any machine
+    for base in sorted({Path(p) for p in paths}, key=lambda p: (p.name, str(p))):
         if base.is_file():
             files = [(base.name, base)]
         elif base.is_dir():
@@ -290,8 +327,10 @@ def verdict_document(
     now: dt.datetime | None = None,
     guest_identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The verdict record of one VM after its checks. ``guest_identity``: how the guest proved
-    it is the VM (vmId seen, read from IMDS or SMBIOS, endpoint, host key or certificate)."""
+    """The verdict record of one VM after its checks: the whole expected case set and each
+    case's outcome, from which ``green``, ``status`` and ``blockers`` are derived (a reader
+    recomputes them: ``verdict_inconsistency``). ``guest_identity``: how the guest proved it is
+    the VM (vmId seen, read from IMDS or SMBIOS, endpoint, host key or certificate)."""
     moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     cases = sorted(gate.cases.values(), key=lambda c: c.case_id)
     return {
@@ -303,8 +342,11 @@ def verdict_document(
         "green": gate.status == "green",
         "status": gate.status,
         "blockers": gate.blockers(),
+        "expected_cases": [c.case_id for c in cases],
+        "expected_digest": expected_digest(c.case_id for c in cases),
         "checks": [asdict(c) for c in cases],
         "missing_modules": list(gate.missing_modules),
+        "missing_functions": list(gate.missing_functions),
         "waivers_applied": [
             {"case": case_id, **w.as_record()} for case_id, w in waivers.applied if case_id in gate.cases
         ],
@@ -366,6 +408,47 @@ class VerdictDecision:
     source: str = ""
 
 
+_CASE_FIELDS = {f.name for f in dataclasses.fields(CaseRecord)}
+
+
+def verdict_inconsistency(document: Mapping[str, Any]) -> str | None:
+    """Why the verdict's derived fields disagree with its own cases (None when they agree).
+
+    Green, status and blockers are recomputed from the case list; the case list must be exactly
+    the expected set it names, and that set must match its digest."""
+    raw_cases = document.get("checks")
+    expected = document.get("expected_cases")
+    if not isinstance(raw_cases, list) or not isinstance(expected, list):
+        return "it lacks its case list or its expected case set"
+    cases: list[CaseRecord] = []
+    for raw in raw_cases:
+        if not isinstance(raw, dict) or not {"case_id", "outcome"} <= raw.keys():
+            return "a case entry lacks case_id or outcome"
+        if raw["outcome"] not in OUTCOMES:
+            return f"case {raw['case_id']} has an unknown outcome {raw['outcome']!r}"
+        cases.append(CaseRecord(**{k: v for k, v in raw.items() if k in _CASE_FIELDS}))
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        return "a case appears twice"
+    if set(ids) != {str(e) for e in expected}:
+        extra = sorted(set(ids) - {str(e) for e in expected})
+        missing = sorted({str(e) for e in expected} - set(ids))
+        return f"its cases are not its expected set (unexpected {extra[:3]}, missing {missing[:3]})"
+    if document.get("expected_digest") != expected_digest(ids):
+        return "its expected_digest does not match its expected case set"
+    modules = [str(m) for m in document.get("missing_modules") or []]
+    functions = [str(f) for f in document.get("missing_functions") or []]
+    status = gate_status(cases, modules, functions)
+    if document.get("status") != status or document.get("green") is not (status == "green"):
+        return (
+            f"it says status {document.get('status')!r}, green {document.get('green')!r}, but its own "
+            f"cases make it {status!r}"
+        )
+    if list(document.get("blockers") or []) != gate_blockers(cases, modules, functions):
+        return "its blockers do not match its cases"
+    return None
+
+
 def judge_verdict(
     document: Mapping[str, Any],
     *,
@@ -373,10 +456,15 @@ def judge_verdict(
     vm: VmRef,
     live_vm_id: str | None,
     policy: str,
+    harness_version: str,
     max_age: dt.timedelta,
+    expected: Iterable[str] | None,
     now: dt.datetime | None = None,
 ) -> VerdictDecision:
-    """Accept a verdict only if it is green, fresh, for this very VM and from this policy."""
+    """Accept a verdict only if it is consistent, green, complete, fresh, for this very VM, from
+    this policy and harness version, and covers exactly the case set this run expects of the VM
+    (``expected``; None only when resuming a VM whose guest is already generalized, so that
+    its checks can no longer be enumerated)."""
     moment = now or dt.datetime.now(dt.UTC)
     where = str(source)
 
@@ -387,6 +475,9 @@ def judge_verdict(
         return refuse(f"schema {document.get('schema')!r}, expected {VERDICT_SCHEMA}")
     if str(document.get("resource_id", "")).lower() != vm.id.lower():
         return refuse(f"it is for {document.get('resource_id')}, not {vm.id}")
+    inconsistent = verdict_inconsistency(document)
+    if inconsistent is not None:
+        return refuse(f"its derived fields disagree with its cases: {inconsistent}")
     if document.get("green") is not True or document.get("status") != "green":
         blockers = document.get("blockers") or []
         first = f" ({blockers[0]}{' ...' if len(blockers) > 1 else ''})" if blockers else ""
@@ -395,6 +486,8 @@ def judge_verdict(
         created = dt.datetime.fromisoformat(str(document["created_at"]).replace("Z", "+00:00"))
     except (KeyError, ValueError):
         return refuse("it has no valid created_at time")
+    if created.tzinfo is None:
+        return refuse(f"created_at {document['created_at']} has no UTC offset")
     age = moment - created
     if age > max_age:
         return refuse(f"stale: created {_human(age)} ago, the limit is {_human(max_age)}")
@@ -412,6 +505,26 @@ def judge_verdict(
             f"policy digest {document.get('policy_digest')} differs from this run's {policy} "
             "(checks or rules changed since)"
         )
+    if document.get("harness_version") != harness_version:
+        return refuse(
+            f"it was made by imageready {document.get('harness_version')}, this is {harness_version}"
+        )
+    if expected is not None:
+        now_expected = set(expected)
+        theirs = {str(c) for c in document.get("expected_cases") or []}
+        if theirs != now_expected:
+            new = sorted(now_expected - theirs)
+            gone = sorted(theirs - now_expected)
+            parts = []
+            if new:
+                parts.append(f"{len(new)} case(s) it does not cover, e.g. {new[0]}")
+            if gone:
+                parts.append(f"{len(gone)} case(s) this run no longer expects, e.g. {gone[0]}")
+            return refuse(
+                "it does not cover the checks this run expects of the VM now ("
+                + "; ".join(parts)
+                + "): the VM or its facts changed since, run the checks again"
+            )
     return VerdictDecision(True, f"verdict {where} accepted (green, {_human(age)} old)", where)
 
 

@@ -8,6 +8,7 @@ it asks ``RunState.decide`` whether that VM's gate is open.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import os
 from collections.abc import Generator
@@ -30,6 +31,7 @@ from imageready.gate import (
 )
 from imageready.redact import one_line, redact
 from imageready.runstate import GateDecision, ItemInfo, RunState
+from imageready.selection import Selector, covers, parse_selection, split
 from imageready.target import VmRef
 
 RUN = pytest.StashKey[RunState]()
@@ -80,13 +82,33 @@ def record_waiver(item: pytest.Item, waiver: Waiver) -> None:
 class GateKeeper:
     def __init__(self, state: RunState) -> None:
         self.state = state
+        #: what the command line named, when the policy had to be added to its collection
+        self.selectors: list[Selector] | None = None
 
     # --- collection --------------------------------------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+    def pytest_collection(self, session: pytest.Session) -> None:
+        """Collect the whole policy, whatever the command line names: the gate's expected set is
+        every case the policy directory generates. What the user named becomes a selection,
+        applied in ``pytest_collection_modifyitems`` (a case left out is deselected and keeps the
+        gate shut). pytest 8/9 collects ``config.args`` and folds an argument into a directory
+        argument that contains it, so appending the policy directory is enough."""
+        state = self.state
+        if not state.vms or not state.checks_dir.is_dir():
+            return
+        config = session.config
+        selectors = parse_selection(config.args, config.invocation_params.dir)
+        if covers(selectors, state.checks_dir):
+            return
+        self.selectors = selectors
+        config.args.append(str(state.checks_dir))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """Before any deselection: know every check case, so a missing one keeps the gate shut."""
         state = self.state
+        modules: dict[str, Any] = {}
         for item in items:
             check = item.get_closest_marker("check")
             action = item.get_closest_marker("action")
@@ -114,10 +136,42 @@ class GateKeeper:
                         doc=info.doc,
                     )
                 )
+                module = getattr(item, "module", None)
+                if module is not None:
+                    modules[item.nodeid.split("::", 1)[0]] = module
             item.stash[INFO] = info
             item.add_marker(pytest.mark.xdist_group(name=f"imageready-{vm.key}"))
         if state.needs_vm:
             raise pytest.UsageError("no VM given: pass --vm RG/NAME (repeatable)")
+        self._find_uncollected_functions(modules)
+        if self.selectors is not None:
+            self._apply_selection(config, items)
+        for item in items:
+            selected = item_info(item)
+            if selected is not None and selected.kind == "check":
+                state.checks_selected.add(selected.vm.key)
+
+    def _find_uncollected_functions(self, modules: dict[str, Any]) -> None:
+        """A ``@pytest.mark.check`` function of a collected policy module that produced no case
+        (pytest's python_functions did not match its name, say) is part of the policy all the
+        same: the gates of the VMs it has no case for stay shut."""
+        for gate in self.state.gates.values():
+            produced = {case_id.split("[", 1)[0] for case_id in gate.cases}
+            missing = set(gate.missing_functions)
+            for path, module in modules.items():
+                for name in check_functions(module):
+                    if f"{path}::{name}" not in produced:
+                        missing.add(f"{path}::{name}")
+            gate.missing_functions = sorted(missing)
+
+    def _apply_selection(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        assert self.selectors is not None
+        selected, deselected, unused = split(items, self.selectors)
+        if unused:
+            raise pytest.UsageError(f"not found: {unused[0].text} (no test of the policy matches it)")
+        if deselected:
+            items[:] = selected
+            config.hook.pytest_deselected(items=deselected)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -186,6 +240,32 @@ class GateKeeper:
             return None
         _report_blocked(item, nextitem, decision)
         return True
+
+    @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
+    def one_line_report(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+        """An expected environment failure (Azure, guest facts, timeout: an exception with a
+        ``category``) is reported by its one line. Built here, before pytest's own report, because
+        pytest would first render the traceback with the source of every frame, which costs more
+        than the check itself on a red fleet."""
+        exc = call.excinfo.value if call.excinfo is not None else None
+        if item_info(item) is None or not isinstance(exc, Exception) or not getattr(exc, "category", None):
+            return None
+        # item._report_sections (captured output) is private: pytest 8/9's own
+        # TestReport.from_item_and_call reads it the same way
+        sections = [(f"Captured {key} {when}", content) for when, key, content in item._report_sections]
+        return pytest.TestReport(
+            item.nodeid,
+            item.location,
+            {name: 1 for name in item.keywords},
+            "failed",
+            one_line(str(exc)) or type(exc).__name__,
+            call.when,  # type: ignore[arg-type]
+            sections,
+            call.duration,
+            call.start,
+            call.stop,
+            user_properties=item.user_properties,
+        )
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -409,6 +489,29 @@ def _case_parameter(item: pytest.Item, vm: VmRef) -> str:
     return ident[len(vm.key) + 1 :] if ident.startswith(vm.key + "-") else ident
 
 
+def check_functions(module: Any) -> list[str]:
+    """Node-id names (``func`` or ``Class::method``) of what ``module`` defines with
+    ``@pytest.mark.check``."""
+
+    def marked(obj: Any) -> bool:
+        return any(getattr(mark, "name", None) == "check" for mark in getattr(obj, "pytestmark", []))
+
+    found = []
+    for name, obj in vars(module).items():
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isfunction(obj) and marked(obj):
+            found.append(name)
+        elif inspect.isclass(obj):
+            found += [
+                f"{name}::{attr}"
+                for attr, member in vars(obj).items()
+                if inspect.isfunction(member)
+                and (marked(member) or (marked(obj) and attr.startswith("test")))
+            ]
+    return sorted(found)
+
+
 def _in_dir(path: Path, directory: Path) -> bool:
     try:
         path.resolve().relative_to(directory.resolve())
@@ -417,11 +520,17 @@ def _in_dir(path: Path, directory: Path) -> bool:
     return True
 
 
+#: pytest's default python_files: a module matching these is policy whatever an ini file says,
+#: so a configuration that narrows python_files cannot shrink what the gate expects
+DEFAULT_POLICY_FILES = ("test_*.py", "*_test.py")
+
+
 def _policy_modules(config: pytest.Config, checks_dir: Path) -> list[str]:
-    """Node-id paths of every test module in the policy directory."""
+    """Node-id paths of every test module in the policy directory (pytest's default module
+    patterns plus the configured ones)."""
     if not checks_dir.is_dir():
         return []
-    patterns = config.getini("python_files") or ["test_*.py"]
+    patterns = {*DEFAULT_POLICY_FILES, *(config.getini("python_files") or [])}
     modules = []
     for path in sorted(checks_dir.rglob("*.py")):
         if "__pycache__" in path.parts:
@@ -505,11 +614,15 @@ def _verdict(state: RunState, vm: VmRef) -> dict[str, Any]:
 
 
 def write_verdicts(state: RunState) -> list[Path]:
-    """One verdict file per VM whose checks this run collected (controller only)."""
+    """One verdict file per VM whose checks the command line selected, even partly (controller
+    only). An actions-only stage judged nothing and writes none: the verdict it was given stays
+    the record."""
     paths = []
     for vm in state.vms:
         gate = state.gates.get(vm.key)
         if gate is None or not gate.cases or vm.key in state.verdict_kept:
+            continue
+        if vm.key not in state.checks_selected:
             continue
         # the controller of an xdist run decided nothing itself: ask (it reads the VM's tags)
         resume = state.resumes[vm.key] if vm.key in state.resumes else state.resume(vm)

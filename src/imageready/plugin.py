@@ -192,10 +192,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--sysprep-args",
-        default="/generalize /oobe /shutdown /mode:vm",
+        default="/generalize /oobe /shutdown",
         metavar="ARGS",
-        help="sysprep.exe arguments (default: /generalize /oobe /shutdown /mode:vm); /generalize "
-        "and /oobe are required, and exactly one of /shutdown and /quit; /quiet is always added.",
+        help="sysprep.exe arguments (default: /generalize /oobe /shutdown); /generalize and /oobe "
+        "are required, and exactly one of /shutdown and /quit; /mode:vm only if every VM made from "
+        "the image has the same hardware profile; /unattend is refused (Azure does not support "
+        "custom answer files); /quiet is always added.",
     )
     group.addoption(
         "--sysprep-deadline",
@@ -257,6 +259,8 @@ def pytest_configure(config: pytest.Config) -> None:
         vms = parse_vms(config.getoption("vm"), config.getoption("subscription"))
     except TargetError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if vms:
+        _refuse_policy_narrowing(config)
     try:
         max_age = parse_duration(config.getoption("verdict_max_age"))
     except ValueError as exc:
@@ -336,7 +340,7 @@ def pytest_configure(config: pytest.Config) -> None:
         change_ticket=config.getoption("change_ticket"),
         report_dir=report_dir.absolute(),
         checks_dir=checks_dir,
-        policy_paths=policy_paths(checks_dir) + ([scan_rules] if scan_rules is not None else []),
+        policy_paths=policy_paths(checks_dir, config) + ([scan_rules] if scan_rules is not None else []),
     )
     state.lease_ttl = lease_ttl
     workerinput = getattr(config, "workerinput", None)
@@ -359,6 +363,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(Sorter(state), "imageready-sorter")
 
 
+def _refuse_policy_narrowing(config: pytest.Config) -> None:
+    """The policy is what the project's own configuration collects: a command-line override of
+    an option that decides what is collected would shrink what the gate expects."""
+    from imageready.selection import refused_overrides
+
+    refused = refused_overrides(config.getoption("override_ini", None), "imageready_checks_dir")
+    if refused:
+        raise pytest.UsageError(
+            f"-o {refused[0]}: a run with --vm may not override what the policy collects "
+            f"({refused[0]} comes from the project's pytest.ini, which the policy digest covers)"
+        )
+    if config.getoption("pyargs", False):
+        raise pytest.UsageError("--pyargs cannot be combined with --vm: name checks and actions by path")
+
+
 PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 
@@ -373,9 +392,16 @@ def _handle_sigterm(config: pytest.Config) -> None:
         config.stash[PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
 
 
-def policy_paths(checks_dir: Path) -> list[Path]:
-    """What the policy digest covers: the checks directory and the packaged rule data."""
-    return [checks_dir, Path(__file__).parent / "policy"]
+def policy_paths(checks_dir: Path, config: pytest.Config | None = None) -> list[Path]:
+    """What the policy digest covers: the checks directory, the packaged rule data, and the
+    pytest configuration that decides how the policy is collected (the ini file and the root
+    conftest.py)."""
+    paths = [checks_dir, Path(__file__).parent / "policy"]
+    if config is not None:
+        if config.inipath is not None:
+            paths.append(Path(config.inipath))
+        paths.append(config.rootpath / "conftest.py")
+    return paths
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -449,6 +475,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             items = source(facts)
         except FactsUnavailable as exc:
             values.append((vm, Sentinel("facts-unavailable", exc)))
+            ids.append(f"{vm.key}-facts-unavailable")
+            continue
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            # facts of an unexpected shape: this VM's cases error, the run goes on for the others
+            error = FactsUnavailable(
+                f"{vm.key}: the facts {each!r} is read from are malformed ({type(exc).__name__}: {exc})",
+                "guest facts",
+            )
+            values.append((vm, Sentinel("facts-unavailable", error)))
             ids.append(f"{vm.key}-facts-unavailable")
             continue
         if not items:

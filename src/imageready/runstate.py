@@ -77,6 +77,9 @@ class RunState:
     #: VMs whose verdict was written before their actions (not rewritten at the end)
     verdict_kept: set[str] = field(default_factory=set)
     blocked_actions: list[str] = field(default_factory=list)
+    #: VMs some of whose check cases the command line selected (an actions-only stage selects
+    #: none: it judges nothing and writes no verdict)
+    checks_selected: set[str] = field(default_factory=set)
     action_outcomes: dict[str, str] = field(default_factory=dict)  # case id -> outcome
     #: step records of the actions, per VM key, in the order they finished (for the audit)
     step_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -189,11 +192,7 @@ class RunState:
             return self.resumes[vm.key]
         found: Resume | None = None
         facts = self.facts(vm)
-        tag = (
-            ""
-            if facts.azure is None
-            else str((facts.vm_model.get("tags") or {}).get(STEP_TAG + "guest") or "")
-        )
+        tag = facts.tag(STEP_TAG + "guest")
         if tag:
             run = parse_step_tag(tag).get("run", "")
             found = self._resume_from_verdict(vm, run, tag, facts.vm_id)
@@ -226,7 +225,11 @@ class RunState:
             vm=vm,
             live_vm_id=vm_id,
             policy=self.digest,
+            harness_version=self.harness_version,
             max_age=dt.timedelta(days=3650),  # the guest was generalized under it already
+            # the guest is generalized: its checks cannot be enumerated again, the verdict's own
+            # expected set (checked for consistency) stands
+            expected=None,
         )
         if not judged.accepted:
             return Resume(run, tag, False, f"{prefix}; {judged.reason}")
@@ -241,6 +244,15 @@ class RunState:
             where = ", ".join(str(p) for p in self.verdict_paths)
             return VerdictDecision(False, f"no verdict for {vm.id} in --verdict {where}")
         source, document = found
+        expected = self.expected_cases(vm)
+        if expected is None:
+            gate = self.gate(vm)
+            left_out = [*gate.missing_modules, *gate.missing_functions] or ["no check case at all"]
+            return VerdictDecision(
+                False,
+                f"verdict {source} cannot be compared: this run did not collect the whole policy "
+                f"for {vm.key} ({left_out[0]}{' ...' if len(left_out) > 1 else ''})",
+            )
         try:
             live_vm_id = self.provider.live_vm_id(vm)
         except Exception as exc:  # one line: the gate stays shut and says why
@@ -251,8 +263,19 @@ class RunState:
             vm=vm,
             live_vm_id=live_vm_id,
             policy=self.digest,
+            harness_version=self.harness_version,
             max_age=self.verdict_max_age,
+            expected=expected,
         )
+
+    def expected_cases(self, vm: VmRef) -> list[str] | None:
+        """Every check case the whole policy generates for ``vm`` in this run (the gate collects
+        the whole policy whatever the command line selects). None when part of the policy could
+        not be collected here, so that no verdict can be compared against it."""
+        gate = self.gate(vm)
+        if gate.missing_modules or gate.missing_functions or not gate.cases:
+            return None
+        return sorted(gate.cases)
 
     # --- shipping state between xdist workers and the controller -------------------------
 
@@ -263,6 +286,8 @@ class RunState:
             key: {
                 "vm": [g.vm.subscription, g.vm.resource_group, g.vm.name],
                 "missing_modules": g.missing_modules,
+                "missing_functions": g.missing_functions,
+                "checks_selected": key in self.checks_selected,
                 "cases": {cid: asdict(c) for cid, c in g.cases.items()},
                 "decision": asdict(self.decisions[key]) if key in self.decisions else None,
             }
@@ -275,6 +300,9 @@ class RunState:
         for key, data in exported.items():
             gate = self.gates.setdefault(key, VmGate(VmRef(*data["vm"])))
             gate.missing_modules = sorted(set(gate.missing_modules) | set(data["missing_modules"]))
+            gate.missing_functions = sorted(set(gate.missing_functions) | set(data["missing_functions"]))
+            if data.get("checks_selected"):
+                self.checks_selected.add(key)
             if data.get("decision") is not None:
                 raw = data["decision"]
                 self.decisions[key] = GateDecision(raw["open"], tuple(raw["reasons"]), raw["via"])

@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,33 @@ class Azsim:
         with self.environment(**(env or {})):
             bundle = resolve_ca_bundle() if ca_bundle == "" else ca_bundle
             return AzureSession(self.subscription, cloud=resolve_cloud(), ca_bundle=bundle, **options)
+
+
+def raw(
+    fleet: Azsim,
+    session: AzureSession,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One HTTPS request with a real token from the session's credential (no SDK in between)."""
+    token = session._credential.get_token("https://management.core.windows.net//.default").token
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{fleet.url}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **(headers or {})},
+    )
+    context = ssl.create_default_context(cafile=fleet.ca_bundle)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+            text = reply.read()
+            return reply.status, dict(reply.headers.items()), json.loads(text) if text else None
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        return err.code, dict(err.headers.items()), json.loads(text) if text else None
 
 
 def start_azsim(state_dir: Path, scenario: Path, *extra: str) -> Azsim:

@@ -16,7 +16,7 @@ from azure.identity import ClientSecretCredential
 from azure.mgmt.compute import ComputeManagementClient
 
 from imageready.azure import AzureSession, parse_run_command_output
-from tests.azsim.conftest import Azsim
+from tests.azsim.conftest import Azsim, raw
 
 pytestmark = pytest.mark.azsim
 RG = "rg-fleet"
@@ -41,33 +41,6 @@ def compute(fleet: Azsim) -> ComputeManagementClient:
         credential_scopes=["https://management.core.windows.net//.default"],
         connection_verify=fleet.ca_bundle,
     )
-
-
-def raw(
-    fleet: Azsim,
-    session: AzureSession,
-    method: str,
-    path: str,
-    headers: dict[str, str] | None = None,
-    body: Any = None,
-) -> tuple[int, dict[str, str], Any]:
-    """One HTTPS request with a real token from the session's credential (no SDK in between)."""
-    token = session._credential.get_token("https://management.core.windows.net//.default").token
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{fleet.url}{path}",
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **(headers or {})},
-    )
-    context = ssl.create_default_context(cafile=fleet.ca_bundle)
-    try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
-            text = reply.read()
-            return reply.status, dict(reply.headers.items()), json.loads(text) if text else None
-    except urllib.error.HTTPError as err:
-        text = err.read()
-        return err.code, dict(err.headers.items()), json.loads(text) if text else None
 
 
 def test_vm_get_has_the_fields_the_harness_reads(fleet: Azsim, session: AzureSession) -> None:
@@ -120,6 +93,18 @@ def test_vm_lists_by_subscription_and_resource_group(compute: ComputeManagementC
     in_group = {vm["name"] for vm in compute.virtual_machines.list(RG)}
     assert {"lin-routes", "win-routes", "lin-fast"} <= everything
     assert everything == in_group
+
+
+def test_a_list_names_extensions_by_id_a_get_shows_them_whole(fleet: Azsim, session: AzureSession) -> None:
+    base = f"/subscriptions/{fleet.subscription}/providers/Microsoft.Compute/virtualMachines"
+    status, _, listed = raw(fleet, session, "GET", f"{base}?api-version=2025-04-01")
+    assert status == 200
+    (vm,) = [v for v in listed["value"] if v["name"] == "lin-routes"]
+    assert vm["resources"] == [{"id": f"{vm['id']}/extensions/AzureMonitorLinuxAgent"}]
+    status, _, got = raw(fleet, session, "GET", f"{vm['id']}?api-version=2025-04-01")
+    (extension,) = got["resources"]
+    assert extension["type"] == "Microsoft.Compute/virtualMachines/extensions"
+    assert extension["properties"]["type"] == "AzureMonitorLinuxAgent"
 
 
 def test_extensions_list(fleet: Azsim, session: AzureSession) -> None:

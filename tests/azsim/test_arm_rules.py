@@ -1,16 +1,35 @@
-"""The rules Azure enforces, as azsim enforces them, seen through the harness's AzureSession."""
+"""The rules Azure enforces, as azsim enforces them, seen through the harness's AzureSession or raw
+HTTPS. Each rule, its Microsoft source and its test here: docs/azsim-rules.md (kept in sync by
+test_rulebook.py)."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
-from imageready.azure import AzureConflict, AzureForbidden, AzureSession
-from tests.azsim.conftest import Azsim
+from imageready.azure import AzureConflict, AzureError, AzureForbidden, AzureSession
+from tests.azsim.conftest import Azsim, raw
 
 pytestmark = pytest.mark.azsim
 RG = "rg-fleet"
+API = "?api-version=2025-04-01"
+TAGS_API = "/providers/Microsoft.Resources/tags/default?api-version=2024-03-01"
+
+
+def compute_path(fleet: Azsim, kind: str, name: str) -> str:
+    return (
+        f"/subscriptions/{fleet.subscription}/resourceGroups/{RG}/providers/Microsoft.Compute/{kind}/{name}"
+    )
+
+
+def vm_path(fleet: Azsim, name: str) -> str:
+    return compute_path(fleet, "virtualMachines", name)
+
+
+def error_of(body: Any) -> tuple[str, str]:
+    return body["error"]["code"], body["error"]["message"]
 
 
 def statuses(session: AzureSession, fleet: Azsim, name: str) -> list[str]:
@@ -24,8 +43,8 @@ def test_generalize_is_refused_on_a_running_vm(fleet: Azsim, session: AzureSessi
     message = str(caught.value)
     assert message == (
         "generalize rg-fleet/lin-gen-running: Operation 'generalize' is not allowed on VM "
-        "'lin-gen-running' since the VM is running. Please stop or deallocate the VM and retry. "
-        "(OperationNotAllowed)"
+        "'lin-gen-running' since the VM is running. Please power off explicitly in case you shut down "
+        "the VM from inside the guest operating system. (OperationNotAllowed)"
     )
     assert caught.value.status == 409 and caught.value.code == "OperationNotAllowed"
     assert "OSState/generalized" not in statuses(session, fleet, "lin-gen-running")
@@ -50,7 +69,7 @@ def test_generalize_a_stopped_or_deallocated_vm_sets_osstate(
 def test_a_generalized_vm_never_starts(fleet: Azsim, session: AzureSession) -> None:
     with pytest.raises(AzureConflict) as caught:
         session.start(fleet.ref("lin-generalized"))
-    assert "Operation 'start' is not allowed on VM 'lin-generalized' since the VM is generalized." in str(
+    assert "Operation 'Start VM' is not allowed on VM 'lin-generalized' since the VM is generalized." in str(
         caught.value
     )
     assert statuses(session, fleet, "lin-generalized")[-1] == "PowerState/deallocated"
@@ -60,15 +79,196 @@ def test_image_capture_needs_a_generalized_vm(fleet: Azsim, session: AzureSessio
     vm = session.get_vm(fleet.ref("lin-specialized-off"), instance_view=False)
     with pytest.raises(AzureConflict, match="Capture operation cannot be completed because the VM is not"):
         session.create_image(RG, "img-refused", vm["id"], "westeurope", {})
-    with pytest.raises(AzureConflict, match="is not generalized, but the gallery image definition"):
+    assert not [r for r in fleet.requests() if "/images/img-refused" in r["path"] and r["status"] < 300]
+
+
+def test_gallery_version_os_state_must_match_the_definition(fleet: Azsim, session: AzureSession) -> None:
+    specialized = session.get_vm(fleet.ref("lin-specialized-off"), instance_view=False)["id"]
+    with pytest.raises(AzureError) as caught:
         session.create_gallery_image_version(
-            RG, "galFleet", "linux-generalized", "9.9.9", vm["id"], "westeurope", {}
+            RG, "galFleet", "linux-generalized", "9.9.9", specialized, "westeurope", {}
         )
-    # a Specialized definition takes a specialized VM
+    assert caught.value.status == 400 and caught.value.code == "BadRequest"
+    assert (
+        f"The resource with id '{specialized}' has a different OS state ['Specialized'] than the parent "
+        "gallery image OS state ['Generalized']." in str(caught.value)
+    )
+    generalized = session.get_vm(fleet.ref("lin-gen-unchanged"), instance_view=False)["id"]
+    with pytest.raises(
+        AzureError,
+        match=r"OS state \['Generalized'\] than the parent gallery image OS state \['Specialized'\]",
+    ):
+        session.create_gallery_image_version(
+            RG, "galFleet", "linux-specialized", "9.9.9", generalized, "westeurope", {}
+        )
+    # a Specialized definition takes a specialized VM, a Generalized one a generalized VM
     version = session.create_gallery_image_version(
-        RG, "galFleet", "linux-specialized", "1.0.0", vm["id"], "westeurope", {}
+        RG, "galFleet", "linux-specialized", "1.0.0", specialized, "westeurope", {}
     )
     assert version["properties"]["provisioningState"] == "Succeeded"
+
+
+def test_gallery_version_needs_an_existing_definition(fleet: Azsim, session: AzureSession) -> None:
+    source = session.get_vm(fleet.ref("lin-gen-unchanged"), instance_view=False)["id"]
+    with pytest.raises(AzureError) as caught:
+        session.create_gallery_image_version(
+            RG, "galFleet", "no-such-definition", "1.0.0", source, "westeurope", {}
+        )
+    assert caught.value.status == 404 and caught.value.code == "ResourceNotFound"
+
+
+def test_gallery_version_os_type_must_match_the_definition(fleet: Azsim, session: AzureSession) -> None:
+    source = session.get_vm(fleet.ref("lin-gen-unchanged"), instance_view=False)["id"]
+    with pytest.raises(AzureError) as caught:
+        session.create_gallery_image_version(
+            RG, "galFleet", "windows-generalized", "1.0.0", source, "westeurope", {}
+        )
+    assert caught.value.status == 400
+    assert "has a different OS type ['Linux'] than the parent gallery image OS type ['Windows']" in str(
+        caught.value
+    )
+
+
+def test_gallery_version_hyper_v_generation_must_match_the_definition(
+    fleet: Azsim, session: AzureSession
+) -> None:
+    gen1 = session.get_vm(fleet.ref("lin-v1-gen"), instance_view=False)["id"]
+    with pytest.raises(AzureConflict) as caught:
+        session.create_gallery_image_version(
+            RG, "galFleet", "linux-generalized", "1.0.0", gen1, "westeurope", {}
+        )
+    assert caught.value.code == "Conflict"
+    assert (
+        f"The resource with id '{gen1}' has a different Hypervisor generation ['V1'] than the parent gallery "
+        "image Hypervisor generation ['V2']." in str(caught.value)
+    )
+    version = session.create_gallery_image_version(
+        RG, "galFleet", "linux-v1", "1.0.0", gen1, "westeurope", {}
+    )
+    assert version["properties"]["provisioningState"] == "Succeeded"
+
+
+def test_gallery_version_security_type_must_match_the_definition(fleet: Azsim, session: AzureSession) -> None:
+    trusted = session.get_vm(fleet.ref("lin-tl-gen"), instance_view=False)["id"]
+    standard = session.get_vm(fleet.ref("lin-gen-unchanged"), instance_view=False)["id"]
+    confidential = session.get_vm(fleet.ref("lin-cvm-gen"), instance_view=False)["id"]
+    for source, definition in (
+        (trusted, "linux-generalized"),
+        (standard, "linux-tl"),
+        (trusted, "linux-cvm"),
+    ):
+        with pytest.raises(AzureError, match="declares SecurityType") as caught:
+            session.create_gallery_image_version(
+                RG, "galFleet", definition, "9.9.9", source, "westeurope", {}
+            )
+        assert caught.value.status == 400 and caught.value.code == "InvalidParameter"
+    # the *Supported types hold no VM guest state: a VM is no source for them
+    with pytest.raises(AzureError) as caught:
+        session.create_gallery_image_version(
+            RG, "galFleet", "linux-tl-supported", "1.0.0", trusted, "westeurope", {}
+        )
+    assert (
+        f"The security type 'TrustedLaunchSupported' is not supported for the source id '{trusted}'. "
+        "Currently only Vhd Blob, User Image and Gallery Image Version sources are supported for "
+        "'TrustedLaunchSupported' images." in str(caught.value)
+    )
+    assert session.create_gallery_image_version(
+        RG, "galFleet", "linux-tl", "1.0.0", trusted, "westeurope", {}
+    )
+    assert session.create_gallery_image_version(
+        RG, "galFleet", "linux-cvm", "1.0.0", confidential, "westeurope", {}
+    )
+
+
+def test_gallery_version_architecture_must_match_the_definition(fleet: Azsim, session: AzureSession) -> None:
+    arm64 = session.get_vm(fleet.ref("lin-arm64-gen"), instance_view=False)
+    disk = session.get_disk(arm64["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"])
+    assert disk["properties"]["supportedCapabilities"] == {"architecture": "Arm64"}
+    with pytest.raises(AzureError, match="has architecture 'Arm64', but the gallery image definition"):
+        session.create_gallery_image_version(
+            RG, "galFleet", "linux-generalized", "1.0.0", arm64["id"], "westeurope", {}
+        )
+    assert session.create_gallery_image_version(
+        RG, "galFleet", "linux-arm64", "1.0.0", arm64["id"], "westeurope", {}
+    )
+
+
+def test_gallery_version_of_a_vm_with_a_plan_needs_the_plan_on_the_definition(
+    fleet: Azsim, session: AzureSession
+) -> None:
+    planned = session.get_vm(fleet.ref("lin-plan-gen"), instance_view=False)
+    assert planned["plan"] == {"name": "sku1", "publisher": "contoso", "product": "offer1"}
+    with pytest.raises(AzureError, match="must declare the same purchasePlan"):
+        session.create_gallery_image_version(
+            RG, "galFleet", "linux-generalized", "1.0.0", planned["id"], "westeurope", {}
+        )
+    definition = session.get_resource(
+        f"/subscriptions/{fleet.subscription}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/galFleet"
+        "/images/linux-plan",
+        "2024-03-03",
+    )
+    assert definition["properties"]["purchasePlan"] == planned["plan"]
+    assert session.create_gallery_image_version(
+        RG, "galFleet", "linux-plan", "1.0.0", planned["id"], "westeurope", {}
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "security_type"), [("lin-tl-gen", "TrustedLaunch"), ("lin-cvm-gen", "ConfidentialVM")]
+)
+def test_managed_image_refused_for_trusted_launch_and_confidential_vms(
+    fleet: Azsim, session: AzureSession, name: str, security_type: str
+) -> None:
+    vm = session.get_vm(fleet.ref(name), instance_view=False)
+    assert vm["properties"]["securityProfile"]["securityType"] == security_type
+    with pytest.raises(AzureConflict) as caught:
+        session.create_image(RG, f"img-{name}", vm["id"], "westeurope", {})
+    assert caught.value.code == "OperationNotAllowed"
+    assert (
+        "Creation of managed images are not supported for virtual machine with "
+        f"{security_type} security type." in str(caught.value)
+    )
+
+
+def test_managed_image_refused_for_arm64(fleet: Azsim, session: AzureSession) -> None:
+    vm = session.get_vm(fleet.ref("lin-arm64-gen"), instance_view=False)
+    with pytest.raises(
+        AzureConflict, match="with the Arm64 architecture: capture it to an Azure Compute Gallery"
+    ):
+        session.create_image(RG, "img-arm64", vm["id"], "westeurope", {})
+
+
+def test_image_hyper_v_generation_is_the_request_s_else_the_source_s(
+    fleet: Azsim, session: AzureSession
+) -> None:
+    gen1 = session.get_vm(fleet.ref("lin-v1-gen"), instance_view=False)["id"]
+    # the harness passes the source's generation; a request without one gets the source's
+    image = session.create_image(RG, "img-gen1", gen1, "westeurope", {})
+    assert image["properties"]["hyperVGeneration"] == "V1"
+    path = f"/subscriptions/{fleet.subscription}/resourceGroups/{RG}/providers/Microsoft.Compute/images"
+    body = {"location": "westeurope", "properties": {"sourceVirtualMachine": {"id": gen1}}}
+    status, _, made = raw(fleet, session, "PUT", f"{path}/img-gen1-default{API}", body=body)
+    assert status == 201 and made["properties"]["hyperVGeneration"] == "V1"
+    body["properties"]["hyperVGeneration"] = "V2"  # taken as given: `az image create` defaults to V1
+    status, _, made = raw(fleet, session, "PUT", f"{path}/img-gen1-as-v2{API}", body=body)
+    assert status == 201 and made["properties"]["hyperVGeneration"] == "V2"
+
+
+def test_put_on_an_existing_image_updates_it(fleet: Azsim, session: AzureSession) -> None:
+    source = session.get_vm(fleet.ref("lin-gen-unchanged"), instance_view=False)["id"]
+    first = session.create_image(RG, "img-again", source, "westeurope", {"run": "1"})
+    path = compute_path(fleet, "images", "img-again") + API
+    body = {
+        "location": "westeurope",
+        "tags": {"run": "2"},
+        "properties": {"sourceVirtualMachine": {"id": source}},
+    }
+    status, _, again = raw(fleet, session, "PUT", path, body=body)
+    assert status == 200 and again["id"] == first["id"] and again["tags"] == {"run": "2"}
+    other = session.get_vm(fleet.ref("lin-v1-gen"), instance_view=False)["id"]
+    body["properties"]["sourceVirtualMachine"]["id"] = other
+    status, _, refused = raw(fleet, session, "PUT", path, body=body)
+    assert status == 409 and "azsim does not re-point it" in error_of(refused)[1]
 
 
 def test_a_vm_stopped_from_inside_is_stopped_not_deallocated(fleet: Azsim, session: AzureSession) -> None:
@@ -110,9 +310,10 @@ def test_one_operation_at_a_time(fleet: Azsim, session: AzureSession) -> None:
             with pytest.raises(AzureTimeout):
                 short.deallocate(fleet.ref("lin-busy"))
         assert fleet.vm_status(RG, "lin-busy")["power_state"] == "deallocating"
-        with pytest.raises(AzureConflict, match="since the VM is deallocating"):
+        busy = "is not allowed on VM 'lin-busy' since another operation is in progress"
+        with pytest.raises(AzureConflict, match=busy):
             session.start(fleet.ref("lin-busy"))
-        with pytest.raises(AzureConflict, match="since the VM is deallocating"):
+        with pytest.raises(AzureConflict, match=busy):
             session.generalize(fleet.ref("lin-busy"))
     finally:
         fleet.admin("DELETE", f"/azsim/faults/{fault}")
@@ -171,3 +372,95 @@ def test_forbidden_reaches_the_harness_as_the_missing_permission(fleet: Azsim, s
     finally:
         fleet.admin("DELETE", f"/azsim/faults/{fault}")
     assert fleet.vm_status(RG, "lin-fast")["power_state"] == "running"
+
+
+# --- a generalized VM takes no change at all ------------------------------------------------------
+
+
+GENERALIZED_REFUSAL = "Operation 'Update VM' is not allowed on VM 'lin-sealed' since the VM is generalized."
+
+
+def test_a_generalized_vm_takes_no_patch(fleet: Azsim, session: AzureSession) -> None:
+    ref = fleet.ref("lin-sealed")
+    before = fleet.vm_status(RG, "lin-sealed")
+    with pytest.raises(AzureConflict) as caught:
+        session.update_tags(ref, {"owner": "platform", "imageready-lease": "run-1"}, if_match=before["etag"])
+    assert caught.value.code == "OperationNotAllowedOnGeneralizedVM"
+    assert GENERALIZED_REFUSAL in str(caught.value)
+    after = fleet.vm_status(RG, "lin-sealed")
+    assert (after["etag"], after["tags"]) == (before["etag"], {"owner": "platform"})
+
+
+def test_a_generalized_vm_takes_no_put(fleet: Azsim, session: AzureSession) -> None:
+    before = fleet.vm_status(RG, "lin-sealed")
+    model = session.get_vm(fleet.ref("lin-sealed"), instance_view=False)
+    body = {
+        "location": model["location"],
+        "tags": {"owner": "someone-else"},
+        "properties": model["properties"],
+    }
+    status, _, reply = raw(fleet, session, "PUT", vm_path(fleet, "lin-sealed") + API, body=body)
+    assert (status, *error_of(reply)) == (409, "OperationNotAllowedOnGeneralizedVM", GENERALIZED_REFUSAL)
+    assert fleet.vm_status(RG, "lin-sealed")["etag"] == before["etag"]
+
+
+def test_a_generalized_vm_takes_no_tags_through_the_tags_api(fleet: Azsim, session: AzureSession) -> None:
+    tags = vm_path(fleet, "lin-sealed") + TAGS_API
+    before = fleet.vm_status(RG, "lin-sealed")
+    status, _, read = raw(fleet, session, "GET", tags)
+    assert status == 200 and read["properties"]["tags"] == {"owner": "platform"}
+    for method, body in (
+        ("PUT", {"properties": {"tags": {"a": "b"}}}),
+        ("PATCH", {"operation": "Merge", "properties": {"tags": {"a": "b"}}}),
+        ("DELETE", None),
+    ):
+        status, _, reply = raw(fleet, session, method, tags, body=body)
+        assert (status, *error_of(reply)) == (
+            409,
+            "OperationNotAllowedOnGeneralizedVM",
+            GENERALIZED_REFUSAL,
+        ), method
+    after = fleet.vm_status(RG, "lin-sealed")
+    assert (after["etag"], after["tags"]) == (before["etag"], before["tags"])
+
+
+def test_tags_api_at_a_vm_scope(fleet: Azsim, session: AzureSession) -> None:
+    """A VM that is not generalized takes tags through the Tags API (Merge, Replace, Delete)."""
+    tags = vm_path(fleet, "lin-tags-api") + TAGS_API
+    etag = fleet.vm_status(RG, "lin-tags-api")["etag"]
+    status, _, merged = raw(
+        fleet, session, "PATCH", tags, body={"operation": "Merge", "properties": {"tags": {"a": "1"}}}
+    )
+    assert status == 200 and merged["properties"]["tags"] == {"owner": "platform", "a": "1"}
+    assert merged["id"].endswith("/virtualMachines/lin-tags-api/providers/Microsoft.Resources/tags/default")
+    assert fleet.vm_status(RG, "lin-tags-api")["etag"] != etag
+    status, _, deleted = raw(
+        fleet, session, "PATCH", tags, body={"operation": "Delete", "properties": {"tags": {"a": "1"}}}
+    )
+    assert deleted["properties"]["tags"] == {"owner": "platform"}
+    status, _, replaced = raw(fleet, session, "PUT", tags, body={"properties": {"tags": {"b": "2"}}})
+    assert replaced["properties"]["tags"] == {"b": "2"}
+    assert session.get_vm(fleet.ref("lin-tags-api"), instance_view=False)["tags"] == {"b": "2"}
+    status, _, _ = raw(fleet, session, "DELETE", tags)
+    assert status == 200 and fleet.vm_status(RG, "lin-tags-api")["tags"] == {}
+
+
+def test_a_generalized_vm_keeps_its_disks_and_nic_and_its_disks_can_be_copied(
+    fleet: Azsim, session: AzureSession
+) -> None:
+    vm = session.get_vm(fleet.ref("lin-sealed"), instance_view=False)
+    os_disk = session.get_disk(vm["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"])
+    assert os_disk["managedBy"] == vm["id"] and os_disk["properties"]["diskState"] == "Attached"
+    nic = session.get_resource(vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"], "2024-05-01")
+    assert nic["properties"]["virtualMachine"]["id"] == vm["id"]
+    # "a managed image from a snapshot of a generalized VM" (Microsoft): its OS disk can be copied
+    snapshot = session.create_snapshot(RG, "snap-of-sealed", os_disk["id"], "westeurope", {})
+    assert snapshot["properties"]["creationData"]["sourceResourceId"] == os_disk["id"]
+    assert snapshot["properties"]["provisioningState"] == "Succeeded"
+
+
+def test_a_snapshot_may_be_made_from_a_snapshot(fleet: Azsim, session: AzureSession) -> None:
+    source = compute_path(fleet, "snapshots", "snap-routes")
+    copy = session.create_snapshot(RG, "snap-of-snap", source, "westeurope", {})
+    assert copy["properties"]["creationData"]["sourceResourceId"] == source
+    assert copy["properties"]["provisioningState"] == "Succeeded"

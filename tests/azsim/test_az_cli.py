@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,35 +118,97 @@ def login(az: AzRun, instance: Azsim, secret: str, tmp_path: Path) -> subprocess
     )
 
 
-def test_az_show_instance_view_deallocate_generalize(az: AzRun, azsim_for_az: Azsim, tmp_path: Path) -> None:
+def az_json(az: AzRun, *args: str) -> Any:
+    done = az(*args, "-o", "json")
+    assert done.returncode == 0, f"az {' '.join(args)}: {done.stderr}"
+    return json.loads(done.stdout)
+
+
+def az_refused(az: AzRun, *args: str) -> str:
+    done = az(*args)
+    assert done.returncode != 0, f"az {' '.join(args)} was not refused: {done.stdout}"
+    return done.stderr
+
+
+def test_az_reads_generalizes_captures_and_is_refused_like_azure(
+    az: AzRun, azsim_for_az: Azsim, tmp_path: Path
+) -> None:
     instance = azsim_for_az
     mark = instance.mark()
     signed_in = login(az, instance, instance.env["AZURE_CLIENT_SECRET"], tmp_path)
     assert signed_in.returncode == 0, signed_in.stderr
     assert json.loads(signed_in.stdout)[0]["id"] == instance.subscription
 
+    # reads: a list with a VM that has an extension (ARM names it by id), show, instance view
+    listed = {vm["name"]: vm for vm in az_json(az, "vm", "list")}
+    routes = listed["lin-routes"]
+    assert [r["id"] for r in routes["resources"]] == [f"{routes['id']}/extensions/AzureMonitorLinuxAgent"]
+    assert listed["win-routes"]["securityProfile"]["securityType"] == "TrustedLaunch"
+    shown = az_json(az, "vm", "show", "--ids", routes["id"])
+    assert shown["resources"][0]["name"] == "AzureMonitorLinuxAgent"
+    assert shown["osProfile"]["adminUsername"] == "azureuser"
+    extensions = az_json(az, "vm", "extension", "list", "-g", "rg-fleet", "--vm-name", "lin-routes")
+    assert [(e["name"], e["publisher"]) for e in extensions] == [
+        ("AzureMonitorLinuxAgent", "Microsoft.Azure.Monitor")
+    ]
     vm_id = instance.ref("lin-fast").id
-    shown = az("vm", "show", "--ids", vm_id)
-    assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["osProfile"]["adminUsername"] == "azureuser"
-    view = az("vm", "get-instance-view", "--ids", vm_id)
-    assert view.returncode == 0, view.stderr
-    codes = [s["code"] for s in json.loads(view.stdout)["instanceView"]["statuses"]]
-    assert codes[-1] == "PowerState/running"
+    view = az_json(az, "vm", "get-instance-view", "--ids", vm_id)
+    assert [s["code"] for s in view["instanceView"]["statuses"]][-1] == "PowerState/running"
 
-    deallocated = az("vm", "deallocate", "--ids", vm_id)
-    assert deallocated.returncode == 0, deallocated.stderr
+    # deallocate, generalize, then capture: a managed image and a gallery image version
+    assert az("vm", "deallocate", "--ids", vm_id).returncode == 0
     assert instance.vm_status("rg-fleet", "lin-fast")["power_state"] == "deallocated"
     generalized = az("vm", "generalize", "--ids", vm_id)
     assert generalized.returncode == 0, generalized.stderr
-    view = az("vm", "get-instance-view", "--ids", vm_id)
-    assert "OSState/generalized" in [s["code"] for s in json.loads(view.stdout)["instanceView"]["statuses"]]
-    started = az("vm", "start", "--ids", vm_id)
-    assert started.returncode != 0
-    assert (
-        "(OperationNotAllowed) Operation 'start' is not allowed on VM 'lin-fast' since the VM is generalized."
-        in started.stderr
+    view = az_json(az, "vm", "get-instance-view", "--ids", vm_id)
+    assert "OSState/generalized" in [s["code"] for s in view["instanceView"]["statuses"]]
+    # Microsoft: `az image create` of a generation 2 VM needs --hyper-v-generation V2
+    image = az_json(
+        az,
+        "image",
+        "create",
+        "-g",
+        "rg-fleet",
+        "-n",
+        "img-az",
+        "--source",
+        vm_id,
+        "--hyper-v-generation",
+        "V2",
     )
+    assert (image["sourceVirtualMachine"]["id"], image["hyperVGeneration"]) == (vm_id, "V2")
+    assert (image["provisioningState"], image["storageProfile"]["osDisk"]["osState"]) == (
+        "Succeeded",
+        "Generalized",
+    )
+    version = az_json(
+        az, "sig", "image-version", "create", "-g", "rg-fleet", "--gallery-name", "galFleet",
+        "--gallery-image-definition", "linux-generalized", "--gallery-image-version", "2.0.0",
+        "--virtual-machine", vm_id,
+    )  # fmt: skip
+    assert version["storageProfile"]["source"]["virtualMachineId"] == vm_id
+    assert version["provisioningState"] == "Succeeded"
+
+    # refused as Azure refuses: start, any tag write (Tags API and the VM's PUT), a managed image
+    # of a Trusted Launch VM
+    stderr = az_refused(az, "vm", "start", "--ids", vm_id)
+    assert (
+        "(OperationNotAllowed) Operation 'Start VM' is not allowed on VM 'lin-fast' since the VM is "
+        "generalized." in stderr
+    )
+    refusal = "(OperationNotAllowedOnGeneralizedVM) Operation 'Update VM' is not allowed on VM 'lin-fast'"
+    assert refusal in az_refused(
+        az, "tag", "update", "--resource-id", vm_id, "--operation", "merge", "--tags", "a=b"
+    )
+    assert refusal in az_refused(az, "vm", "update", "--ids", vm_id, "--set", "tags.a=b")
+    assert instance.vm_status("rg-fleet", "lin-fast")["tags"] == {}
+    trusted = instance.ref("lin-tl-gen").id
+    stderr = az_refused(az, "image", "create", "-g", "rg-fleet", "-n", "img-tl", "--source", trusted)
+    assert (
+        "Creation of managed images are not supported for virtual machine with TrustedLaunch security type."
+        in stderr
+    )
+
     tokens = [r for r in instance.requests(mark) if r["kind"] == "aad" and r["operation"] == "token"]
     assert len(tokens) == 1  # az's MSAL cache served every later command
 

@@ -18,6 +18,7 @@ from imageready import exitcodes
 from imageready.steps import ORDER
 from imageready.steps.lease import LEASE_TAG
 
+from .after_generalize import assert_no_vm_write_after_generalize, final_lease
 from .conftest import Azsim, Run, harness
 
 SCENARIO = "tests/scenarios/actions-apply.yaml"
@@ -74,10 +75,17 @@ def assert_generalized_with_evidence(sim: Azsim, run: Run, vm: str) -> dict[str,
     assert run.returncode == exitcodes.GREEN, run.output[-4000:]
     state = sim.status()[vm]
     assert (state["power_state"], state["os_state"]) == ("deallocated", "generalized")
-    assert LEASE_TAG not in state["tags"], "the lease was not released"
-    for step in ("guest", "deallocate", "generalize", "verify", "capture"):
-        assert state["tags"][f"imageready-step-{step}"].startswith("done run="), step
     steps = steps_of(run, vm)
+    run_id = run.audit()["run_id"]
+    # Azure takes no change to a generalized VM: the steps before generalize are tagged on it, the
+    # last write (just before generalize) marked generalize started and left the final lease,
+    # claiming the capture; verify and capture are recorded in the audit and on the artifact only
+    for step in ("guest", "deallocate"):
+        assert state["tags"][f"imageready-step-{step}"].startswith(f"done run={run_id} "), step
+    assert state["tags"]["imageready-step-generalize"].startswith(f"started run={run_id} ")
+    assert not {"imageready-step-verify", "imageready-step-capture"} & set(state["tags"])
+    final_lease(state, run_id, artifact=steps["capture"]["evidence"]["artifact"])
+    assert_no_vm_write_after_generalize(sim, vm)
     assert list(steps) == list(ORDER)
     assert {name: s["status"] for name, s in steps.items()} == dict.fromkeys(ORDER, "done")
     for name, step in steps.items():
@@ -110,10 +118,7 @@ def test_without_apply_nothing_changes_and_each_step_says_what_it_would_do(
         assert all(s["azure"] == [] for s in steps.values())
         assert set(action_outcomes(plan, vm).values()) == {"skipped"}
     assert "waagent -deprovision+user -force" in steps_of(plan, LINUX)["guest"]["detail"]
-    assert (
-        "sysprep.exe /generalize /oobe /shutdown /mode:vm /quiet"
-        in steps_of(plan, WINDOWS)["guest"]["detail"]
-    )
+    assert "sysprep.exe /generalize /oobe /shutdown /quiet" in steps_of(plan, WINDOWS)["guest"]["detail"]
     assert f"images/{IMAGE} from {LINUX}" in steps_of(plan, LINUX)["capture"]["detail"]
     assert "nothing was changed" in plan.stdout
 
@@ -151,6 +156,9 @@ def test_linux_copy_generalized_and_captured_as_a_managed_image(
     image = compute(azsim).images.get("rg-act", IMAGE)
     assert steps["capture"]["evidence"]["artifact"].lower() == image.id.lower()
     assert image.source_virtual_machine.id.lower() == azsim.status()[LINUX]["id"].lower()
+    # the capture records itself on the image, not on the (generalized) VM
+    assert image.tags["imageready-run"] == run.audit()["run_id"]
+    assert image.tags["imageready-source-vm"].lower() == image.source_virtual_machine.id.lower()
 
 
 def test_the_same_command_again_reports_every_step_already_done(
@@ -173,10 +181,13 @@ def test_the_same_command_again_reports_every_step_already_done(
         "unlock": "done",
     }
     assert again.audit()["run_id"] != first_run
-    for name in ("guest", "deallocate", "generalize"):
+    for name in ("guest", "deallocate"):
         assert f"(recorded on the VM: done run={first_run} " in steps[name]["detail"], name
-    # tag updates (the lease, the step marks) and nothing else: no power operation, no capture
-    assert azsim.mutations(seq) and all(m.startswith("PATCH ") for m in azsim.mutations(seq))
+    assert f"(recorded on the VM before generalize: started run={first_run} " in steps["generalize"]["detail"]
+    assert f"(made from {LINUX}; recorded on it: imageready-run={first_run})" in steps["capture"]["detail"]
+    assert steps["lock"]["detail"].startswith(f"no lease written: {LINUX} is generalized")
+    # nothing at all: the VM is generalized (it takes no write, not even the lease) and captured
+    assert azsim.mutations(seq) == []
 
 
 def test_windows_copy_generalized_and_captured_as_a_gallery_version(azsim: Azsim, tmp_path: Path) -> None:
@@ -186,12 +197,14 @@ def test_windows_copy_generalized_and_captured_as_a_gallery_version(azsim: Azsim
     steps = assert_generalized_with_evidence(azsim, run, WINDOWS)
     guest = steps["guest"]["evidence"]
     assert guest["prepared"]["exists"] is False and guest["prepared"]["panther_existed"] is True
-    # with /shutdown the connection may drop before the reseal is seen: then the detail says so
-    assert guest["success_observed"] or "not seen resealed" in steps["guest"]["detail"]
+    # with /shutdown the connection drops as the machine goes off: done only on the reseal seen first
+    assert guest["success_observed"] is True
+    assert guest["proof"].startswith("ImageState IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"), guest["proof"]
     assert guest["power_state_after"] == "stopped", "sysprep /shutdown leaves the VM stopped, not deallocated"
-    assert guest["arguments"] == ["/generalize", "/oobe", "/shutdown", "/mode:vm", "/quiet"]
+    assert guest["arguments"] == ["/generalize", "/oobe", "/shutdown", "/quiet"]
     found = compute(azsim).gallery_image_versions.get("rg-act", gallery, definition, version)
     assert steps["capture"]["evidence"]["artifact"].lower() == found.id.lower()
+    assert found.tags["imageready-run"] == run.audit()["run_id"]
 
 
 def test_hole_7_the_user_deprovision_deletes_is_checked_first(azsim: Azsim, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from imageready import exitcodes
 from imageready.steps.lease import LEASE_TAG, Lease
 
+from .after_generalize import assert_no_vm_write_after_generalize, final_lease
 from .conftest import Azsim, Run, harness
 from .test_actions_resume import start_harness
 
@@ -69,7 +70,8 @@ def test_two_runs_at_once_one_proceeds_the_other_fails_fast_naming_the_holder(
     assert won.returncode == exitcodes.GREEN, won.output[-4000:]
     state = azsim.status()[SHARED]
     assert (state["power_state"], state["os_state"]) == ("deallocated", "generalized")
-    assert LEASE_TAG not in state["tags"]
+    final_lease(state, won.audit()["run_id"])  # no capture claimed: it binds nobody
+    assert_no_vm_write_after_generalize(azsim, SHARED)
 
 
 def test_a_live_lease_of_another_host_is_refused_an_expired_one_taken_over_loudly(
@@ -105,4 +107,5 @@ def test_break_lease_takes_a_live_lease_on_purpose_and_says_so(azsim: Azsim, tmp
     lock = steps_of(run, FOREIGN)["lock"]
     assert "BROKE the live lease of run 0c1d2e3f4a5b by pipeline@contoso.com" in lock["detail"]
     state = azsim.status()[FOREIGN]
-    assert state["os_state"] == "generalized" and LEASE_TAG not in state["tags"]
+    final_lease(state, run.audit()["run_id"])
+    assert_no_vm_write_after_generalize(azsim, FOREIGN)

@@ -20,6 +20,7 @@ from imageready import exitcodes
 from imageready.steps import ORDER
 from imageready.steps.lease import LEASE_TAG, Lease
 
+from .after_generalize import assert_no_vm_write_after_generalize
 from .conftest import REPO, Azsim, Run, harness, harness_command
 
 SCENARIO = "tests/scenarios/actions-resume.yaml"
@@ -170,18 +171,31 @@ def test_a_run_killed_at_a_step_boundary_is_finished_by_the_same_command(
         assert [name for name, s in recorded.items() if s["status"] == "done"] == finished
         assert {s["status"] for s in recorded.values()} <= {"done", "interrupted"}
 
+    # the kill may land after the first run generalized the VM (it goes on from the line it printed)
+    generalized_first = azsim.status()[vm]["os_state"] == "generalized"
+
     again = harness(azsim, *command, report_dir=report_dir)  # the same command
 
     assert again.returncode == exitcodes.GREEN, again.output[-4000:]
     state = azsim.status()[vm]
     assert (state["power_state"], state["os_state"]) == ("deallocated", "generalized")
-    assert LEASE_TAG not in state["tags"]
+    # the final lease of whichever run generalized it stays (the VM takes no change); it claims no
+    # capture, so it binds nobody
+    left = Lease.parse(state["tags"].get(LEASE_TAG))
+    assert left is not None and left.then == "none", state["tags"]
+    assert left.run_id == (first_run if generalized_first else again.audit()["run_id"])
+    assert_no_vm_write_after_generalize(azsim, vm)
     steps = steps_of(again, vm)
     assert list(steps) == list(ORDER)
     for name in ORDER:
         if name in finished and name not in ("lock", "unlock", "verify"):
             assert steps[name]["status"] == "already done", (name, steps[name])
-            assert f"(recorded on the VM: done run={first_run} " in steps[name]["detail"], steps[name]
+            recorded = (
+                "recorded on the VM before generalize: started"
+                if name == "generalize"
+                else "recorded on the VM: done"
+            )
+            assert f"({recorded} run={first_run} " in steps[name]["detail"], steps[name]
         else:
             assert steps[name]["status"] in ("done", "already done", "skipped"), (name, steps[name])
     if guest_tag.startswith("started ") and vm.startswith("rg-resume/lin-"):
@@ -195,7 +209,12 @@ def test_a_run_killed_at_a_step_boundary_is_finished_by_the_same_command(
         assert steps["guest"]["status"] == "done"
         assert steps["guest"]["evidence"]["resumed"]["tag"]["run"] == first_run
         assert "(/quit); shutting it down" in steps["guest"]["detail"]
-    if kill == signal.SIGKILL:
+    if kill == signal.SIGKILL and generalized_first:
+        # nothing to take over: the VM takes no lease, and the first run's final lease claims no
+        # capture; the lock step says what it found
+        assert steps["lock"]["detail"].startswith(f"no lease written: {vm} is generalized"), steps["lock"]
+        assert f"the final lease of run {first_run} by " in steps["lock"]["detail"]
+    elif kill == signal.SIGKILL:
         assert f"took over the lease of run {first_run}" in steps["lock"]["detail"]
         assert f"pid {first.process.pid}) until" in steps["lock"]["detail"]
         assert "that process is gone" in again.stderr  # said loudly, not only in the audit

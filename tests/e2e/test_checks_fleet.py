@@ -44,6 +44,9 @@ FLEET = [
     "win-attached",
     "win-restore-copy",
     "win-import-copy",
+    "win-restore-gone",
+    "win-replaced-src",
+    "win-own-disk",
     "win-deallocated",
     "win-stopped",
     "win-generalized",
@@ -147,17 +150,23 @@ EXPECTED = [
      "and still decrypting (DecryptionInProgress, protection Off, 40 % encrypted"),
     ("test_no_luks_volume", "lin-clean-copy", "none", P, ""),
     ("test_no_luks_volume", "lin-old-agent", "data_crypt", F, "has an encrypted volume data_crypt (crypttab"),
-    # provenance: copies pass, originals fail for each way a disk is original
+    # provenance (hole 4): a copy only by lineage to a source disk that still exists
     ("test_vm_is_a_copy", "lin-clean-copy", "", P, ""),  # disk <- snapshot <- disk
     ("test_vm_is_a_copy", "lin-no-sudo", "", P, ""),  # disk <- disk
-    ("test_vm_is_a_copy", "lin-old-agent", "", P, ""),  # disk <- snapshot <- (deleted)
-    ("test_vm_is_a_copy", "win-restore-copy", "", P, ""),
-    ("test_vm_is_a_copy", "win-import-copy", "", P, ""),
-    ("test_vm_is_a_copy", "win-roles-ok", "", P, ""),  # FromImage, but tagged by our copy step
+    ("test_vm_is_a_copy", "win-restore-copy", "", P, ""),  # disk <- restore point <- disk
+    ("test_vm_is_a_copy", "lin-old-agent", "", F,  # disk <- snapshot <- (deleted)
+     "its source disk lin-retired-osdisk no longer exists: the copy would be the only instance left"),
+    ("test_vm_is_a_copy", "win-restore-gone", "", F, "its source disk win-retired-osdisk no longer exists"),
+    ("test_vm_is_a_copy", "win-import-copy", "", F, "was imported from a VHD (Import)"),
+    ("test_vm_is_a_copy", "win-roles-ok", "", F,  # FromImage: the copy tag is not proof
+     "its OS disk win-roles-ok-osdisk was created from an image (FromImage)"),
     ("test_vm_is_a_copy", "win-dc-original", "", F,
-     "an original, not a copy: its OS disk win-dc-original-osdisk was created from an image (FromImage)"),
+     "not proven to be a copy: its OS disk win-dc-original-osdisk was created from an image (FromImage)"),
     ("test_vm_is_a_copy", "win-empty-disk", "", F, "win-empty-disk-osdisk was created empty (Empty)"),
     ("test_vm_is_a_copy", "win-attached", "", F, "as it is (Attach): the VM runs on the original disk"),
+    ("test_vm_is_a_copy", "win-replaced-src", "", F, "is not the resource it was copied from"),
+    ("test_vm_is_a_copy", "win-own-disk", "", F,
+     "leads back to this VM's own disk (disk win-own-disk-data0)"),
     # Windows readiness
     ("test_no_pending_reboot", "win-clean-copy", "", P, ""),
     ("test_no_pending_reboot", "win-sealed", "", F,
@@ -272,15 +281,19 @@ def test_findings_and_evidence_name_what_was_examined(fleet: Run) -> None:
     def seen(vm: str, check: str, item: str = "") -> str:
         return " | ".join(audit[f"{RG}/{vm}"][node(fleet, check, vm, item)]["evidence"])
 
-    # the provenance chain, and whether its source still exists
+    # the lineage, and whether its source still exists
     assert (
         "disk lin-clean-copy-osdisk (Copy) → snapshot snap-lin-golden (Copy) → disk lin-golden-osdisk "
-        "(FromImage); its source disk lin-golden-osdisk still exists"
+        "(FromImage): a copy of disk lin-golden-osdisk (unattached), which still exists"
         in seen("lin-clean-copy", "test_vm_is_a_copy")
     )
-    retired = "→ disk lin-retired-osdisk; its source disk lin-retired-osdisk no longer exists (deleted)"
+    assert (
+        "disk win-restore-copy-osdisk (Restore) → disk restore point win-golden-os → disk win-golden-osdisk"
+        in seen("win-restore-copy", "test_vm_is_a_copy")
+    )
+    retired = "→ disk lin-retired-osdisk [deleted]: its source disk lin-retired-osdisk no longer exists"
     assert retired in seen("lin-old-agent", "test_vm_is_a_copy")
-    assert "tagged imageready-copy-of=win-golden" in seen("win-roles-ok", "test_vm_is_a_copy")
+    assert "tagged imageready-copy-of=win-golden (evidence only)" in seen("win-roles-ok", "test_vm_is_a_copy")
     # server-side encryption is fine and says so
     assert "no Azure Disk Encryption; SSE with a customer-managed key (fine)" in seen(
         "win-restore-copy", "test_disk_not_ade_encrypted", "win-restore-copy-osdisk"

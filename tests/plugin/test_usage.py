@@ -115,3 +115,25 @@ def test_bad_sysprep_arguments_are_a_usage_error(project: Project) -> None:
     result = project.run("--vm", "rg/good", "--sysprep-args", "/generalize /oobe /reboot")
     assert result.ret == exitcodes.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --sysprep-args *give exactly one of /shutdown and /quit*"])
+
+
+@pytest.mark.parametrize(
+    "answer_file",
+    ["/unattend:C:\\Windows\\Temp\\unattend.xml", "/UNATTEND:D:\\a.xml", "/unattend", "-unattend:x.xml"],
+)
+def test_an_answer_file_in_sysprep_arguments_is_a_usage_error(project: Project, answer_file: str) -> None:
+    # issue 11: Azure's generalize page does not support custom answer files
+    result = project.run("--vm", "rg/good", "--sysprep-args", f"/generalize /oobe /shutdown {answer_file}")
+    assert result.ret == exitcodes.USAGE_ERROR
+    assert [line for line in result.errlines if line.strip()] == [
+        f"ERROR: --sysprep-args: {answer_file!r} is refused: Azure does not support custom answer files "
+        "(/unattend) when it generalizes a VM for an image"
+    ]
+
+
+def test_sysprep_vm_mode_is_accepted_only_when_asked(project: Project) -> None:
+    result = project.run("--vm", "rg/good", "--sysprep-args", "/generalize /oobe /shutdown /mode:vm")
+    assert result.ret == exitcodes.GREEN, result.stderr.str()
+    result = project.run("--vm", "rg/good", "--sysprep-args", "/generalize /oobe /shutdown /mode:hw")
+    assert result.ret == exitcodes.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --sysprep-args: '/mode:hw' is not a sysprep option (known: *)"])

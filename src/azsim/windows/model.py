@@ -100,11 +100,13 @@ class Registry:
 
 
 class FileSystem:
-    """Files (text) and directories, by case-insensitive path."""
+    """Files (text) and directories, by case-insensitive path, with each file's last write time
+    (NTFS keeps it; a script reads it as ``LastWriteTimeUtc``)."""
 
     def __init__(self) -> None:
         self._files: dict[str, tuple[str, str]] = {}
         self._dirs: dict[str, str] = {}
+        self._written: dict[str, float] = {}
 
     def _mkdirs(self, path: str) -> None:
         parts = normalize_path(path).split("\\")
@@ -115,10 +117,15 @@ class FileSystem:
     def mkdir(self, path: str) -> None:
         self._mkdirs(path)
 
-    def write(self, path: str, content: str) -> None:
+    def write(self, path: str, content: str, *, written: float | None = None) -> None:
         display = normalize_path(path)
         self._mkdirs(display.rsplit("\\", 1)[0])
         self._files[display.lower()] = (display, content)
+        self._written[display.lower()] = time.time() if written is None else written
+
+    def written(self, path: str) -> float | None:
+        """The file's last write time (seconds since the epoch, UTC), or None if it is absent."""
+        return self._written.get(normalize_path(path).lower()) if self.is_file(path) else None
 
     def append(self, path: str, text: str) -> None:
         self.write(path, (self.read(path) or "") + text)
@@ -146,6 +153,7 @@ class FileSystem:
         gone = [k for k in self._files if k == key or k.startswith(key + "\\")]
         for name in gone:
             del self._files[name]
+            self._written.pop(name, None)
         for name in [k for k in self._dirs if k == key or k.startswith(key + "\\")]:
             del self._dirs[name]
         return len(gone)
@@ -153,6 +161,7 @@ class FileSystem:
     def to_json(self) -> dict[str, Any]:
         return {
             "files": {display: content for display, content in self._files.values()},
+            "written": {display: self._written[key] for key, (display, _) in self._files.items()},
             "dirs": sorted(self._dirs.values()),
         }
 
@@ -161,8 +170,9 @@ class FileSystem:
         fs = cls()
         for directory in data.get("dirs", []):
             fs.mkdir(directory)
+        written = data.get("written", {})
         for path, content in data.get("files", {}).items():
-            fs.write(path, content)
+            fs.write(path, content, written=written.get(path))
         return fs
 
 

@@ -10,14 +10,37 @@ Validation takes the first half of ``seconds``; the generalize pass the second, 
 ``IMAGE_STATE_UNDEPLOYABLE`` meanwhile, where it stays if sysprep dies or a provider registered
 under ``SysPrepExternal\\Generalize`` fails (its DLL missing from the machine).
 
-The handlers answer the scripts that start sysprep, poll its status and remove Panther.
+What Windows does here, and where Microsoft says so:
+
+* ImageState values and their meaning: "Windows Setup States" (learn.microsoft.com,
+  windows-hardware/manufacture/desktop/windows-setup-states): ``IMAGE_STATE_COMPLETE`` a finished
+  install, ``IMAGE_STATE_UNDEPLOYABLE`` while a setup phase (sysprep's generalize pass) is under
+  way, ``IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE`` generalized, booting to OOBE next.
+* ``Sysprep_succeeded.tag``: sysprep deletes an old one early in each run, before it parses its
+  command line, and writes a new one only when the run succeeded. Sysprep's own log says so
+  (``SYSPRP FCreateTagFile:Tag file C:\\Windows\\System32\\sysprep\\Sysprep_succeeded.tag does
+  not already exist, no need to delete anything``, quoted in Microsoft's support article
+  "The KMS current count does not increase", KB 929829). A run refused before that point (as
+  SYSTEM, at ``ValidateUser``) leaves an old tag where it was.
+* Its logs: ``%WINDIR%\\System32\\Sysprep\\Panther\\setupact.log`` and ``setuperr.log``
+  ("Sysprep Process Overview", section "Sysprep Log Files": generalize logs to that folder).
+* Its flags: "Sysprep Command-Line Options" (``/mode:vm``, ``/quit``, ``/shutdown``, ``/unattend``).
+* A machine powered off from outside (ARM powerOff or deallocate) ends every process in it: a
+  sysprep cut off in its generalize pass leaves ``IMAGE_STATE_UNDEPLOYABLE`` (Windows Setup States:
+  an image in that state cannot be deployed).
+
+The handlers answer the scripts that start sysprep (waiting for it, and streaming ``PROGRESS``
+lines with ImageState and the tag's write time while it runs when the script asks), poll its
+status, remove Panther (and an old tag) and stop it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import threading
+import time
 
 from azsim.windows import catalog
 from azsim.windows.model import WindowsMachine, log_time, provider_failure_line
@@ -29,6 +52,10 @@ DEFAULT_APPX = "Microsoft.WindowsTerminal_1.18.3181.0_x64__8wekyb3d8bbwe"
 _FLAG = re.compile(r"(?:^|[\s'\",(])/([A-Za-z]+(?::[^\s'\",)]+)?)")
 _KNOWN_FLAGS = {"generalize", "oobe", "audit", "shutdown", "reboot", "quit", "quiet", "mode:vm"}
 _POWER_FLAGS = ("shutdown", "reboot", "quit")
+#: how sysprep names its tag in setupact.log (lower-case "sysprep", as in Microsoft's sample)
+TAG_IN_LOG = "C:\\Windows\\System32\\sysprep\\Sysprep_succeeded.tag"
+#: how often a script's own watch loop reads the state when it names no interval
+DEFAULT_WATCH_MS = 250
 GENERALIZE_PROVIDERS_KEY = (
     "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Setup\\SysPrepExternal\\Generalize"
 )
@@ -161,6 +188,8 @@ class SysprepRun:
         machine = self.machine
         with machine.lock:
             self._log("Info", "SYSPRP ========== Beginning of a new sysprep run ==========")
+            if not self.as_system:
+                self._delete_old_tag()
             self._log("Info", "SYSPRP Sysprep command line: " + " ".join("/" + f for f in self.flags))
             invalid = _invalid_flags(self.flags)
             refusal = None if invalid else self._refusal()
@@ -210,6 +239,20 @@ class SysprepRun:
         self._exit(1 if failure else 0)
         if not failure:
             self._power_action()
+
+    def _delete_old_tag(self) -> None:
+        """FCreateTagFile: an old Sysprep_succeeded.tag goes before this run can fail (see the
+        module docstring for Microsoft's log line; the wording for a tag found is azsim's)."""
+        files = self.machine.files
+        if files.is_file(catalog.SUCCEEDED_TAG):
+            files.remove(catalog.SUCCEEDED_TAG)
+            self._log("Info", f"[0x0f007e] SYSPRP FCreateTagFile:Tag file {TAG_IN_LOG} deleted")
+        else:
+            self._log(
+                "Info",
+                f"[0x0f007e] SYSPRP FCreateTagFile:Tag file {TAG_IN_LOG} does not already exist, "
+                "no need to delete anything",
+            )
 
     def _registered_provider_failure(self) -> list[str]:
         """The generalize pass runs each provider registered under SysPrepExternal\\Generalize
@@ -268,6 +311,22 @@ def _tail_length(view: ScriptView, log: str) -> int:
     return int(found.group(1)) if found else 20
 
 
+def utc_roundtrip(seconds: float | None) -> str | None:
+    """A time as PowerShell's ``[DateTime]::UtcNow.ToString('o')`` prints it (7 fraction digits)."""
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+
+
+def _watch_state(view: ScriptView, machine: WindowsMachine) -> dict[str, object]:
+    """One reading of a script's watch loop: ImageState and the tag's write time (if it asks)."""
+    with machine.lock:
+        reading: dict[str, object] = {"image_state": machine.image_state}
+        if view.asks("LastWriteTimeUtc"):
+            reading["succeeded_tag_written"] = utc_roundtrip(machine.files.written(catalog.SUCCEEDED_TAG))
+        return reading
+
+
 def sysprep_status(view: ScriptView, machine: WindowsMachine) -> dict[str, object]:
     """What a script reads about sysprep's outcome (the keys of scripts/sysprep_*.ps1)."""
     status: dict[str, object] = {}
@@ -276,6 +335,8 @@ def sysprep_status(view: ScriptView, machine: WindowsMachine) -> dict[str, objec
             status["image_state"] = machine.image_state
         if view.asks("Sysprep_succeeded.tag"):
             status["succeeded_tag"] = machine.files.is_file(catalog.SUCCEEDED_TAG)
+        if view.asks("Sysprep_succeeded.tag") and view.asks("LastWriteTimeUtc"):
+            status["succeeded_tag_written"] = utc_roundtrip(machine.files.written(catalog.SUCCEEDED_TAG))
         for key, path in (("setuperr", catalog.SETUPERR_LOG), ("setupact", catalog.SETUPACT_LOG)):
             if view.asks(f"{key}.log"):
                 log = machine.files.read(path) or ""
@@ -303,17 +364,40 @@ class StartSysprep:
             return ScriptResult(errors=[error], exit_code=1)
         run = SysprepRun(machine, sysprep_flags(view), as_system=call.is_system, shell_id=call.shell_id)
         run.start()
-        waits = view.asks("-Wait", "Wait-Process", "WaitForExit") or not view.asks("Start-Process")
+        waiting = ("-Wait", "Wait-Process", "WaitForExit", "HasExited")
+        waits = view.asks(*waiting) or not view.asks("Start-Process")
         if not waits:
             stdout = json.dumps({"pid": run.pid}) if view.asks("ConvertTo-Json") else ""
             return ScriptResult(stdout=stdout)
-        exit_code = run.wait(call.cancelled)
+        if view.asks_all("HasExited", "PROGRESS"):
+            exit_code = self._watch(call, run)
+        else:
+            exit_code = run.wait(call.cancelled)
         if exit_code is None:
             return ScriptResult(exit_code=1)
         report = sysprep_status(view, machine)
         if report and view.asks("ConvertTo-Json"):
             return ScriptResult(stdout=json.dumps({"exit_code": exit_code, **report}, separators=(",", ":")))
         return ScriptResult(exit_code=exit_code)
+
+    @staticmethod
+    def _watch(call: ScriptCall, run: SysprepRun) -> int | None:
+        """The script's own loop: while sysprep runs (and once more after it exited), read the
+        state every ``Start-Sleep -Milliseconds N`` and print ``PROGRESS sysprep {json}`` on
+        stderr when it changed. None if the command was stopped first."""
+        found = re.search(r"Start-Sleep\s+-Milliseconds\s+(\d+)", call.view.code, re.IGNORECASE)
+        interval = int(found.group(1) if found else DEFAULT_WATCH_MS) / 1000
+        last = ""
+        while True:
+            exited = not run.running
+            line = json.dumps(_watch_state(call.view, call.machine), separators=(",", ":"))
+            if line != last:
+                call.write_stderr(f"PROGRESS sysprep {line}\r\n")
+                last = line
+            if exited:
+                return run.exit_code
+            if not call.sleep(interval):
+                return None
 
 
 class SysprepStatus:
@@ -322,7 +406,11 @@ class SysprepStatus:
     name = "sysprep-status"
 
     def matches(self, view: ScriptView) -> bool:
-        return view.asks("Sysprep_succeeded.tag") and not any(f in _KNOWN_FLAGS for f in sysprep_flags(view))
+        return (
+            view.asks("Sysprep_succeeded.tag")
+            and not view.asks("Remove-Item")
+            and not any(f in _KNOWN_FLAGS for f in sysprep_flags(view))
+        )
 
     def run(self, call: ScriptCall) -> ScriptResult:
         return ScriptResult(stdout=json.dumps(sysprep_status(call.view, call.machine), separators=(",", ":")))
@@ -350,7 +438,8 @@ class StopSysprep:
 
 class RemovePanther:
     """A script that deletes C:\\Windows\\Panther (what Azure's generalize doc asks for) and,
-    when it names it too, the Sysprep answer file."""
+    when it names them too, the Sysprep answer file and an old Sysprep_succeeded.tag; it may also
+    read the guest's clock (``[DateTime]::UtcNow``) and ImageState, before it deletes anything."""
 
     name = "remove-panther"
 
@@ -359,20 +448,32 @@ class RemovePanther:
 
     def run(self, call: ScriptCall) -> ScriptResult:
         machine, view = call.machine, call.view
-        unattend = catalog.SYSPREP_UNATTEND.lower() in (p.lower() for p in view.paths())
+        named = {p.lower() for p in view.paths()}
+        unattend = catalog.SYSPREP_UNATTEND.lower() in named
+        tag = catalog.SUCCEEDED_TAG.lower() in named
         with machine.lock:
+            before: dict[str, object] = {}
+            if view.asks("UtcNow"):
+                before["started"] = utc_roundtrip(time.time())
+            if view.asks_all("Setup\\State", "ImageState"):
+                before["image_state"] = machine.image_state
             existed = machine.files.is_dir(catalog.PANTHER)
             removed = machine.files.remove(catalog.PANTHER)
             unattend_existed = unattend and machine.files.is_file(catalog.SYSPREP_UNATTEND)
             if unattend_existed:
                 machine.files.remove(catalog.SYSPREP_UNATTEND)
+            tag_existed = tag and machine.files.is_file(catalog.SUCCEEDED_TAG)
+            if tag_existed:
+                machine.files.remove(catalog.SUCCEEDED_TAG)
             machine.save()
         result: dict[str, object] = {"existed": existed, "removed_files": removed, "exists": False}
-        if unattend:
+        if unattend or tag:
             result = {
+                **before,
                 "panther_existed": existed,
                 "removed_files": removed,
                 "unattend_existed": unattend_existed,
+                **({"tag_existed": tag_existed} if tag else {}),
                 "exists": False,
             }
         return ScriptResult(stdout=json.dumps(result, separators=(",", ":")))

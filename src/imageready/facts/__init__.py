@@ -57,23 +57,35 @@ class VmFacts:
             raise FactsUnavailable(
                 self.azure_error or "no Azure facts", self.azure_error_category or "Azure API error"
             )
-        vm: dict[str, Any] = self.azure["vm"]
+        vm = self.azure.get("vm")
+        if not isinstance(vm, dict):
+            raise FactsUnavailable(f"{self.vm}: Azure's view of the VM is missing", "Azure API error")
         return vm
+
+    def _vm_path(self, *keys: str) -> Any:
+        """A value of the VM model, None where any step is absent or not an object."""
+        value: Any = (self.azure or {}).get("vm")
+        for key in keys:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        return value
+
+    def tag(self, name: str) -> str:
+        """The VM's tag ``name`` as Azure reported it ("" when absent or unreadable)."""
+        tags = self._vm_path("tags")
+        value = tags.get(name) if isinstance(tags, dict) else None
+        return str(value) if value else ""
 
     @property
     def vm_id(self) -> str | None:
-        if self.azure is None:
-            return None
-        value = self.azure["vm"].get("properties", {}).get("vmId")
-        return str(value) if value else None
+        value = self._vm_path("properties", "vmId")
+        return str(value) if isinstance(value, str) and value else None
 
     @property
     def os_type(self) -> str | None:
         """ "Linux" or "Windows" as ARM reports it for the OS disk (None when unknown)."""
-        if self.azure is None:
-            return None
-        disk = self.azure["vm"].get("properties", {}).get("storageProfile", {}).get("osDisk", {})
-        value = disk.get("osType")
+        value = self._vm_path("properties", "storageProfile", "osDisk", "osType")
         if value in ("Linux", "Windows"):
             return str(value)
         return None

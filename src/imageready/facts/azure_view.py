@@ -5,59 +5,96 @@ from __future__ import annotations
 
 from typing import Any
 
-from imageready.facts import VmFacts
+from imageready.facts import FactsUnavailable, VmFacts
+from imageready.facts.view import FactsView
 
 ADE_EXTENSION_TYPES = ("azurediskencryption", "azurediskencryptionforlinux")
 COPY_TAG = "imageready-copy-of"
+
+
+AZURE_FACTS = "Azure API error"
+
+
+def azure(facts: VmFacts) -> FactsView:
+    """Azure's view of the VM (facts.azure) as a strict view: a property a check needs that
+    Azure did not return makes it error (category "Azure API error"), never pass."""
+    if facts.azure is None:
+        raise FactsUnavailable(
+            facts.azure_error or f"{facts.vm}: no Azure facts", facts.azure_error_category or AZURE_FACTS
+        )
+    return FactsView(facts.azure, path="", what="Azure fact", category=AZURE_FACTS)
+
+
+def _vm(facts: VmFacts) -> FactsView:
+    vm: FactsView = azure(facts).need("vm", dict)
+    return vm
 
 
 def _props(model: dict[str, Any] | None) -> dict[str, Any]:
     return (model or {}).get("properties") or {}
 
 
-def _statuses(facts: VmFacts) -> list[dict[str, Any]]:
-    view = _props(facts.vm_model).get("instanceView") or {}
-    return list(view.get("statuses") or [])
+def _statuses(facts: VmFacts) -> list[str]:
+    """The instance view's status codes ("PowerState/running", ...): the instance view and each
+    status's code must be there (a missing one is not "nothing to report")."""
+    statuses = _vm(facts).need("properties.instanceView.statuses", list)
+    codes = []
+    for index in range(len(statuses)):
+        entry = statuses[index]
+        if not isinstance(entry, FactsView):
+            raise FactsUnavailable(f"{facts.vm}: instance view status {index} is not an object", AZURE_FACTS)
+        codes.append(entry.need("code", str))
+    return codes
 
 
 def _status(facts: VmFacts, prefix: str) -> str:
-    for status in _statuses(facts):
-        code = str(status.get("code") or "")
+    for code in _statuses(facts):
         if code.startswith(prefix + "/"):
             return code.split("/", 1)[1]
     return ""
 
 
 def provisioning_state(facts: VmFacts) -> str:
-    return str(_props(facts.vm_model).get("provisioningState") or "unknown")
+    return str(_vm(facts).need("properties.provisioningState", str))
 
 
 def power_state(facts: VmFacts) -> str:
-    """running | stopped | deallocated | starting | stopping | deallocating | unknown"""
+    """running | stopped | deallocated | starting | stopping | deallocating | unknown (no
+    PowerState status among the instance view's statuses)"""
     return _status(facts, "PowerState") or "unknown"
 
 
 def os_state(facts: VmFacts) -> str:
-    """ "generalized" once marked so; "" for a specialized VM (Azure then reports nothing)."""
+    """ "generalized" once marked so; "" for a specialized VM: Azure reports an OSState status only
+    for a generalized VM (VirtualMachine_Get_InstanceView REST example: none for a specialized
+    one), so its absence among statuses that are there is an answer."""
     return _status(facts, "OSState")
 
 
 def agent_status(facts: VmFacts) -> tuple[str, str]:
-    agent = (_props(facts.vm_model).get("instanceView") or {}).get("vmAgent") or {}
-    version = str(agent.get("vmAgentVersion") or "")
-    for status in agent.get("statuses") or []:
-        display = str(status.get("displayStatus") or "")
-        if display:
-            return display, version
-    return "Unknown", version
+    """(displayStatus, version) of the VM agent; ("Unknown", "") when the instance view has no
+    vmAgent (Azure leaves it out while no agent reports, e.g. a VM that is off)."""
+    agent = _vm(facts).need("properties.instanceView", dict).optional("vmAgent", dict)
+    if agent is None:
+        return "Unknown", ""
+    for status in agent.optional("statuses", list) or []:
+        if isinstance(status, FactsView):
+            display = status.optional("displayStatus", str)
+            if display:
+                return display, agent.need("vmAgentVersion", str) if display == "Ready" else ""
+    return "Unknown", ""
 
 
 def tags(facts: VmFacts) -> dict[str, str]:
-    return dict(facts.vm_model.get("tags") or {})
+    """The VM's tags (ARM leaves the property out when there are none)."""
+    found = _vm(facts).optional("tags", dict)
+    return {str(k): str(v) for k, v in (found.raw if found is not None else {}).items()}
 
 
 def extensions(facts: VmFacts) -> list[dict[str, Any]]:
-    return list((facts.azure or {}).get("extensions") or [])
+    """The VM's extensions as Azure listed them; not listed (absent, null): the checks error."""
+    found = azure(facts).need("extensions", list)
+    return [dict(e.raw) if isinstance(e, FactsView) else e for e in found]
 
 
 def extension_type(extension: dict[str, Any]) -> str:
@@ -69,14 +106,22 @@ def ade_extensions(facts: VmFacts) -> list[dict[str, Any]]:
     return [e for e in extensions(facts) if extension_type(e).lower() in ADE_EXTENSION_TYPES]
 
 
-def disk_ade_enabled(disk: dict[str, Any] | None) -> bool:
-    settings = _props(disk).get("encryptionSettingsCollection") or {}
-    return bool(settings.get("enabled"))
+def disk_ade_enabled(disk: dict[str, Any]) -> bool:
+    """Whether Azure Disk Encryption is on: Azure returns ``encryptionSettingsCollection`` only
+    for a disk with ADE (Disk_Get REST example: a plain disk has none), so its absence is an
+    answer; a disk model without ``properties`` is not."""
+    props = FactsView(disk, path="disk", what="Azure fact", category=AZURE_FACTS).need("properties", dict)
+    settings = props.optional("encryptionSettingsCollection", dict)
+    return False if settings is None else bool(settings.need("enabled", bool))
 
 
-def disk_sse(disk: dict[str, Any] | None) -> str:
-    """The server-side encryption in force: platform key, customer key, or both."""
-    kind = str((_props(disk).get("encryption") or {}).get("type") or "EncryptionAtRestWithPlatformKey")
+def disk_sse(disk: dict[str, Any]) -> str:
+    """The server-side encryption in force: platform key, customer key, or both (informational:
+    server-side encryption never blocks a generalize). Older api-versions leave ``encryption``
+    out: platform keys, which every managed disk has at least."""
+    props = FactsView(disk, path="disk", what="Azure fact", category=AZURE_FACTS).need("properties", dict)
+    encryption = props.optional("encryption", dict)
+    kind = "EncryptionAtRestWithPlatformKey" if encryption is None else str(encryption.need("type", str))
     return {
         "EncryptionAtRestWithPlatformKey": "SSE with a platform-managed key",
         "EncryptionAtRestWithCustomerKey": "SSE with a customer-managed key",
@@ -88,26 +133,106 @@ def creation(model: dict[str, Any] | None) -> dict[str, Any]:
     return dict(_props(model).get("creationData") or {})
 
 
+def lineage_kind(resource_id: str) -> str:
+    """disk | snapshot | disk restore point | other, from the resource id's type segments."""
+    lower = resource_id.lower()
+    if "/providers/microsoft.compute/" in lower:
+        if "/diskrestorepoints/" in lower:
+            return "disk restore point"
+        if "/snapshots/" in lower:
+            return "snapshot"
+        if "/disks/" in lower:
+            return "disk"
+    return "other"
+
+
+def source_id(model: dict[str, Any] | None) -> str:
+    """Where a disk or snapshot was copied from (``creationData.sourceResourceId``), or the disk
+    a disk restore point was taken of (``properties.sourceResourceId``)."""
+    props = _props(model)
+    return str(creation(model).get("sourceResourceId") or props.get("sourceResourceId") or "")
+
+
+def _source_unique_id(model: dict[str, Any] | None) -> str:
+    props = _props(model)
+    return str(creation(model).get("sourceUniqueId") or props.get("sourceUniqueId") or "")
+
+
 def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
-    """disk → (snapshot →) source disk, as far as the gathered facts reach. Each link:
-    ``kind``, ``id``, ``create_option``, ``exists`` (False when the source is gone)."""
-    azure = facts.azure or {}
-    known = {**azure.get("disks", {}), **azure.get("snapshots", {}), **azure.get("sources", {})}
-    missing = {k.lower() for k in azure.get("missing_sources", [])}
-    chain = []
-    current = disk_id
+    """The OS disk's lineage as far as the gathered facts reach, the OS disk first, up to the
+    first source *disk* (the one that decides whether the VM is a copy). Each link: ``kind``,
+    ``id``, ``create_option``, ``exists`` (True; False when Azure answered 404; None when it was
+    not or could not be read), ``managed_by`` (the VM a disk is attached to; "" unattached),
+    ``same_source`` (False when the resource found under that id is not the one the previous
+    link was made from: its uniqueId differs from, or cannot be compared with, the recorded
+    sourceUniqueId) and ``error``."""
+    view = azure(facts)
+    known = {**view.need("disks", dict).raw, **view.need("sources", dict).raw}
+    missing = {str(k).lower() for k in view.need("missing_sources", list).raw}
+    unresolved = {str(k).lower(): str(v) for k, v in view.need("unresolved_sources", dict).raw.items()}
+    chain: list[dict[str, Any]] = []
+    current, expected_unique = disk_id, ""
     seen: set[str] = set()
-    while current and current.lower() not in seen:
-        seen.add(current.lower())
-        model = known.get(current.lower())
-        kind = "snapshot" if "/snapshots/" in current.lower() else "disk"
-        if model is None:
-            # False: Azure answered 404 (the source was deleted); None: not looked up
-            exists = False if current.lower() in missing else None
-            chain.append({"kind": kind, "id": current, "create_option": "", "exists": exists})
+    while current:
+        key = current.lower()
+        kind = lineage_kind(current)
+        if key in seen:
+            chain.append(_link(kind, current, exists=True, error="the lineage loops back to this resource"))
             break
-        data = creation(model)
-        option = str(data.get("createOption") or "")
-        chain.append({"kind": kind, "id": current, "create_option": option, "exists": True})
-        current = str(data.get("sourceResourceId") or "")
+        seen.add(key)
+        model = known.get(key)
+        if model is None:
+            if key in missing:
+                chain.append(_link(kind, current, exists=False))
+            else:
+                chain.append(_link(kind, current, exists=None, error=unresolved.get(key, "not looked up")))
+            break
+        link = FactsView(model, path=kind, what="Azure fact", category=AZURE_FACTS)
+        props = link.need("properties", dict)
+        # a disk restore point has no creationData; disks and snapshots always do
+        option = "" if kind == "disk restore point" else props.need("creationData.createOption", str)
+        same_source: bool | None = None
+        error = ""
+        if expected_unique:
+            unique = props.optional("uniqueId", str)
+            same_source = unique == expected_unique
+            if unique is None:
+                error = "its uniqueId is not reported, so it cannot be shown to be the source"
+        # ARM leaves managedBy out of an unattached disk; the OS disk's own owner is this VM
+        owner = link.optional("managedBy", str) if chain and kind == "disk" else None
+        chain.append(
+            _link(
+                kind,
+                current,
+                exists=True,
+                create_option=option,
+                managed_by=str(owner or ""),
+                same_source=same_source,
+                error=error,
+            )
+        )
+        if kind == "disk" and len(chain) > 1:
+            break  # the first source disk decides; what it was made from is not needed
+        current, expected_unique = source_id(model), _source_unique_id(model)
     return chain
+
+
+def _link(
+    kind: str,
+    resource_id: str,
+    *,
+    exists: bool | None,
+    create_option: str = "",
+    managed_by: str = "",
+    same_source: bool | None = None,
+    error: str = "",
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "id": resource_id,
+        "create_option": create_option,
+        "exists": exists,
+        "managed_by": managed_by,
+        "same_source": same_source,
+        "error": error,
+    }

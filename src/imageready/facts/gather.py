@@ -20,12 +20,17 @@ from imageready import progress
 from imageready.azure import AzureSession, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts import VM_STATE, VmFacts
+from imageready.facts.azure_view import lineage_kind, source_id
 from imageready.guest.base import CommandResult, Guest, GuestError, GuestUnreachable
 from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins
 from imageready.redact import one_line
 from imageready.target import VmRef
 
 NIC_API = "2024-05-01"
+#: how far the OS disk's lineage is followed (disk -> snapshot -> disk -> ...)
+LINEAGE_HOPS = 8
+#: Microsoft.Compute DiskRP api-version for each kind of lineage hop
+LINEAGE_API = {"disk": "2024-03-02", "snapshot": "2024-03-02", "disk restore point": "2024-03-02"}
 DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
 NOT_RUNNING = VM_STATE  # the VM's state, not broken infrastructure
 
@@ -268,34 +273,49 @@ class AzureFactsProvider:
             disk_id = str((entry.get("managedDisk") or {}).get("id") or "")
             if disk_id:
                 disks[disk_id.lower()] = azure.get_disk(disk_id)
-        snapshots: dict[str, Any] = {}
-        sources: dict[str, Any] = {}
-        missing: list[str] = []
         os_disk_id = str(((storage.get("osDisk") or {}).get("managedDisk") or {}).get("id") or "")
-        source = _source_id(disks.get(os_disk_id.lower()))
-        # the OS disk's provenance: at most two hops (disk -> snapshot -> disk)
-        for _ in range(2):
-            if not source:
-                break
-            try:
-                if "/snapshots/" in source.lower():
-                    found = azure.get_snapshot(source)
-                    snapshots[source.lower()] = found
-                else:
-                    found = azure.get_disk(source)
-                    sources[source.lower()] = found
-            except AzureNotFound:
-                missing.append(source)
-                break
-            source = _source_id(found)
+        sources, missing, unresolved = self._lineage(azure, disks.get(os_disk_id.lower()))
         return {
             "vm": model,
             "disks": disks,
-            "snapshots": snapshots,
             "sources": sources,
             "missing_sources": missing,
+            "unresolved_sources": unresolved,
             "extensions": azure.list_extensions(vm),
         }
+
+    def _lineage(
+        self, azure: AzureSession, os_disk: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+        """The OS disk's lineage, hop by hop (disk -> snapshot | disk restore point | disk -> ...)
+        until a hop has no source, a source is gone (404) or cannot be read, or ``LINEAGE_HOPS``.
+        Each source is read by its full id: it may live in another resource group or
+        subscription. Returns (models by lower-cased id, ids Azure answered 404 for, ids that
+        could not be read with the reason)."""
+        sources: dict[str, Any] = {}
+        missing: list[str] = []
+        unresolved: dict[str, str] = {}
+        source = source_id(os_disk)
+        for _hop in range(LINEAGE_HOPS):
+            if not source or source.lower() in sources:
+                break
+            api = LINEAGE_API.get(lineage_kind(source))
+            if api is None:
+                unresolved[source.lower()] = "not a disk, snapshot or disk restore point"
+                break
+            try:
+                found = azure.get_resource(source, api)
+            except AzureNotFound:
+                missing.append(source)
+                break
+            except AzureError as exc:
+                unresolved[source.lower()] = one_line(str(exc))
+                break
+            sources[source.lower()] = found
+            if lineage_kind(source) == "disk":
+                break  # the first source disk decides whether the VM is a copy (checks/test_provenance.py)
+            source = source_id(found)
+        return sources, missing, unresolved
 
     def _guest_facts(self, vm: VmRef, facts: VmFacts) -> None:
         from imageready.facts.azure_view import os_state, power_state
@@ -378,11 +398,6 @@ class AzureFactsProvider:
             guest.close()
         for session in sessions:
             session.close()
-
-
-def _source_id(model: dict[str, Any] | None) -> str:
-    data = (model or {}).get("properties", {}).get("creationData") or {}
-    return str(data.get("sourceResourceId") or "")
 
 
 def _identity(guest: Guest) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import re
 from typing import Any
 
 from imageready.facts import VM_STATE, FactsUnavailable, VmFacts, item_source
+from imageready.facts.azure_view import azure
+from imageready.facts.view import FactsView, guest_view
 
 AGENT_SERVICES = ("RdAgent", "WindowsAzureGuestAgent")
 WAAGENT_DEPROVISION_SETTINGS = ("Provisioning.RegenerateSshHostKeyPair", "Provisioning.DeleteRootPassword")
@@ -21,40 +23,44 @@ def param_id(text: str) -> str:
     return cleaned or "unnamed"
 
 
-def _list(guest: dict[str, Any], key: str) -> list[Any]:
-    value = guest.get(key)
-    if value is None:
-        failed = [e for e in guest.get("errors") or [] if e.get("probe") == key]
-        why = failed[0].get("error") if failed else "not reported"
-        raise FactsUnavailable(f"guest fact '{key}' unavailable: {why}", "guest facts")
-    if not isinstance(value, list):
-        raise FactsUnavailable(f"guest fact '{key}' is not a list", "guest facts")
-    return value
+def _list(facts: VmFacts, key: str) -> list[FactsView]:
+    """The guest's list ``key`` of objects, each a strict view (absent, null, not a list, an
+    element that is not an object: error)."""
+    found = []
+    for index, element in enumerate(guest_view(facts.require_guest()).need(key, list)):
+        if not isinstance(element, FactsView):
+            raise FactsUnavailable(f"guest fact '{key}.{index}' is not an object", "guest facts")
+        found.append(element)
+    return found
 
 
 @item_source("disk")
 def disks(facts: VmFacts) -> list[tuple[str, Any]]:
-    """The OS disk and each data disk, with the disk resource when it could be read."""
-    vm = facts.vm_model
-    storage = vm.get("properties", {}).get("storageProfile", {})
-    known = (facts.azure or {}).get("disks", {})
+    """The OS disk and each data disk, with the disk resource when it could be read (None: the
+    check reports it unreadable). An unmanaged disk (a VHD in a storage account) has no id."""
+    view = azure(facts)
+    storage = view.need("vm.properties.storageProfile", dict)
+    known = view.need("disks", dict).raw
+    entries = [("os", storage.need("osDisk", dict))]
+    # ARM leaves dataDisks out (or empty) for a VM without data disks
+    entries += [("data", d) for d in storage.optional("dataDisks", list) or []]
     found = []
-    entries = [("os", storage.get("osDisk") or {})]
-    entries += [("data", d) for d in storage.get("dataDisks") or []]
     for role, entry in entries:
-        managed = entry.get("managedDisk") or {}
-        disk_id = str(managed.get("id") or "")
-        name = str(entry.get("name") or disk_id.rsplit("/", 1)[-1] or "unmanaged")
+        if not isinstance(entry, FactsView):
+            raise FactsUnavailable(
+                f"{facts.vm}: a data disk entry of the VM is not an object", "Azure API error"
+            )
+        managed = entry.optional("managedDisk", dict)
+        disk_id = str(managed.need("id", str)) if managed is not None else ""
+        name = entry.need("name", str)
         found.append(
             (
                 param_id(name),
                 {
                     "role": role,
                     "name": name,
-                    "lun": entry.get("lun"),
                     "id": disk_id,
-                    "entry": entry,
-                    "disk": known.get(disk_id.lower()),
+                    "disk": known.get(disk_id.lower()) if disk_id else None,
                 },
             )
         )
@@ -64,47 +70,50 @@ def disks(facts: VmFacts) -> list[tuple[str, Any]]:
 @item_source("role")
 def roles(facts: VmFacts) -> list[tuple[str, Any]]:
     """Installed Windows roles, role services and features (Install-WindowsFeature names)."""
-    features = _list(facts.require_guest(), "features")
-    return [(param_id(str(f["name"])), f) for f in sorted(features, key=lambda f: str(f["name"]))]
+    features = _list(facts, "features")
+    return [
+        (param_id(f.need("name", str)), f) for f in sorted(features, key=lambda f: str(f.need("name", str)))
+    ]
 
 
 @item_source("bitlocker_volume")
 def bitlocker_volumes(facts: VmFacts) -> list[tuple[str, Any]]:
-    volumes = _list(facts.require_guest(), "bitlocker")
-    return [(param_id(str(v.get("mount_point", "volume")).rstrip(":")), v) for v in volumes]
+    volumes = _list(facts, "bitlocker")
+    return [(param_id(v.need("mount_point", str).rstrip(":")), v) for v in volumes]
 
 
 @item_source("crypt_volume")
 def crypt_volumes(facts: VmFacts) -> list[tuple[str, Any]]:
-    volumes = _list(facts.require_guest(), "crypt")
-    return [(param_id(str(v.get("name") or v.get("device") or "crypt")), v) for v in volumes]
+    volumes = _list(facts, "crypt")
+    return [
+        (param_id(str(v.optional("name", str) or v.optional("device", str) or "crypt")), v) for v in volumes
+    ]
 
 
 @item_source("appx_package")
 def appx_packages(facts: VmFacts) -> list[tuple[str, Any]]:
-    packages = _list(facts.require_guest(), "appx_not_provisioned")
-    return [(param_id(f"{p.get('name')}@{p.get('user')}"), p) for p in packages]
+    packages = _list(facts, "appx_not_provisioned")
+    return [(param_id(f"{p.need('name', str)}@{p.need('user', str)}"), p) for p in packages]
 
 
 @item_source("agent_service")
 def agent_services(facts: VmFacts) -> list[tuple[str, Any]]:
-    services = facts.require_guest().get("services")
-    if not isinstance(services, dict):
-        raise FactsUnavailable("guest fact 'services' unavailable", "guest facts")
-    return [(name, {"name": name, **(services.get(name) or {})}) for name in AGENT_SERVICES]
+    services = guest_view(facts.require_guest()).need("services", dict)
+    # a service the facts do not list, or list as null, is not installed: a finding, not an error
+    return [(name, {"name": name, "installed": services.optional(name, dict)}) for name in AGENT_SERVICES]
 
 
 @item_source("waagent_setting")
 def waagent_settings(facts: VmFacts) -> list[tuple[str, Any]]:
-    waagent = facts.require_guest().get("waagent") or {}
-    conf = waagent.get("conf") or {}
-    return [(key, {"key": key, "value": conf.get(key)}) for key in WAAGENT_DEPROVISION_SETTINGS]
+    conf = guest_view(facts.require_guest()).need("waagent.conf", dict)
+    # a setting absent from /etc/waagent.conf has waagent's built-in default: the check says so
+    return [(key, {"key": key, "value": conf.optional((key,), str)}) for key in WAAGENT_DEPROVISION_SETTINGS]
 
 
 @item_source("swap")
 def swaps(facts: VmFacts) -> list[tuple[str, Any]]:
-    entries = _list(facts.require_guest(), "swap")
-    return [(param_id(str(s.get("path", "swap"))), s) for s in entries]
+    entries = _list(facts, "swap")
+    return [(param_id(s.need("path", str)), s) for s in entries]
 
 
 #: the extra rule file of this run (--scan-rules); set by the plugin at configure time

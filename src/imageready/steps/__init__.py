@@ -2,10 +2,16 @@
 generalized, verify, optionally capture, unlock.
 
 Every step is idempotent: it first checks whether its post-condition already holds ("already
-done"), and records its completion in a tag on the VM, so an interrupted run re-run with the same
-command finishes the job and the audit shows both runs. Without --apply, a step only says what it
-would do. Every step records start, end, Azure request ids and its result for the audit, and
-shows progress on long waits.
+done"), so an interrupted run re-run with the same command finishes the job and the audit shows
+both runs. Without --apply, a step only says what it would do. Every step records start, end,
+Azure request ids and its result for the audit, and shows progress on long waits.
+
+Azure takes no change to a generalized VM, tags included. So the steps before generalize record
+themselves in tags on the VM (``imageready-step-NAME``) and the lease lives there too; the last
+write to the VM comes right before ``generalize`` and turns the lease *final*; the steps after it
+record themselves in the audit and on the artifact a capture creates, never on the VM. No code path
+writes to a VM that Azure shows generalized (``_patch_tags`` refuses). docs/actions.md tells the
+whole design.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from imageready.azure_errors import AzureError, AzurePreconditionFailed
 from imageready.facts.gather import AzureFactsProvider
 from imageready.gate import STEP_TAG, WaiverBook, parse_step_tag
 from imageready.redact import one_line, redact
-from imageready.steps.lease import LEASE_TAG, Lease, new_lease
+from imageready.steps.lease import LEASE_TAG, THEN_NOTHING, Lease, capture_claim, new_lease
 from imageready.target import VmRef
 
 ORDER = ("lock", "guest", "deallocate", "generalize", "verify", "capture", "unlock")
+#: the steps that record themselves on the VM once done (the VM still takes tags then)
+RECORDED_ON_VM = ("guest", "deallocate")
 #: power states of an operation under way (Azure refuses another operation until it ends)
 TRANSITIONAL = ("starting", "stopping", "deallocating")
 SETTLE_POLL_SECONDS = 1.0
@@ -44,7 +52,7 @@ class ActionOptions:
     lease_ttl: dt.timedelta = dt.timedelta(minutes=30)
     break_lease: bool = False
     capture: tuple[str, ...] | None = None  # ("image", NAME) | ("gallery", G, D, V)
-    sysprep_args: tuple[str, ...] = ("/generalize", "/oobe", "/shutdown", "/mode:vm")
+    sysprep_args: tuple[str, ...] = ("/generalize", "/oobe", "/shutdown")
     sysprep_deadline: float = 3600.0
     guest_timeout: float = 300.0
     scan_deadline: float = 900.0
@@ -78,7 +86,7 @@ class Outcome:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def _utc() -> str:
+def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -104,6 +112,10 @@ class VmActions:
         #: this one resumes. Step tags name it, so that any later re-run finds that verdict.
         self.verdict_run = options.run_id
         self._model: dict[str, Any] | None = None
+        #: what the last read of the instance view showed (None: not read yet)
+        self.generalized: bool | None = None
+        #: this run wrote the final lease (the last write to the VM, just before generalize)
+        self.sealed = False
 
     # --- running steps -------------------------------------------------------------------
 
@@ -114,7 +126,7 @@ class VmActions:
             if record.status == "failed":
                 raise StepFailed(f"step '{name}' failed earlier in this run: {record.detail}")
             return record
-        record = StepRecord(vm=self.vm.key, step=name, run_id=self.options.run_id, started=_utc())
+        record = StepRecord(vm=self.vm.key, step=name, run_id=self.options.run_id, started=utc_now())
         self.records[name] = record
         azure = self.provider.azure(self.vm)
         first_call = len(azure.calls)
@@ -129,24 +141,18 @@ class VmActions:
             raise StepFailed(f"{self.vm.key}: step '{name}' failed: {record.detail}") from exc
         except BaseException:
             # Ctrl-C or SIGTERM (the plugin turns it into KeyboardInterrupt): the audit says so,
-            # and a re-run resumes from what the VM's tags record
+            # and a re-run resumes from what Azure shows (the VM, its tags, the capture)
             record.status = "interrupted"
             record.detail = f"interrupted during step {name}; re-run the same command to resume"
             progress.emit(f"{self.vm.key}: step {name}: interrupted")
             raise
         finally:
-            record.ended = _utc()
+            record.ended = utc_now()
             record.azure = [call_record(c) for c in azure.calls[first_call:]]
         record.status = outcome.status
         record.evidence = outcome.evidence
-        if outcome.status == "already done" and name not in ("lock", "unlock"):
-            earlier = self.step_tag(name)
-            if self.step_done(name):
-                outcome.detail += f" (recorded on the VM: {earlier})"
-            elif self.options.apply:
-                self.mark_done(name)
-        elif outcome.status == "done" and self.options.apply and name not in ("lock", "unlock"):
-            self.mark_done(name)
+        if outcome.status in ("done", "already done"):
+            outcome.detail += self._record(name, outcome.status)
         record.detail = redact(outcome.detail)
         progress.emit(f"{self.vm.key}: step {name}: {outcome.status} in {time.monotonic() - started:.1f} s")
         return record
@@ -155,16 +161,33 @@ class VmActions:
 
     def vm_model(self, *, instance_view: bool = True) -> dict[str, Any]:
         self._model = self.provider.azure(self.vm).get_vm(self.vm, instance_view=instance_view)
+        if instance_view:
+            self.generalized = _statuses(self._model).get("OSState") == "generalized"
         return self._model
 
     def statuses(self) -> dict[str, str]:
         """{"PowerState": "running", "OSState": "generalized", "ProvisioningState": "succeeded"}"""
-        model = self.vm_model(instance_view=True)
-        found: dict[str, str] = {}
-        for status in (model.get("properties", {}).get("instanceView") or {}).get("statuses") or []:
-            kind, _, value = str(status.get("code", "")).partition("/")
-            found.setdefault(kind, value)
-        return found
+        return _statuses(self.vm_model(instance_view=True))
+
+    def _record(self, name: str, status: str) -> str:
+        """Record a finished step where Azure allows it; returns what to add to its detail.
+
+        Before generalize the VM takes tags: the guest and deallocate steps are tagged done (an
+        earlier run's tag is kept and cited). From generalize on, the VM takes none: generalize is
+        recorded by the last write before it, verify and capture by the audit (and a capture on
+        the artifact it makes)."""
+        earlier = self.step_tag(name)
+        if name in RECORDED_ON_VM:
+            if status == "already done" and self.step_done(name):
+                return f" (recorded on the VM: {earlier})"
+            if self.generalized:
+                return " (the VM is generalized and takes no tag: recorded in the audit only)"
+            if self.options.apply:
+                self.mark_done(name)
+            return ""
+        if name == "generalize" and status == "already done" and earlier:
+            return f" (recorded on the VM before generalize: {earlier})"
+        return ""
 
     def step_tag(self, name: str) -> str | None:
         model = self._model or self.vm_model(instance_view=False)
@@ -201,7 +224,15 @@ class VmActions:
     def _patch_tags(self, change: Callable[[dict[str, str]], dict[str, str]], what: str) -> None:
         azure = self.provider.azure(self.vm)
         for _attempt in range(3):
-            model = azure.get_vm(self.vm, instance_view=False)
+            # the instance view too: a generalized VM takes no tag, and this is the one place that
+            # writes tags, so nothing is ever sent to one
+            model = azure.get_vm(self.vm, instance_view=True)
+            self.generalized = _statuses(model).get("OSState") == "generalized"
+            if self.generalized:
+                raise StepFailed(
+                    f"{self.vm.key}: could not {what}: the VM is generalized and Azure takes no change to "
+                    "it, not even a tag"
+                )
             etag = model.get("etag")
             tags = change(dict(model.get("tags") or {}))
             try:
@@ -243,7 +274,7 @@ class VmActions:
 
     def _tag_fields(self) -> str:
         by = f" by={self.options.run_id}" if self.verdict_run != self.options.run_id else ""
-        return f"run={self.verdict_run} at={_utc()}{by}"
+        return f"run={self.verdict_run} at={utc_now()}{by}"
 
     def _renewed(self) -> Lease:
         """The lease to write; it becomes ours (``self.lease``) only once the PATCH succeeded."""
@@ -251,7 +282,9 @@ class VmActions:
         return self._pending_lease
 
     def renew_lease(self) -> None:
-        if not self.options.apply or self.lease is None:
+        """Renew the lease, until the final one is written: that one covers the rest of the run
+        (the VM takes no write after generalize, so it can be renewed no more)."""
+        if not self.options.apply or self.lease is None or self.sealed:
             return
 
         def change(tags: dict[str, str]) -> dict[str, str]:
@@ -264,22 +297,12 @@ class VmActions:
     # --- lock and unlock -----------------------------------------------------------------
 
     def acquire(self) -> Outcome:
-        model = self.vm_model(instance_view=False)
+        model = self.vm_model(instance_view=True)
         now = dt.datetime.now(dt.UTC)
         held = Lease.parse((model.get("tags") or {}).get(LEASE_TAG))
-        takeover = ""
-        if held is not None and held.run_id != self.options.run_id:
-            if held.expired(now):
-                takeover = f"took over the EXPIRED lease of {held.describe()}"
-            elif held.holder_dead_here():
-                takeover = f"took over the lease of {held.describe()}: that process is gone"
-            elif self.options.break_lease:
-                takeover = f"BROKE the live lease of {held.describe()} (--break-lease)"
-            else:
-                raise StepFailed(
-                    f"{self.vm.key} is locked by {held.describe()}; wait for it, or pass "
-                    "--break-lease once you know that run is dead"
-                )
+        if self.generalized:
+            return self._acquire_generalized(held, now)
+        takeover = self._takeover(held, now, "")
         if not self.options.apply:
             state = f"held by {held.describe()}" if held and not takeover else "free"
             return Outcome("planned", f"would take the lease on {self.vm.key} (now {state})")
@@ -298,24 +321,88 @@ class VmActions:
         detail = f"lease {self.lease.describe()}" + (f"; {takeover}" if takeover else "")
         return Outcome("done", detail, {"lease": self.lease.render(), "takeover": takeover})
 
+    def _takeover(self, held: Lease | None, now: dt.datetime, work: str) -> str:
+        """ "" if nobody else holds ``held``, what this run takes over (said loudly), or a refusal."""
+        if held is None or held.run_id == self.options.run_id:
+            return ""
+        if held.expired(now):
+            return f"took over the EXPIRED lease of {held.describe()}"
+        if held.holder_dead_here():
+            return f"took over the lease of {held.describe()}: that process is gone"
+        if self.options.break_lease:
+            return f"BROKE the live lease of {held.describe()} (--break-lease)"
+        raise StepFailed(
+            f"{self.vm.key} is locked by {held.describe()}{work}; wait for it, or pass "
+            "--break-lease once you know that run is dead"
+        )
+
+    def _acquire_generalized(self, held: Lease | None, now: dt.datetime) -> Outcome:
+        """A generalized VM takes no lease (no write at all). What is left to do on it is reading
+        it and, with --capture-as, capturing it; another run binds this one only if it claimed that
+        very capture (its final lease names it) and it is not there yet."""
+        from imageready.steps.capture import capture_target, captured
+
+        frozen = f"; the final lease of {held.describe()} stays on it" if held else ""
+        evidence: dict[str, Any] = {"lease": "", "generalized": True, "found": held.render() if held else ""}
+        why = f"no lease written: {self.vm.key} is generalized and Azure takes no change to it"
+        target = capture_target(self)
+        if target is None:
+            return Outcome(
+                "done" if self.options.apply else "planned",
+                f"{why}; this run only reads it{frozen}",
+                evidence,
+            )
+        artifact, api, _ = target
+        if captured(self, artifact, api) is not None:
+            return Outcome(
+                "done" if self.options.apply else "planned",
+                f"{why}; {artifact} exists already{frozen}",
+                evidence,
+            )
+        claim = capture_claim(artifact)
+        binding = held is not None and held.then != THEN_NOTHING and held.then in ("", claim)
+        takeover = self._takeover(held if binding else None, now, f", which is capturing {artifact}")
+        if not self.options.apply:
+            return Outcome("planned", f"would capture {artifact} under no lease: {why}{frozen}", evidence)
+        if takeover:
+            progress.emit(f"{self.vm.key}: {takeover}")
+        evidence["takeover"] = takeover
+        detail = f"{why}; {artifact} is this run's to capture" + (f"; {takeover}" if takeover else frozen)
+        return Outcome("done", detail, evidence)
+
     def release(self) -> Outcome:
         if not self.options.apply:
             return Outcome("planned", "would release the lease")
-        if self.lease is None:
+        if self.lease is None and not self.sealed:
+            if self.generalized:
+                return Outcome("done", "nothing to release: this run wrote no lease (the VM is generalized)")
             return Outcome("skipped", "no lease held by this run")
+        if self.statuses().get("OSState") == "generalized":
+            final = self.lease.render() if self.lease else ""
+            self.lease, self.sealed = None, False  # nothing left to give back at the end of the run
+            return Outcome(
+                "done",
+                "the final lease stays on the VM (Azure takes no change to a generalized VM): it binds "
+                "no run once its capture, if it names one, exists, and none after its expiry",
+                {"final_lease": final},
+            )
 
         def change(tags: dict[str, str]) -> dict[str, str]:
             self._ours(tags)
             tags.pop(LEASE_TAG, None)
+            if self.sealed:  # generalize never happened: a re-run starts that step over
+                tags.pop(STEP_TAG + "generalize", None)
             return tags
 
         self._patch_tags(change, "release the lease")
         self.lease = None
+        self.sealed = False
         return Outcome("done", "lease released")
 
     def release_quietly(self) -> None:
-        """End of run, whatever happened: give the lease back if we still hold it."""
-        if self.lease is None or not self.options.apply:
+        """End of run, whatever happened: give the lease back if we still hold it (a generalized VM
+        keeps its final lease: it takes no change)."""
+        if (self.lease is None and not self.sealed) or not self.options.apply:
             return
         try:
             self.release()
@@ -364,9 +451,46 @@ class VmActions:
             return Outcome("planned", f"would mark {self.vm.key} generalized (it can never start again)")
         if state.get("PowerState") != "deallocated":
             raise StepFailed(f"{self.vm.key} is {state.get('PowerState')}: generalize needs it deallocated")
-        self.renew_lease()
-        self.provider.azure(self.vm).generalize(self.vm)
-        return Outcome("done", "marked generalized")
+        final = self._seal()
+        try:
+            self.provider.azure(self.vm).generalize(self.vm)
+        except AzureError:
+            # Azure did not generalize it: the VM still takes tags, and release() (at the end of
+            # the run) takes the final lease and the mark back, so that a re-run starts over
+            self.generalized = None
+            raise
+        self.generalized = True
+        return Outcome(
+            "done",
+            "marked generalized; the last write to the VM came just before: the final lease "
+            f"{final.describe()}",
+            {"final_lease": final.render()},
+        )
+
+    def _seal(self) -> Lease:
+        """The last write to the VM: mark generalize started and turn the lease final, in one
+        conditional write. The final lease cannot be renewed or released once the VM is
+        generalized, so it lasts as long as what this run still does there (a generalize, a read,
+        and the capture it names), and binds no run once that capture exists."""
+        from imageready.steps.capture import capture_target
+
+        target = capture_target(self)
+        then = capture_claim(target[0]) if target else THEN_NOTHING
+        ttl = self.options.lease_ttl
+        if target:
+            ttl += dt.timedelta(seconds=float(getattr(self.provider.azure(self.vm), "lro_deadline", 1800.0)))
+
+        def change(tags: dict[str, str]) -> dict[str, str]:
+            self._ours(tags)
+            tags[STEP_TAG + "generalize"] = f"started {self._tag_fields()}"
+            self._pending_lease = new_lease(self.options.run_id, self.options.operator, ttl, then=then)
+            tags[LEASE_TAG] = self._pending_lease.render()
+            return tags
+
+        self._patch_tags(change, "write the final lease before generalize")
+        self.sealed = True
+        assert self.lease is not None
+        return self.lease
 
     def verify(self) -> Outcome:
         state = self.statuses()
@@ -379,6 +503,14 @@ class VmActions:
             f"instance view: {', '.join(f'{k}/{v}' for k, v in sorted(state.items()))}",
             {"statuses": state},
         )
+
+
+def _statuses(model: dict[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for status in (model.get("properties", {}).get("instanceView") or {}).get("statuses") or []:
+        kind, _, value = str(status.get("code", "")).partition("/")
+        found.setdefault(kind, value)
+    return found
 
 
 def call_record(call: Any) -> dict[str, Any]:

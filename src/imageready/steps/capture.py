@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from imageready import progress
-from imageready.azure_errors import AzureNotFound
-from imageready.steps import Outcome, StepFailed, VmActions
+from imageready.azure_errors import AzureError, AzureNotFound
+from imageready.steps import Outcome, StepFailed, VmActions, utc_now
 
 IMAGE_API = "2024-11-01"
 GALLERY_API = "2023-07-03"
@@ -42,46 +42,93 @@ def parse_capture(value: str | None) -> tuple[str, ...] | None:
     )
 
 
-def capture(actions: VmActions) -> Outcome:
-    vm = actions.vm
+#: tags a capture writes on the artifact it creates (the VM itself takes none once generalized)
+SOURCE_TAG = "imageready-source-vm"
+RUN_TAG = "imageready-run"
+
+
+def capture_target(actions: VmActions) -> tuple[str, str, tuple[str, ...]] | None:
+    """(artifact id, its api-version, the resolved --capture-as) for this VM; None without capture."""
     if actions.options.capture is None:
-        return Outcome("skipped", "no --capture-as requested")
+        return None
+    vm = actions.vm
     # {vm} and {rg} name one artifact per VM when one run captures several VMs
     spec = tuple(part.format(vm=vm.name, rg=vm.resource_group) for part in actions.options.capture)
-    model = actions.vm_model(instance_view=False)
-    location = str(model.get("location") or "")
     base = f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}/providers/Microsoft.Compute"
     if spec[0] == "image":
-        artifact = f"{base}/images/{spec[1]}"
-        api = IMAGE_API
-    else:
-        artifact = f"{base}/galleries/{spec[1]}/images/{spec[2]}/versions/{spec[3]}"
-        api = GALLERY_API
-    azure = actions.provider.azure(vm)
+        return f"{base}/images/{spec[1]}", IMAGE_API, spec
+    return f"{base}/galleries/{spec[1]}/images/{spec[2]}/versions/{spec[3]}", GALLERY_API, spec
+
+
+def captured(actions: VmActions, artifact: str, api: str) -> dict[str, Any] | None:
+    """The artifact once settled, if it exists and was made from this VM; an error if it was made from
+    another one (never overwritten); None if it does not exist."""
     existing = _settled(actions, artifact, api)
+    if existing is None:
+        return None
+    source = _source_vm(existing)
+    if source.lower() != actions.vm.id.lower():
+        raise StepFailed(
+            f"{artifact} already exists and was made from {source or 'something else'}, not {actions.vm.key}"
+        )
+    return existing
+
+
+def _made_by(existing: dict[str, Any]) -> str:
+    tags = existing.get("tags") or {}
+    return f"{RUN_TAG}={tags[RUN_TAG]}" if tags.get(RUN_TAG) else f"no {RUN_TAG} tag"
+
+
+def capture(actions: VmActions) -> Outcome:
+    vm = actions.vm
+    target = capture_target(actions)
+    if target is None:
+        return Outcome("skipped", "no --capture-as requested")
+    artifact, api, spec = target
+    existing = captured(actions, artifact, api)
     if existing is not None:
-        source = _source_vm(existing)
-        if source.lower() != vm.id.lower():
-            raise StepFailed(
-                f"{artifact} already exists and was made from {source or 'something else'}, not {vm.key}"
-            )
-        return Outcome("already done", f"{artifact} exists (made from {vm.key})", {"artifact": artifact})
+        return Outcome(
+            "already done",
+            f"{artifact} exists (made from {vm.key}; recorded on it: {_made_by(existing)})",
+            {"artifact": existing.get("id") or artifact},
+        )
     if not actions.options.apply:
         return Outcome("planned", f"would capture {artifact} from {vm.key}")
     state = actions.statuses()
     if state.get("OSState") != "generalized":
         raise StepFailed(f"{vm.key} is not generalized: Azure refuses to capture it")
-    actions.renew_lease()
-    tags = {"imageready-source-vm": vm.id, "imageready-run": actions.options.run_id}
-    if spec[0] == "image":
-        created = azure.create_image(vm.resource_group, spec[1], vm.id, location, tags)
-    else:
-        gallery, definition, version = spec[1:]
-        created = azure.create_gallery_image_version(
-            vm.resource_group, gallery, definition, version, vm.id, location, tags
+    location = str(actions.vm_model(instance_view=False).get("location") or "")
+    tags = {SOURCE_TAG: vm.id, RUN_TAG: actions.verdict_run, "imageready-captured-at": utc_now()}
+    if actions.verdict_run != actions.options.run_id:
+        tags["imageready-by"] = actions.options.run_id
+    azure = actions.provider.azure(vm)
+    try:
+        if spec[0] == "image":
+            created = azure.create_image(vm.resource_group, spec[1], vm.id, location, tags)
+        else:
+            gallery, definition, version = spec[1:]
+            created = azure.create_gallery_image_version(
+                vm.resource_group, gallery, definition, version, vm.id, location, tags
+            )
+    except AzureError as exc:
+        # another run may have captured this very VM to this very name meanwhile (the VM is
+        # generalized: its captures are alike); anything else is this capture's failure
+        raced = captured(actions, artifact, api)
+        if raced is None:
+            raise
+        return Outcome(
+            "already done",
+            f"{artifact} was created meanwhile by another run (made from {vm.key}; recorded on it: "
+            f"{_made_by(raced)}); this run's request failed: {exc}",
+            {"artifact": raced.get("id") or artifact},
         )
+    made_from = _source_vm(created)
+    if made_from.lower() != vm.id.lower():
+        raise StepFailed(f"{artifact} was created, but Azure shows it made from {made_from}, not {vm.key}")
     return Outcome(
-        "done", f"captured {created.get('id') or artifact}", {"artifact": created.get("id") or artifact}
+        "done",
+        f"captured {created.get('id') or artifact} (recorded on it: {RUN_TAG}={actions.verdict_run})",
+        {"artifact": created.get("id") or artifact, "tags": tags},
     )
 
 

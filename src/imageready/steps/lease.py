@@ -1,16 +1,30 @@
 """The lease: one tag on the VM, written with If-Match on the VM's etag, so two pipelines never act
 on one VM at once. It carries the run id, the host and pid, who, and an expiry; it is renewed as
 steps progress and released at the end. An expired lease, or one whose holder is a dead process on
-this very host, is taken over loudly."""
+this very host, is taken over loudly.
+
+A generalized VM takes no change at all, tags included, so the last write before ``generalize``
+turns the lease *final*: it can be neither renewed nor released afterwards, its expiry covers what
+its run still does (generalize, verify, and the capture it names in ``then``), and it binds another
+run only while that work is pending (docs/actions.md, "After generalize")."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
 
 LEASE_TAG = "imageready-lease"
+#: ``then=`` of a final lease whose run captures nothing
+THEN_NOTHING = "none"
+
+
+def capture_claim(artifact_id: str) -> str:
+    """``then=`` of a final lease whose run captures ``artifact_id``: a short digest, so that the tag
+    stays within Azure's 256 characters whatever the gallery and image names."""
+    return "capture:" + hashlib.sha256(artifact_id.lower().encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -20,11 +34,18 @@ class Lease:
     pid: int
     who: str
     until: dt.datetime
+    #: a final lease (written just before generalize): ``none`` or ``capture:<digest>``; "" otherwise
+    then: str = ""
+
+    @property
+    def final(self) -> bool:
+        return bool(self.then)
 
     def render(self) -> str:
-        """The tag value (Azure allows 256 characters)."""
+        """The tag value (Azure allows 256 characters; ``then`` goes first so it is never cut)."""
         until = self.until.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        text = f"run={self.run_id} host={self.host} pid={self.pid} until={until} by={self.who}"
+        then = f" then={self.then}" if self.then else ""
+        text = f"run={self.run_id}{then} host={self.host} pid={self.pid} until={until} by={self.who}"
         return text[:256]
 
     @classmethod
@@ -40,6 +61,7 @@ class Lease:
                 int(fields.get("pid", "0")),
                 fields.get("by", "?"),
                 until,
+                fields.get("then", ""),
             )
         except (KeyError, ValueError):
             # unreadable: treat as held until someone looks (fail closed), never silently ignored
@@ -62,10 +84,17 @@ class Lease:
 
     def describe(self) -> str:
         until = self.until.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return f"run {self.run_id} by {self.who} on {self.host} (pid {self.pid}) until {until}"
+        final = ""
+        if self.then == THEN_NOTHING:
+            final = " (final: generalizing, no capture)"
+        elif self.then:
+            final = f" (final: generalizing, then {self.then})"
+        return f"run {self.run_id} by {self.who} on {self.host} (pid {self.pid}) until {until}{final}"
 
 
-def new_lease(run_id: str, who: str, ttl: dt.timedelta, now: dt.datetime | None = None) -> Lease:
+def new_lease(
+    run_id: str, who: str, ttl: dt.timedelta, now: dt.datetime | None = None, *, then: str = ""
+) -> Lease:
     moment = now or dt.datetime.now(dt.UTC)
     short_who = "".join(ch for ch in who if ch.isalnum() or ch in "@._-")[:60] or "unknown"
-    return Lease(run_id, socket.gethostname(), os.getpid(), short_who, moment + ttl)
+    return Lease(run_id, socket.gethostname(), os.getpid(), short_who, moment + ttl, then)
