@@ -169,7 +169,10 @@ def test_swapped_addresses_in_one_apply_run(azsim: Azsim, tmp_path: Path) -> Non
 
 def test_a_swap_after_a_green_checks_stage_changes_nothing(azsim: Azsim, tmp_path: Path) -> None:
     """The checks stage saw the right guest; the actions stage's map leads elsewhere (a stale port
-    forward): its own facts refuse the guest, and the guest step runs nothing on either VM."""
+    forward). The actions stage gathers its own facts: the guest is refused, so the checks it
+    expects of the VM now are not those the verdict covers, and the gate stays shut before the
+    lease. (Had it opened, the guest step's session would refuse the guest itself:
+    tests/guests/test_guest_identity.py.)"""
     correct = tmp_path / "addresses.json"
     correct.write_text(json.dumps(true_addresses(azsim)))
     checks = harness(
@@ -181,6 +184,7 @@ def test_a_swap_after_a_green_checks_stage_changes_nothing(azsim: Azsim, tmp_pat
         env={"IMAGEREADY_GUEST_ADDRESSES": str(correct)},
     )
     assert checks.returncode == exitcodes.GREEN, checks.output[-4000:]
+    assert checks.verdict(LIN_A)["guest_identity"]["identity"] == "proven"
     before = {vm: guest_state(azsim, vm) for vm in (LIN_A, LIN_B)}
     seq = azsim.last_seq()
     actions = harness(
@@ -192,16 +196,17 @@ def test_a_swap_after_a_green_checks_stage_changes_nothing(azsim: Azsim, tmp_pat
         f"--verdict={checks.report_dir / 'verdicts'}",
         report_dir=tmp_path / "actions",
     )
-    assert actions.returncode == exitcodes.ACTION_FAILED, actions.output[-4000:]
+    assert actions.returncode == exitcodes.ACTIONS_BLOCKED, actions.output[-4000:]
+    assert "BLOCKED by the gate of rg-id/lin-a" in actions.output and "refused" in actions.output
     (vm_record,) = actions.audit()["vms"]
-    guest_step = {step["step"]: step for step in vm_record["actions"]}["guest"]
-    assert guest_step["status"] == "failed" and "is another VM" in guest_step["detail"]
-    # only the lease's tag was written (and taken back); no power or generalize operation
-    assert all(m.startswith("PATCH ") for m in azsim.mutations(seq)), azsim.mutations(seq)
-    after = {vm: guest_state(azsim, vm) for vm in (LIN_A, LIN_B)}
-    for vm in (LIN_A, LIN_B):
-        assert after[vm]["disk"] == before[vm]["disk"]
-        assert (after[vm]["power_state"], after[vm]["os_state"]) == ("running", "specialized")
+    assert vm_record["identity"]["guest"]["identity"] == "refused"
+    # the machine that answered: lin-b, by what azsim shows lin-b's guest
+    assert (
+        vm_record["identity"]["guest"]["imds_vm_id"]
+        == azsim.status()[LIN_B]["guest"]["summary"]["vm_id_shown"]
+    )
+    assert azsim.mutations(seq) == []
+    assert {vm: guest_state(azsim, vm) for vm in (LIN_A, LIN_B)} == before
 
 
 def test_a_guest_that_cannot_prove_its_identity_or_names_another(azsim: Azsim, tmp_path: Path) -> None:
