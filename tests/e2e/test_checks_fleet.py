@@ -11,7 +11,6 @@ deselected from the fleet run here, and runs in full on the clean copies.
 from __future__ import annotations
 
 import json
-import os
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -21,7 +20,6 @@ from typing import Any
 import pytest
 
 from imageready import exitcodes
-from imageready.guest.ssh import connect_ssh
 
 from .conftest import Azsim, Run, harness
 
@@ -391,19 +389,7 @@ def sudo_facts_runs(azsim: Azsim, vm: str) -> int:
     """How many times the facts script ran as root on ``vm``: the scenario makes sudo log each
     command to /var/log/sudo.log, one line each, read here over our own SSH connection."""
     addresses = json.loads(Path(azsim.env["IMAGEREADY_GUEST_ADDRESSES"]).read_text())
-    old = os.environ.get("IMAGEREADY_SSH_KEY")
-    os.environ["IMAGEREADY_SSH_KEY"] = azsim.env["IMAGEREADY_SSH_KEY"]
-    try:
-        guest = connect_ssh(addresses[vm], "azureuser", vm_key=vm)
-        try:
-            log = guest.run("cat /var/log/sudo.log", timeout=30, elevated=True).text()
-        finally:
-            guest.close()
-    finally:
-        if old is None:
-            os.environ.pop("IMAGEREADY_SSH_KEY", None)
-        else:
-            os.environ["IMAGEREADY_SSH_KEY"] = old
+    log = azsim.admin_run(addresses[vm], vm, "cat /var/log/sudo.log")
     return sum("imageready Linux facts (schema" in line for line in log.splitlines())
 
 

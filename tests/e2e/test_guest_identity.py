@@ -14,14 +14,12 @@ the VMs' power and OS state, what is on the guests' disks), not only from the ha
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from imageready import exitcodes
-from imageready.guest.ssh import connect_ssh
 
 from .conftest import Azsim, Run, harness
 
@@ -62,23 +60,8 @@ def guest_state(azsim: Azsim, vm: str) -> dict[str, Any]:
     at the guest's true address."""
     found: dict[str, Any] = dict(azsim.snapshot()[vm])
     if "lin-" in vm:
-        old = os.environ.get("IMAGEREADY_SSH_KEY")
-        os.environ["IMAGEREADY_SSH_KEY"] = azsim.env["IMAGEREADY_SSH_KEY"]
-        try:
-            guest = connect_ssh(true_addresses(azsim)[vm], "azureuser", vm_key=vm)
-            try:
-                probe = (
-                    "id -u azureuser; ls -d /home/azureuser /var/lib/waagent/ovf-env.xml "
-                    "/etc/ssh/ssh_host_*key"
-                )
-                found["disk"] = guest.run(probe, timeout=30, elevated=True).text().split()
-            finally:
-                guest.close()
-        finally:
-            if old is None:
-                os.environ.pop("IMAGEREADY_SSH_KEY", None)
-            else:
-                os.environ["IMAGEREADY_SSH_KEY"] = old
+        probe = "id -u azureuser; ls -d /home/azureuser /var/lib/waagent/ovf-env.xml /etc/ssh/ssh_host_*key"
+        found["disk"] = azsim.admin_run(true_addresses(azsim)[vm], vm, probe).split()
     return found
 
 

@@ -176,33 +176,10 @@ Invoke-Probe 'sysprep_providers_failed' {
             Sort-Object -Property 'name', 'detail' -Unique)
 }
 
-Invoke-Probe 'identity' {
-    # Which VM this is: IMDS compute, asked without any proxy (Microsoft's IMDS page; Windows
-    # PowerShell 5.1 has no Invoke-RestMethod -NoProxy), and the SMBIOS system UUID. The harness
-    # compares both with ARM's vmId (guest/identity.py); each records its own error.
-    $identity = [ordered]@{ imds = $null; imds_error = $null; smbios_uuid = $null; smbios_error = $null }
-    try {
-        $request = [Net.WebRequest]::Create('http://169.254.169.254/metadata/instance/compute?api-version=2021-02-01')
-        $request.Proxy = $null
-        $request.Headers.Add('Metadata', 'true')
-        $request.Timeout = 5000
-        $response = $request.GetResponse()
-        try {
-            $compute = (New-Object IO.StreamReader($response.GetResponseStream())).ReadToEnd() | ConvertFrom-Json
-        } finally {
-            $response.Close()
-        }
-        $identity['imds'] = [ordered]@{ vmId = [string]$compute.vmId; name = [string]$compute.name; resourceId = [string]$compute.resourceId }
-    } catch {
-        $identity['imds_error'] = $_.Exception.Message
-    }
-    try {
-        $identity['smbios_uuid'] = [string](Get-CimInstance -ClassName Win32_ComputerSystemProduct).UUID
-    } catch {
-        $identity['smbios_error'] = $_.Exception.Message
-    }
-    $identity
-}
+# Which VM this is (IMDS, the SMBIOS UUID): the function of scripts/identity_windows.ps1, put in
+# its place below by facts/windows.py, so the facts and every later session read it alike.
+# IMAGEREADY-IDENTITY-FUNCTION
+Invoke-Probe 'identity' { Get-ImagereadyIdentity }
 
 $facts['errors'] = @($probeErrors)
 [Console]::Out.Write(($facts | ConvertTo-Json -Depth 6 -Compress))
