@@ -34,7 +34,7 @@ def test_disk_not_ade_encrypted(vm: VmRef, disk: Any, request: pytest.FixtureReq
         )
     sse = disk_sse(disk["disk"])
     ade = disk_ade_enabled(disk["disk"])
-    properties = disk["disk"].get("properties", {})
+    properties = disk["disk"].raw.get("properties") or {}
     evidence(
         request,
         f"{name}: {'Azure Disk Encryption enabled' if ade else 'no Azure Disk Encryption'}; {sse} (fine)",

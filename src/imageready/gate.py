@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +55,10 @@ class CaseRecord:
     waiver: dict[str, str] | None = None
     doc: str = ""
     evidence: list[str] = field(default_factory=list)  # redacted one-line summaries
+    #: the facts the check read (paths from the document's root, as JSON lists) and a digest of
+    #: their values: a later actions stage re-runs the case when the digest no longer holds
+    facts_read: list[list[str | int]] = field(default_factory=list)
+    facts_digest: str = ""
 
     @property
     def green(self) -> bool:
@@ -282,6 +286,15 @@ class WaiverBook:
 
     def expired(self) -> list[Waiver]:
         return [w for w in self.waivers if w.expired(self.now)]
+
+
+def facts_digest(document: Mapping[str, Any], paths: Iterable[Sequence[str | int]]) -> str:
+    """SHA-256 over the values ``document`` ({"guest": ..., "azure": ...}) holds at ``paths``."""
+    from imageready.facts.view import value_at
+
+    pairs = sorted(([*path], value_at(document, tuple(path))) for path in paths)
+    body = json.dumps(pairs, sort_keys=True, default=str, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 # --- policy digest ----------------------------------------------------------------------------

@@ -21,10 +21,12 @@ from _pytest.runner import CallInfo
 from imageready import exitcodes
 from imageready.checking import evidence_summaries
 from imageready.facts import VM_STATE, FactsUnavailable
+from imageready.facts.view import recording_reads
 from imageready.gate import (
     CaseRecord,
     VerdictError,
     Waiver,
+    facts_digest,
     parse_expiry,
     verdict_document,
     write_verdict,
@@ -39,6 +41,7 @@ INFO = pytest.StashKey[ItemInfo]()
 PHASES = pytest.StashKey[dict[str, str]]()
 CASE_WAIVERS = pytest.StashKey[list[dict[str, str]]]()
 NOT_APPLICABLE = pytest.StashKey[str]()
+CASE_READS = pytest.StashKey[set[Any]]()
 VERDICTS_WRITTEN = pytest.StashKey[list[Path]]()
 AUDIT_WRITTEN = pytest.StashKey[tuple[Path, Path, str]]()
 
@@ -144,8 +147,9 @@ class GateKeeper:
         if state.needs_vm:
             raise pytest.UsageError("no VM given: pass --vm RG/NAME (repeatable)")
         self._find_uncollected_functions(modules)
+        keep = self._changed_since_verdict(items) if state.verdict_paths else set()
         if self.selectors is not None:
-            self._apply_selection(config, items)
+            self._apply_selection(config, items, keep)
         for item in items:
             selected = item_info(item)
             if selected is not None and selected.kind == "check":
@@ -164,14 +168,46 @@ class GateKeeper:
                         missing.add(f"{path}::{name}")
             gate.missing_functions = sorted(missing)
 
-    def _apply_selection(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def _apply_selection(self, config: pytest.Config, items: list[pytest.Item], keep: set[str]) -> None:
+        """Deselect what the command line did not name, except the cases in ``keep``."""
         assert self.selectors is not None
         selected, deselected, unused = split(items, self.selectors)
         if unused:
             raise pytest.UsageError(f"not found: {unused[0].text} (no test of the policy matches it)")
+        again = [item for item in deselected if item.nodeid in keep]
+        deselected = [item for item in deselected if item.nodeid not in keep]
         if deselected:
-            items[:] = selected
+            order = {id(item): n for n, item in enumerate(items)}
+            items[:] = sorted([*selected, *again], key=lambda item: order[id(item)])
             config.hook.pytest_deselected(items=deselected)
+
+    def _changed_since_verdict(self, items: list[pytest.Item]) -> set[str]:
+        """Fresh facts before the guest step: the cases of a --verdict whose facts changed since
+        it was written (the facts of this run, gathered at collection, read at the same paths give
+        another digest) run again, live; their outcome then decides with the verdict."""
+        state = self.state
+        present = {info.case_id for item in items if (info := item_info(item)) and info.kind == "check"}
+        keep: set[str] = set()
+        for vm in state.vms:
+            try:
+                found = state.verdict_for(vm)
+            except VerdictError:
+                continue  # the decision refuses it, in one line
+            if found is None:
+                continue
+            facts = state.facts(vm)
+            document = {"guest": facts.guest, "azure": facts.azure}
+            changed: dict[str, list[str]] = {}
+            for case in found[1].get("checks") or []:
+                paths = case.get("facts_read") if isinstance(case, dict) else None
+                if not paths or case.get("case_id") not in present:
+                    continue
+                if facts_digest(document, paths) != case.get("facts_digest"):
+                    changed[str(case["case_id"])] = [".".join(map(str, p)) for p in paths][:5]
+            if changed:
+                state.changed_cases[vm.key] = changed
+                keep |= set(changed)
+        return keep
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -242,7 +278,9 @@ class GateKeeper:
         return True
 
     @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
-    def one_line_report(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+    def pytest_runtest_makereport_one_line(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> pytest.TestReport | None:
         """An expected environment failure (Azure, guest facts, timeout: an exception with a
         ``category``) is reported by its one line. Built here, before pytest's own report, because
         pytest would first render the traceback with the source of every frame, which costs more
@@ -323,6 +361,8 @@ class GateKeeper:
                 "blocked": phases.get("blocked") == "yes",
                 "evidence": evidence_summaries(item),
             }
+            if info.kind == "check":
+                record.update(self._facts_read(item, info))
             report.user_properties.append((USER_PROPERTY, json.dumps(record)))
             for step in item.stash.get(STEP_RECORDS, []):
                 report.user_properties.append((STEP_PROPERTY, json.dumps(step)))
@@ -339,6 +379,29 @@ class GateKeeper:
                 step = json.loads(str(value))
                 self.state.step_records.setdefault(step["vm"], []).append(step)
 
+    def _facts_read(self, item: pytest.Item, info: ItemInfo) -> dict[str, Any]:
+        """What the case read (its own reads and its item source's) and a digest of the values."""
+        reads = set(item.stash.get(CASE_READS, None) or ())
+        reads |= self.state.param_reads.get((item.nodeid.split("[", 1)[0], info.vm.key), set())
+        facts = self.state.facts_cache.get(info.vm.key)
+        if not reads or facts is None:
+            return {}
+        paths = sorted([*path] for path in reads)
+        document = {"guest": facts.guest, "azure": facts.azure}
+        return {"facts_read": paths, "facts_digest": facts_digest(document, paths)}
+
+    @pytest.hookimpl(wrapper=True, specname="pytest_runtest_protocol")
+    def pytest_runtest_protocol_reads(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, Any]:
+        """Record which facts each check case reads (setup, call and teardown alike)."""
+        info = item_info(item)
+        if info is None or info.kind != "check":
+            return (yield)
+        with recording_reads() as reads:
+            item.stash[CASE_READS] = reads
+            return (yield)
+
     def _apply(self, record: dict[str, Any]) -> None:
         state = self.state
         if record["kind"] == "action":
@@ -354,6 +417,8 @@ class GateKeeper:
         case.category = record["category"]
         case.waiver = record["waivers"][0] if record["waivers"] else None
         case.evidence = list(record.get("evidence", []))
+        case.facts_read = list(record.get("facts_read", []))
+        case.facts_digest = str(record.get("facts_digest", ""))
         for raw in record["waivers"]:
             state.waivers.applied.append((record["case_id"], _waiver(raw)))
 

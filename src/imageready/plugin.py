@@ -17,6 +17,7 @@ import pytest
 
 from imageready import hookspecs
 from imageready.facts import ITEM_SOURCES, FactsUnavailable, VmFacts
+from imageready.facts.view import recording_reads
 from imageready.gate import WaiverBook, WaiverError, load_waivers, parse_duration
 from imageready.gatekeeper import RUN, GateKeeper, Sorter, run_state
 from imageready.runstate import RunState
@@ -472,7 +473,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             ids.append(vm.key)
             continue
         try:
-            items = source(facts)
+            with recording_reads() as reads:
+                items = source(facts)
         except FactsUnavailable as exc:
             values.append((vm, Sentinel("facts-unavailable", exc)))
             ids.append(f"{vm.key}-facts-unavailable")
@@ -486,6 +488,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             values.append((vm, Sentinel("facts-unavailable", error)))
             ids.append(f"{vm.key}-facts-unavailable")
             continue
+        # what the source read decides which cases exist: every case of the check depends on it
+        state.param_reads[(metafunc.definition.nodeid, vm.key)] = reads
         if not items:
             values.append((vm, NOTHING_TO_EXAMINE))
             ids.append(f"{vm.key}-none")

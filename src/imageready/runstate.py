@@ -80,6 +80,11 @@ class RunState:
     #: VMs some of whose check cases the command line selected (an actions-only stage selects
     #: none: it judges nothing and writes no verdict)
     checks_selected: set[str] = field(default_factory=set)
+    #: facts each check's item source read to parametrize it, by (function node id, VM key)
+    param_reads: dict[tuple[str, str], set[Any]] = field(default_factory=dict)
+    #: actions behind a verdict: the cases whose facts changed since it, by VM key (case id ->
+    #: the paths that changed); they run again live and must pass for the verdict to count
+    changed_cases: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     action_outcomes: dict[str, str] = field(default_factory=dict)  # case id -> outcome
     #: step records of the actions, per VM key, in the order they finished (for the audit)
     step_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -235,11 +240,14 @@ class RunState:
             return Resume(run, tag, False, f"{prefix}; {judged.reason}")
         return Resume(run, tag, True, f"resuming run {run} under its green verdict {source}")
 
-    def _judge_verdict(self, vm: VmRef) -> VerdictDecision:
-        if self._verdict_documents is None:  # read the --verdict files once per run, not per VM
+    def verdict_for(self, vm: VmRef) -> tuple[Path, dict[str, Any]] | None:
+        """The --verdict document of ``vm`` (the files are read once per run), None if none."""
+        if self._verdict_documents is None:
             self._verdict_documents = load_verdicts(self.verdict_paths)
-        documents = self._verdict_documents
-        found = documents.get(vm.id.lower())
+        return self._verdict_documents.get(vm.id.lower())
+
+    def _judge_verdict(self, vm: VmRef) -> VerdictDecision:
+        found = self.verdict_for(vm)
         if found is None:
             where = ", ".join(str(p) for p in self.verdict_paths)
             return VerdictDecision(False, f"no verdict for {vm.id} in --verdict {where}")
@@ -257,7 +265,7 @@ class RunState:
             live_vm_id = self.provider.live_vm_id(vm)
         except Exception as exc:  # one line: the gate stays shut and says why
             return VerdictDecision(False, f"verdict {source} refused: cannot read vmId: {exc}")
-        return judge_verdict(
+        judged = judge_verdict(
             document,
             source=source,
             vm=vm,
@@ -267,6 +275,26 @@ class RunState:
             max_age=self.verdict_max_age,
             expected=expected,
         )
+        if not judged.accepted:
+            return judged
+        # the cases whose facts changed since the verdict ran again: each must have passed now
+        gate = self.gate(vm)
+        for case_id, paths in sorted(self.changed_cases.get(vm.key, {}).items()):
+            case = gate.cases.get(case_id)
+            outcome = case.outcome if case is not None else "not_run"
+            if case is None or not case.green:
+                return VerdictDecision(
+                    False,
+                    f"verdict {source} refused: the facts {case_id} judged changed since it "
+                    f"({', '.join(paths)}) and the case did not pass again ({outcome})",
+                    str(source),
+                )
+        changed = len(self.changed_cases.get(vm.key, {}))
+        if changed:
+            return VerdictDecision(
+                True, f"{judged.reason}; {changed} case(s) whose facts changed passed again", judged.source
+            )
+        return judged
 
     def expected_cases(self, vm: VmRef) -> list[str] | None:
         """Every check case the whole policy generates for ``vm`` in this run (the gate collects

@@ -22,7 +22,7 @@ def azure(facts: VmFacts) -> FactsView:
         raise FactsUnavailable(
             facts.azure_error or f"{facts.vm}: no Azure facts", facts.azure_error_category or AZURE_FACTS
         )
-    return FactsView(facts.azure, path="", what="Azure fact", category=AZURE_FACTS)
+    return FactsView(facts.azure, keys=("azure",), what="Azure fact", category=AZURE_FACTS)
 
 
 def _vm(facts: VmFacts) -> FactsView:
@@ -106,20 +106,20 @@ def ade_extensions(facts: VmFacts) -> list[dict[str, Any]]:
     return [e for e in extensions(facts) if extension_type(e).lower() in ADE_EXTENSION_TYPES]
 
 
-def disk_ade_enabled(disk: dict[str, Any]) -> bool:
+def disk_ade_enabled(disk: FactsView) -> bool:
     """Whether Azure Disk Encryption is on: Azure returns ``encryptionSettingsCollection`` only
     for a disk with ADE (Disk_Get REST example: a plain disk has none), so its absence is an
     answer; a disk model without ``properties`` is not."""
-    props = FactsView(disk, path="disk", what="Azure fact", category=AZURE_FACTS).need("properties", dict)
+    props = disk.need("properties", dict)
     settings = props.optional("encryptionSettingsCollection", dict)
     return False if settings is None else bool(settings.need("enabled", bool))
 
 
-def disk_sse(disk: dict[str, Any]) -> str:
+def disk_sse(disk: FactsView) -> str:
     """The server-side encryption in force: platform key, customer key, or both (informational:
     server-side encryption never blocks a generalize). Older api-versions leave ``encryption``
     out: platform keys, which every managed disk has at least."""
-    props = FactsView(disk, path="disk", what="Azure fact", category=AZURE_FACTS).need("properties", dict)
+    props = disk.need("properties", dict)
     encryption = props.optional("encryption", dict)
     kind = "EncryptionAtRestWithPlatformKey" if encryption is None else str(encryption.need("type", str))
     return {
@@ -153,11 +153,6 @@ def source_id(model: dict[str, Any] | None) -> str:
     return str(creation(model).get("sourceResourceId") or props.get("sourceResourceId") or "")
 
 
-def _source_unique_id(model: dict[str, Any] | None) -> str:
-    props = _props(model)
-    return str(creation(model).get("sourceUniqueId") or props.get("sourceUniqueId") or "")
-
-
 def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
     """The OS disk's lineage as far as the gathered facts reach, the OS disk first, up to the
     first source *disk* (the one that decides whether the VM is a copy). Each link: ``kind``,
@@ -167,9 +162,9 @@ def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
     link was made from: its uniqueId differs from, or cannot be compared with, the recorded
     sourceUniqueId) and ``error``."""
     view = azure(facts)
-    known = {**view.need("disks", dict).raw, **view.need("sources", dict).raw}
-    missing = {str(k).lower() for k in view.need("missing_sources", list).raw}
-    unresolved = {str(k).lower(): str(v) for k, v in view.need("unresolved_sources", dict).raw.items()}
+    disks, sources = view.need("disks", dict), view.need("sources", dict)
+    missing = {str(k).lower() for k in view.need("missing_sources", list)}
+    unresolved = view.need("unresolved_sources", dict)
     chain: list[dict[str, Any]] = []
     current, expected_unique = disk_id, ""
     seen: set[str] = set()
@@ -180,17 +175,19 @@ def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
             chain.append(_link(kind, current, exists=True, error="the lineage loops back to this resource"))
             break
         seen.add(key)
-        model = known.get(key)
-        if model is None:
+        link = (disks if key in disks else sources).optional((key,), dict)
+        if link is None:
             if key in missing:
                 chain.append(_link(kind, current, exists=False))
             else:
-                chain.append(_link(kind, current, exists=None, error=unresolved.get(key, "not looked up")))
+                why = unresolved.optional((key,), str) or "not looked up"
+                chain.append(_link(kind, current, exists=None, error=why))
             break
-        link = FactsView(model, path=kind, what="Azure fact", category=AZURE_FACTS)
         props = link.need("properties", dict)
-        # a disk restore point has no creationData; disks and snapshots always do
-        option = "" if kind == "disk restore point" else props.need("creationData.createOption", str)
+        # a disk restore point has no creationData (its source is a property); disks and
+        # snapshots always have one
+        created = None if kind == "disk restore point" else props.need("creationData", dict)
+        option = "" if created is None else created.need("createOption", str)
         same_source: bool | None = None
         error = ""
         if expected_unique:
@@ -213,7 +210,9 @@ def provenance_chain(facts: VmFacts, disk_id: str) -> list[dict[str, Any]]:
         )
         if kind == "disk" and len(chain) > 1:
             break  # the first source disk decides; what it was made from is not needed
-        current, expected_unique = source_id(model), _source_unique_id(model)
+        holder = props if created is None else created
+        current = str(holder.optional("sourceResourceId", str) or "")
+        expected_unique = str(holder.optional("sourceUniqueId", str) or "")
     return chain
 
 

@@ -40,7 +40,7 @@ def disks(facts: VmFacts) -> list[tuple[str, Any]]:
     check reports it unreadable). An unmanaged disk (a VHD in a storage account) has no id."""
     view = azure(facts)
     storage = view.need("vm.properties.storageProfile", dict)
-    known = view.need("disks", dict).raw
+    known = view.need("disks", dict)
     entries = [("os", storage.need("osDisk", dict))]
     # ARM leaves dataDisks out (or empty) for a VM without data disks
     entries += [("data", d) for d in storage.optional("dataDisks", list) or []]

@@ -1,5 +1,5 @@
-"""Facts that fail closed: a read-only view over a facts document (the guest's JSON, or part of
-Azure's view) in which a fact that is absent, null or of the wrong type raises
+"""Facts that fail closed: a read-only view over a facts document (the guest's JSON, or Azure's
+view of the VM) in which a fact that is absent, null or of the wrong type raises
 ``FactsUnavailable`` instead of reading as "nothing to report". Absence of evidence is not
 evidence of safety: a check built on this view errors on missing data, it never passes.
 
@@ -11,10 +11,16 @@ evidence of safety: a check built on this view errors on missing data, it never 
 missing data into passes, so it cannot do that here. A fact whose absence means something (a
 setting not in a configuration file, a service not installed) is read with ``optional``, where
 the check says what absence means.
+
+The view also knows what a check read (``recording_reads``): every value it hands out that is
+not itself a view, by its path from the document's root. The verdict keeps a digest of those
+values per case, so a later actions stage can tell which checks judged facts that have changed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
@@ -22,6 +28,15 @@ from imageready.facts import FactsUnavailable
 
 #: the category of a check that could not judge because its facts are incomplete
 GUEST_FACTS = "guest facts"
+
+#: a path from a document's root: ("guest", "domain", "part_of_domain"), ("azure", "vm", ...);
+#: a list's length is read as (..., "#len")
+FactPath = tuple[str | int, ...]
+LENGTH = "#len"
+
+_READS: contextvars.ContextVar[set[FactPath] | None] = contextvars.ContextVar(
+    "imageready_reads", default=None
+)
 
 _NAMES = {
     bool: "a boolean",
@@ -31,6 +46,28 @@ _NAMES = {
     list: "a list",
     dict: "an object",
 }
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[set[FactPath]]:
+    """Collect the paths of the facts read through any view while the block runs."""
+    reads: set[FactPath] = set()
+    token = _READS.set(reads)
+    try:
+        yield reads
+    finally:
+        _READS.reset(token)
+
+
+def current_reads() -> set[FactPath] | None:
+    """The set ``recording_reads`` is filling in this context (None when nothing records)."""
+    return _READS.get()
+
+
+def _record(path: FactPath) -> None:
+    reads = _READS.get()
+    if reads is not None:
+        reads.add(path)
 
 
 def _kind(value: Any) -> str:
@@ -49,29 +86,54 @@ def _is(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-class FactsView(Mapping[str, Any]):
+class _Node:
+    """What a view and a list share: where they are in the document and how they fail."""
+
+    def __init__(self, keys: FactPath, what: str, category: str, errors: Sequence[Mapping[str, Any]]) -> None:
+        self._keys, self._what, self._category, self._errors = keys, what, category, errors
+
+    def _dotted(self, key: str | int | None = None) -> str:
+        """The path as messages show it, without the root's label ("domain.part_of_domain")."""
+        keys = self._keys[1:] if key is None else (*self._keys[1:], key)
+        return ".".join(str(k) for k in keys)
+
+    def _child(self, key: str | int, value: Any) -> Any:
+        """A nested object or list as a view; anything else is a leaf, and recorded as read."""
+        keys = (*self._keys, key)
+        if isinstance(value, Mapping) and not isinstance(value, FactsView):
+            return FactsView(value, keys=keys, what=self._what, category=self._category, errors=self._errors)
+        if isinstance(value, list):
+            _record((*keys, LENGTH))
+            return FactsList(value, keys, self._what, self._category, self._errors)
+        _record(keys)
+        return value
+
+    def _unavailable(self, key: str | int, problem: str) -> FactsUnavailable:
+        return FactsUnavailable(
+            f"{self._what} '{self._dotted(key)}' {problem}: the check cannot judge without it", self._category
+        )
+
+
+class FactsView(_Node, Mapping[str, Any]):
     """A strict, read-only view of one JSON object of facts."""
 
     def __init__(
         self,
         data: Mapping[str, Any],
         *,
-        path: str = "",
+        keys: FactPath = ("guest",),
         what: str = "guest fact",
         category: str = GUEST_FACTS,
         errors: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
-        self._data = data
-        self._path = path
-        self._what = what
-        self._category = category
         # probes that failed on the guest ({"probe": "cloud_init", "error": ...}): why a fact is null
-        self._errors = errors if errors is not None else _errors_of(data)
+        super().__init__(keys, what, category, errors if errors is not None else _errors_of(data))
+        self._data = data
 
     # --- Mapping ---------------------------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        return self._wrap(key, self._present(key))
+        return self._child(key, self._present(key))
 
     def get(self, key: str, default: Any = None) -> Any:
         """As strict as ``view[key]``: a default would turn missing data into a pass."""
@@ -87,7 +149,7 @@ class FactsView(Mapping[str, Any]):
         return key in self._data
 
     def __repr__(self) -> str:
-        return f"FactsView({self._path or '<root>'}: {dict(self._data)!r})"
+        return f"FactsView({self._dotted() or '<root>'}: {dict(self._data)!r})"
 
     # --- typed access ----------------------------------------------------------------------------
 
@@ -113,24 +175,24 @@ class FactsView(Mapping[str, Any]):
             return value.optional(rest, *types)
         raw = self._data.get(head)
         if raw is None:
+            _record((*self._keys, head))  # its absence was read, and may change
             return None
-        return self._typed(head, self._wrap(head, raw), types)
+        return self._typed(head, self._child(head, raw), types)
 
     @property
     def raw(self) -> Mapping[str, Any]:
-        """The underlying JSON (for evidence attachments)."""
+        """The underlying JSON (for evidence attachments; not recorded as read)."""
         return self._data
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _full(self, key: str) -> str:
-        return f"{self._path}.{key}" if self._path else key
-
     def _present(self, key: str) -> Any:
         if key not in self._data:
+            _record((*self._keys, key))
             raise self._unavailable(key, "is missing")
         value = self._data[key]
         if value is None:
+            _record((*self._keys, key))
             why = self._why_null(key)
             raise self._unavailable(key, f"is null{f' ({why})' if why else ''}")
         return value
@@ -141,36 +203,23 @@ class FactsView(Mapping[str, Any]):
             raise self._unavailable(key, f"is {_kind(value)}, not {expected}")
         return value
 
-    def _wrap(self, key: str, value: Any) -> Any:
-        if isinstance(value, Mapping) and not isinstance(value, FactsView):
-            return FactsView(
-                value, path=self._full(key), what=self._what, category=self._category, errors=self._errors
-            )
-        if isinstance(value, list):
-            return FactsList(value, self._full(key), self._what, self._category, self._errors)
-        return value
-
     def _why_null(self, key: str) -> str:
-        full = self._full(key)
+        full = self._dotted(key)
         for entry in self._errors:
             probe = str(entry.get("probe") or "")
             if probe == full or full.startswith(probe + ".") or probe.startswith(full + "."):
                 return f"the probe failed: {entry.get('error')}"
         return ""
 
-    def _unavailable(self, key: str, problem: str) -> FactsUnavailable:
-        return FactsUnavailable(
-            f"{self._what} '{self._full(key)}' {problem}: the check cannot judge without it", self._category
-        )
 
-
-class FactsList(Sequence[Any]):
+class FactsList(_Node, Sequence[Any]):
     """A strict, read-only view of a JSON list of facts: its objects are FactsViews."""
 
     def __init__(
-        self, data: list[Any], path: str, what: str, category: str, errors: Sequence[Mapping[str, Any]]
+        self, data: list[Any], keys: FactPath, what: str, category: str, errors: Sequence[Mapping[str, Any]]
     ) -> None:
-        self._data, self._path, self._what, self._category, self._errors = data, path, what, category, errors
+        super().__init__(keys, what, category, errors)
+        self._data = data
 
     @overload
     def __getitem__(self, index: int) -> Any: ...
@@ -180,22 +229,18 @@ class FactsList(Sequence[Any]):
 
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
-            return [self._wrap(i) for i in range(len(self._data))[index]]
-        return self._wrap(index)
+            return [self._element(i) for i in range(len(self._data))[index]]
+        return self._element(index)
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def _wrap(self, index: int) -> Any:
+    def _element(self, index: int) -> Any:
         value = self._data[index]
-        path = f"{self._path}.{index}"
         if value is None:
-            raise FactsUnavailable(
-                f"{self._what} '{path}' is null: the check cannot judge without it", self._category
-            )
-        if isinstance(value, Mapping) and not isinstance(value, FactsView):
-            return FactsView(value, path=path, what=self._what, category=self._category, errors=self._errors)
-        return value
+            _record((*self._keys, index))
+            raise self._unavailable(index, "is null")
+        return self._child(index, value)
 
     @property
     def raw(self) -> list[Any]:
@@ -217,3 +262,19 @@ def _errors_of(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def guest_view(guest: Mapping[str, Any]) -> FactsView:
     """The guest facts document as a strict view."""
     return guest if isinstance(guest, FactsView) else FactsView(guest)
+
+
+def value_at(document: Mapping[str, Any], path: FactPath) -> Any:
+    """The value a read of ``path`` saw in ``document`` ({"guest": ..., "azure": ...}): the
+    value, the length of a list for ``#len``, or the marker "<absent>"."""
+    current: Any = document
+    for key in path:
+        if key == LENGTH:
+            return len(current) if isinstance(current, list) else "<absent>"
+        found = (isinstance(current, Mapping) and isinstance(key, str) and key in current) or (
+            isinstance(current, list) and isinstance(key, int) and 0 <= key < len(current)
+        )
+        if not found:
+            return "<absent>"
+        current = current[key]
+    return current
