@@ -79,3 +79,11 @@ def test_the_checker_finds_and_locates_errors() -> None:
     errors = syntax_errors(broken)
     assert errors and errors[0].startswith("line 3:")
     assert syntax_errors("$ok = @{ a = 1 }\n") == []
+
+
+def test_the_composed_windows_facts_script_parses() -> None:
+    """facts/windows.py puts the identity probe's function into windows.ps1: the whole parses."""
+    from imageready.facts import windows
+
+    assert "function Get-ImagereadyIdentity" in windows.SCRIPT
+    assert syntax_errors(windows.SCRIPT) == []

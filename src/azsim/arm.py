@@ -217,6 +217,7 @@ class Simulator:
                 os_type=vm.os,
                 admin_user=vm.admin_user,
                 spec=vm.guest_spec,
+                platform=vm.platform(),
             )
 
     def boot_guests(self) -> dict[str, str]:

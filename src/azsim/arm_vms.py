@@ -501,6 +501,7 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
                 spec=vm.guest_spec,
                 # the guest boots from what is on its OS disk (a copy: the source's files)
                 disk_home=os_disk.content_home,
+                platform=vm.platform(),
             )
             sim.guests.start(vm.key)
 

@@ -20,6 +20,7 @@ to azsim's state directory (``guest_home`` for a scenario VM's OS disk, ``disk_h
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -40,6 +41,79 @@ def disk_home(resource_group: str, kind: str, name: str) -> PurePosixPath:
     """Where a disk (``kind`` "disks") or snapshot ("snapshots") made through ARM keeps its
     content, relative to azsim's state directory."""
     return PurePosixPath("disks", resource_group.lower(), kind, name.lower())
+
+
+#: how a scenario may stage what a guest learns about its VM (scenarios/README.md, "identity")
+IMDS_MODES = ("reachable", "unreachable")
+SMBIOS_MODES = ("as-is", "swapped", "unreadable")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the Azure platform shows a VM's guest about the VM, whatever is on its disk.
+
+    * IMDS: http://169.254.169.254/metadata/instance answers a guest with its own VM's
+      ``compute`` (``vmId``, ``name``, ``resourceId``, ...), every value a string
+      (learn.microsoft.com/azure/virtual-machines/instance-metadata-service).
+    * SMBIOS: the system UUID is the VM's unique ID, the ``vmId`` ("Accessing and Using Azure VM
+      Unique ID", Microsoft Azure blog 2014): as-is on SMBIOS >= 2.6, the first three fields
+      byte-swapped on older SMBIOS (the IMDS page's vmId row). Windows reports a UUID of all
+      zeros when none is available (learn.microsoft.com, Win32_ComputerSystemProduct).
+
+    The staging fields model a guest that cannot reach IMDS (a route or firewall inside it), an
+    SMBIOS UUID it cannot read, or a guest that is another VM (it is shown ``shown_vm_id``)."""
+
+    vm_id: str
+    name: str
+    resource_id: str
+    resource_group: str
+    subscription_id: str
+    location: str = "westeurope"
+    vm_size: str = "Standard_D2s_v5"
+    os_type: str = "Linux"
+    #: the vmId the guest is shown instead of ``vm_id`` ("": its own)
+    reported_vm_id: str = ""
+    imds: str = "reachable"
+    smbios: str = "as-is"
+
+    @classmethod
+    def for_vm(cls, resource_group: str, name: str, os_type: str = "Linux") -> Platform:
+        """A platform for a guest built without ARM (tests): a fresh vmId."""
+        subscription = "00000000-0000-0000-0000-000000000001"
+        resource_id = (
+            f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{name}"
+        )
+        return cls(str(uuid.uuid4()), name, resource_id, resource_group, subscription, os_type=os_type)
+
+    @property
+    def shown_vm_id(self) -> str:
+        return self.reported_vm_id or self.vm_id
+
+    def compute(self) -> dict[str, str]:
+        """IMDS ``/metadata/instance/compute`` (a subset: every value a string, as IMDS sends)."""
+        return {
+            "azEnvironment": "AzurePublicCloud",
+            "location": self.location,
+            "name": self.name,
+            "osType": self.os_type,
+            "provider": "Microsoft.Compute",
+            "resourceGroupName": self.resource_group,
+            "resourceId": self.resource_id,
+            "subscriptionId": self.subscription_id,
+            "tags": "",
+            "vmId": self.shown_vm_id,
+            "vmSize": self.vm_size,
+        }
+
+    def smbios_uuid(self) -> str | None:
+        """The SMBIOS system UUID as the guest reads it (None: it cannot read one)."""
+        if self.smbios == "unreadable":
+            return None
+        shown = uuid.UUID(self.shown_vm_id)
+        if self.smbios == "swapped":
+            shown = uuid.UUID(bytes_le=shown.bytes)
+        return str(shown).upper()
 
 
 @dataclass
@@ -69,6 +143,15 @@ class GuestContext:
     on_guest_shutdown: Callable[[], None] = lambda: None
     #: the OS disk's content directory (``CONTENT_PATHS``); None: ``state_dir``
     disk_dir: Path | None = None
+    #: what the platform shows the guest about its VM (IMDS, SMBIOS); None: a fresh one
+    platform: Platform | None = None
+
+    @property
+    def vm_platform(self) -> Platform:
+        """``platform``, or one made up once for a guest built without ARM (tests)."""
+        if self.platform is None:
+            self.platform = Platform.for_vm(self.resource_group, self.vm_name)
+        return self.platform
 
     @property
     def content_dir(self) -> Path:

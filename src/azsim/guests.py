@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azsim.guestapi import CONTENT_PATHS, GuestContext, GuestController, guest_home
+from azsim.guestapi import CONTENT_PATHS, GuestContext, GuestController, Platform, guest_home
 
 GUEST_CLASSES = {
     "Linux": "azsim.linuxguest:LinuxGuest",
@@ -100,6 +100,8 @@ class GuestSettings:
     ssh_public_key: str
     admin_password: str
     addresses_file: Path
+    #: pairs of "rg/name" whose addresses the address map exchanges (scenario staging)
+    swapped_addresses: tuple[tuple[str, str], ...] = ()
 
 
 class Guests:
@@ -134,9 +136,11 @@ class Guests:
         admin_user: str,
         spec: dict[str, Any],
         disk_home: str | None = None,
+        platform: Platform | None = None,
     ) -> None:
         """Create (not boot) the guest of a VM whose OS disk keeps its content at ``disk_home``
-        (``Disk.content_home``; None: in the guest's own directory, as a scenario VM's does)."""
+        (``Disk.content_home``; None: in the guest's own directory, as a scenario VM's does).
+        ``platform``: what the VM's platform shows the guest (its vmId in IMDS and SMBIOS)."""
         if self.settings is None:
             return
         cls = load_guest_class(os_type)
@@ -154,6 +158,7 @@ class Guests:
             admin_password=self.settings.admin_password,
             on_guest_shutdown=lambda: self._on_guest_shutdown(key),
             disk_dir=self.content_dir(disk_home),
+            platform=platform,
         )
         guest = cls(ctx)
         with self._lock:
@@ -255,9 +260,14 @@ class Guests:
         if self.settings is None:
             return
         target = self.settings.addresses_file
+        found = self.addresses()
+        for first, second in self.settings.swapped_addresses:
+            # a staged mistake in the operator's map: each name points at the other's guest
+            if first in found and second in found:
+                found[first], found[second] = found[second], found[first]
         with self._write_lock:  # guests start in parallel; one writer at a time
             temporary = target.with_suffix(".tmp")
-            temporary.write_text(json.dumps(self.addresses(), indent=2, sort_keys=True) + "\n")
+            temporary.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
             os.replace(temporary, target)
 
     def close_all(self) -> None:

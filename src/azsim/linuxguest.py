@@ -116,7 +116,7 @@ class LinuxGuest:
             )
         if not self._port or not _port_free(self._port):
             self._port = free_port()
-        sandbox = Sandbox(disk, self._port, self.ctx.state_dir / "console.log")
+        sandbox = Sandbox(disk, self._port, self.ctx.state_dir / "console.log", self.ctx.vm_platform)
         try:
             sandbox.boot(provisioning, deadline=started + BOOT_TIMEOUT)
         except SandboxError as err:
@@ -223,6 +223,9 @@ class LinuxGuest:
             "running": self.running,
             "ssh": self.endpoints().get("ssh"),
             "hostname": self.spec.hostname,
+            "vm_id_shown": self.ctx.vm_platform.shown_vm_id,
+            "imds": self.ctx.vm_platform.imds,
+            "smbios": self.ctx.vm_platform.smbios,
             "admin_user": self.ctx.admin_user,
             "provisioned": self.provisioned,
             "disk": str(self.ctx.content_dir),

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from azsim.faults import Fault, FaultError, parse_fault
+from azsim.guestapi import IMDS_MODES, SMBIOS_MODES
 
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
@@ -248,6 +249,18 @@ class VmSpec:
     os_type_reported: bool = True
     #: x64 | Arm64: what the VM size runs; ARM shows it on the OS disk (supportedCapabilities)
     architecture: str = "x64"
+    #: what the guest learns about its VM (IMDS, SMBIOS); staging, see ``identity`` in the README
+    identity: IdentitySpec = field(default_factory=lambda: IdentitySpec())
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    """``vms[].identity``: IMDS reachable or not, the SMBIOS UUID as-is, swapped or unreadable,
+    and a vmId the guest is shown instead of its own (a guest that is another VM)."""
+
+    imds: str = "reachable"
+    smbios: str = "as-is"
+    vm_id: str = ""
 
 
 #: the SecurityType feature values an image definition may declare (Microsoft's "Store and share
@@ -324,6 +337,9 @@ class Scenario:
     token_lifetime: int
     faults: tuple[Fault, ...]
     resource_groups: tuple[ResourceGroupSpec, ...]
+    #: ``guest_addresses.swapped``: pairs of "rg/name" whose entries the address map the env
+    #: file exports are exchanged (an operator's mistake; Azure has no part in it)
+    swapped_addresses: tuple[tuple[str, str], ...] = ()
 
     def vm_specs(self) -> list[tuple[ResourceGroupSpec, VmSpec]]:
         return [(rg, vm) for rg in self.resource_groups for vm in rg.vms]
@@ -436,6 +452,17 @@ def _vm(data: Any, where: str, rg_location: str) -> VmSpec:
         plan=plan,
         os_type_reported=r.flag("os_type_reported", True),
         architecture=r.text("architecture", "x64", choices=("x64", "Arm64")),
+        identity=_identity(r.child("identity")),
+    )
+    r.done()
+    return spec
+
+
+def _identity(r: _Reader) -> IdentitySpec:
+    spec = IdentitySpec(
+        imds=r.text("imds", "reachable", choices=IMDS_MODES),
+        smbios=r.text("smbios", "as-is", choices=SMBIOS_MODES),
+        vm_id=r.guid("vm_id", "") if r.has("vm_id") else "",
     )
     r.done()
     return spec
@@ -548,6 +575,18 @@ def _check_names(rg: ResourceGroupSpec, where: str) -> None:
             )
 
 
+def _vm_pair(item: Any, where: str, rgs: tuple[ResourceGroupSpec, ...]) -> tuple[str, str]:
+    known = {f"{rg.name}/{vm.name}".lower() for rg in rgs for vm in rg.vms}
+    if not isinstance(item, list) or len(item) != 2 or not all(isinstance(v, str) for v in item):
+        raise ScenarioError(f"{where}: expected a pair [rg/name, rg/name]")
+    for value in item:
+        if value.lower() not in known:
+            raise ScenarioError(f"{where}: {value!r} is not a VM of this scenario")
+    if item[0].lower() == item[1].lower():
+        raise ScenarioError(f"{where}: a VM cannot swap with itself")
+    return item[0].lower(), item[1].lower()
+
+
 def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
     """Validate a loaded YAML document. Raises ScenarioError with the file and key path."""
     try:
@@ -593,6 +632,12 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             if rg.name.lower() in seen:
                 raise ScenarioError(f"resource_groups: two resource groups named {rg.name!r}")
             seen.add(rg.name.lower())
+        addresses = r.child("guest_addresses")
+        swapped = tuple(
+            _vm_pair(item, f"{addresses.where('swapped')}[{i}]", rgs)
+            for i, item in enumerate(addresses.items("swapped"))
+        )
+        addresses.done()
         scenario = Scenario(
             source=source,
             tenant=r.guid("tenant", DEFAULT_TENANT),
@@ -604,6 +649,7 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             token_lifetime=r.integer("token_lifetime", 3599, minimum=60),
             faults=tuple(faults),
             resource_groups=rgs,
+            swapped_addresses=swapped,
         )
         r.done()
     except ScenarioError as err:

@@ -278,6 +278,7 @@ def serve(
         else "",
         admin_password=secrets.admin_password,
         addresses_file=state.addresses_file,
+        swapped_addresses=scenario.swapped_addresses,
     )
     sim = Simulator(scenario, secrets, ssh_public_key=settings.ssh_public_key, guest_settings=settings)
     try:

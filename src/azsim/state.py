@@ -171,6 +171,9 @@ class Store:
             os_type_reported=spec.os_type_reported,
             architecture=spec.architecture,
             guest_spec=dict(spec.guest),
+            identity_imds=spec.identity.imds,
+            identity_smbios=spec.identity.smbios,
+            identity_vm_id=spec.identity.vm_id,
             extensions=[
                 Extension(e.name, e.publisher, e.type, e.version, e.provisioning_state)
                 for e in spec.extensions

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from azsim.guestapi import Platform
 from azsim.resources import COMPUTE, Disk, Nic, Resource, now_iso, status_entry
 
 #: instance view wording of each power state
@@ -80,6 +81,27 @@ class Vm(Resource):
     etag_counter: int = 1
     #: the kind of the operation in progress on this VM, if any
     busy: str | None = None
+    #: what its guest learns about it, as a scenario staged it (``vms[].identity``)
+    identity_imds: str = "reachable"
+    identity_smbios: str = "as-is"
+    identity_vm_id: str = ""
+
+    def platform(self) -> Platform:
+        """What the platform shows this VM's guest: IMDS ``compute`` and the SMBIOS UUID."""
+        subscription = self.id.split("/")[2] if self.id.startswith("/subscriptions/") else ""
+        return Platform(
+            vm_id=self.vm_id,
+            name=self.name,
+            resource_id=self.id,
+            resource_group=self.resource_group,
+            subscription_id=subscription,
+            location=self.location,
+            vm_size=self.size,
+            os_type=self.os,
+            reported_vm_id=self.identity_vm_id,
+            imds=self.identity_imds,
+            smbios=self.identity_smbios,
+        )
 
     @property
     def key(self) -> str:

@@ -21,7 +21,16 @@ ACTIONS_BLOCKED = 10  # checks passed in this run, but an action's gate stayed s
 ACTION_FAILED = 11  # an action step started and failed: the VM may be half-done; re-run to resume
 INFRASTRUCTURE_ERROR = 12  # Azure API, guest unreachable or timeout: not a verdict on the VM
 
-INFRA_CATEGORIES = frozenset({"Azure API error", "guest unreachable", "guest authentication", "timeout"})
+INFRA_CATEGORIES = frozenset(
+    {
+        "Azure API error",
+        "guest unreachable",
+        "guest authentication",
+        # the guest at the address is not (or cannot prove it is) the VM Azure describes
+        "guest identity",
+        "timeout",
+    }
+)
 
 
 def classify(exitstatus: int, state: RunState) -> int:

@@ -340,10 +340,12 @@ def verdict_document(
     waivers: WaiverBook,
     run_id: str = "",
     now: dt.datetime | None = None,
+    guest_identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The verdict record of one VM after its checks: the whole expected case set and each
     case's outcome, from which ``green``, ``status`` and ``blockers`` are derived (a reader
-    recomputes them: ``verdict_inconsistency``)."""
+    recomputes them: ``verdict_inconsistency``). ``guest_identity``: how the guest proved it is
+    the VM (vmId seen, read from IMDS or SMBIOS, endpoint, host key or certificate)."""
     moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     cases = sorted(gate.cases.values(), key=lambda c: c.case_id)
     return {
@@ -369,6 +371,7 @@ def verdict_document(
         "change_ticket": change_ticket,
         "run_id": run_id,
         "created_at": moment.isoformat().replace("+00:00", "Z"),
+        "guest_identity": dict(guest_identity or {}),
     }
 
 

@@ -674,6 +674,7 @@ def _verdict(state: RunState, vm: VmRef) -> dict[str, Any]:
         change_ticket=state.change_ticket,
         waivers=state.waivers,
         run_id=state.run_id,
+        guest_identity=facts.guest_identity if facts is not None else None,
     )
 
 

@@ -78,6 +78,18 @@ class Azsim:
     def last_seq(self) -> int:
         return max((int(r.get("seq", 0)) for r in self.requests()), default=0)
 
+    def admin_run(self, address: str, vm: str, script: str) -> str:
+        """``script`` as root on a Linux guest, through our own SSH login as azureuser with
+        azsim's key at ``address`` (not through the harness), its stdout."""
+        from imageready.guest.ssh import connect_ssh
+
+        key = self.env["IMAGEREADY_SSH_KEY"]
+        guest = connect_ssh(address, "azureuser", vm_key=vm, key_path=key, allow_agent=False)
+        try:
+            return guest.run(script, timeout=30, elevated=True).text()
+        finally:
+            guest.close()
+
     def requests(self) -> list[dict[str, Any]]:
         """azsim's request log (every ARM request it answered)."""
         out = self.cli("requests").stdout

@@ -207,9 +207,30 @@ def test_windows_copy_generalized_and_captured_as_a_gallery_version(azsim: Azsim
     assert found.tags["imageready-run"] == run.audit()["run_id"]
 
 
-def test_waagent_exit_code_proves_nothing_the_disk_does(azsim: Azsim, tmp_path: Path) -> None:
+def test_hole_7_the_user_deprovision_deletes_is_checked_first(azsim: Azsim, tmp_path: Path) -> None:
+    """No wrong green, hole 7: waagent 2.7 cannot read this ovf-env.xml, so it would delete no user
+    (and exit 0). IR-LNX-007 is red before anything irreversible: --apply changes nothing."""
     seq = azsim.last_seq()
-    command = ("--vm", STALE_OVF, "--apply")
+    run = harness(azsim, "--vm", STALE_OVF, "--apply", report_dir=tmp_path)
+    assert run.returncode == exitcodes.RED_CHECKS, run.output[-4000:]
+    (case,) = [c for c in run.verdict(STALE_OVF)["checks"] if c["check_id"] == "IR-LNX-007"]
+    assert case["outcome"] == "failed" and "PlatformSettingsSection not found" in case["message"]
+    assert azsim.mutations(seq) == []
+    state = azsim.status()[STALE_OVF]
+    assert (state["power_state"], state["os_state"]) == ("running", "specialized")
+
+
+def test_waagent_exit_code_proves_nothing_the_disk_does(azsim: Azsim, tmp_path: Path) -> None:
+    """Behind a waiver of IR-LNX-007 the step runs anyway: the disk, not waagent's exit code,
+    proves that it did nothing."""
+    waivers = tmp_path / "waivers.yaml"
+    waivers.write_text(
+        "waivers:\n"
+        f"  - {{check: IR-LNX-007, vm: {STALE_OVF}, reason: test of the post-state proof,\n"
+        "     approver: tester@example.com, expires: 2099-12-31}\n"
+    )
+    seq = azsim.last_seq()
+    command = ("--vm", STALE_OVF, "--apply", f"--waivers={waivers}")
     run = harness(azsim, *command, report_dir=tmp_path)
     assert run.returncode == exitcodes.ACTION_FAILED, run.output[-4000:]
     guest = steps_of(run, STALE_OVF)["guest"]

@@ -49,6 +49,8 @@ ABSENCE_MEANS = {
     "azure.disks.*.properties.encryptionSettingsCollection": "no Azure Disk Encryption (Disk_Get example)",
     "azure.disks.*.properties.encryption": "older api-versions leave it out: platform keys (informational)",
     "azure.sources.*.managedBy": "the source disk is not attached to a VM",
+    "azure.vm.properties.osProfile": "a VM made from a copied (specialized) disk: Azure shows no "
+    "osProfile; IR-LNX-007 then holds ovf-env.xml's user to the SSH login alone",
 }
 
 RECORDER = """
@@ -161,6 +163,8 @@ class Replay:
             resource_id=vm.id,
             azure=None if azure is None else track(azure, vm.key, "azure."),
             guest=None if guest is None else track(guest, vm.key, "guest."),
+            # how the guest was reached and proved its identity (not a fact the mutations touch)
+            guest_identity=data.get("guest_identity") or {},
         )
 
     def live_vm_id(self, vm):

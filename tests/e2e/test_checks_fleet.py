@@ -11,7 +11,6 @@ deselected from the fleet run here, and runs in full on the clean copies.
 from __future__ import annotations
 
 import json
-import os
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -21,7 +20,6 @@ from typing import Any
 import pytest
 
 from imageready import exitcodes
-from imageready.guest.ssh import connect_ssh
 
 from .conftest import Azsim, Run, harness
 
@@ -35,6 +33,8 @@ FLEET = [
     "lin-no-agent",
     "lin-old-agent",
     "lin-no-sudo",
+    "lin-ovf-stale",
+    "lin-ovf-other-user",
     "win-dc-original",
     "win-roles-ok",
     "win-sealed",
@@ -216,6 +216,18 @@ EXPECTED = [
     ("test_client_alive_interval", "lin-no-agent", "", F, "on rg-checks/lin-no-agent is 0 (sshd's default"),
     ("test_client_alive_interval", "lin-old-agent", "", F, "is 10, outside 30-235"),
     ("test_client_alive_interval", "lin-no-sudo", "", F, "is 300, outside 30-235"),
+    # the user waagent -deprovision+user deletes (ovf-env.xml)
+    ("test_deprovision_deletes_admin_user", "lin-clean-copy", "", P, ""),
+    ("test_deprovision_deletes_admin_user", "lin-no-agent", "", F,
+     "/var/lib/waagent/ovf-env.xml is missing on rg-checks/lin-no-agent: `waagent -deprovision+user` "
+     "would delete no user"),
+    ("test_deprovision_deletes_admin_user", "lin-old-agent", "", F,
+     "waagent cannot read the user from /var/lib/waagent/ovf-env.xml on rg-checks/lin-old-agent (ParseError"),
+    ("test_deprovision_deletes_admin_user", "lin-ovf-stale", "", F,
+     "([ProtocolError] Failed to validate OVF: PlatformSettingsSection not found): `waagent "
+     "-deprovision+user` would print 'ovf-env.xml is not found', skip deleting the user"),
+    ("test_deprovision_deletes_admin_user", "lin-ovf-other-user", "", F,
+     "names user 'builder', but osProfile.adminUsername is 'azureuser'"),
 ]
 # fmt: on
 
@@ -377,19 +389,7 @@ def sudo_facts_runs(azsim: Azsim, vm: str) -> int:
     """How many times the facts script ran as root on ``vm``: the scenario makes sudo log each
     command to /var/log/sudo.log, one line each, read here over our own SSH connection."""
     addresses = json.loads(Path(azsim.env["IMAGEREADY_GUEST_ADDRESSES"]).read_text())
-    old = os.environ.get("IMAGEREADY_SSH_KEY")
-    os.environ["IMAGEREADY_SSH_KEY"] = azsim.env["IMAGEREADY_SSH_KEY"]
-    try:
-        guest = connect_ssh(addresses[vm], "azureuser", vm_key=vm)
-        try:
-            log = guest.run("cat /var/log/sudo.log", timeout=30, elevated=True).text()
-        finally:
-            guest.close()
-    finally:
-        if old is None:
-            os.environ.pop("IMAGEREADY_SSH_KEY", None)
-        else:
-            os.environ["IMAGEREADY_SSH_KEY"] = old
+    log = azsim.admin_run(addresses[vm], vm, "cat /var/log/sudo.log")
     return sum("imageready Linux facts (schema" in line for line in log.splitlines())
 
 

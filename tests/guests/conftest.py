@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from azsim.guestapi import GuestContext
+from azsim.guestapi import GuestContext, Platform
 from azsim.linux.rootfs import cache_dir_from_env, ensure_rootfs
 from azsim.linuxguest import LinuxGuest
 from imageready.guest.ssh import SshGuest
@@ -84,10 +84,16 @@ class Shutdowns:
 def linux_vm(
     linux_rootfs: Path, ssh_keypair: tuple[Path, str], tmp_path: Path
 ) -> Iterator[Callable[..., LinuxGuest]]:
-    """Factory: ``linux_vm(spec={...}, name="vm1")`` boots a sandbox VM; all are closed after."""
+    """Factory: ``linux_vm(spec={...}, name="vm1", platform=...)`` boots a sandbox VM (its IMDS and
+    SMBIOS show ``platform``, else a fresh vmId); all are closed after."""
     guests: list[LinuxGuest] = []
 
-    def boot(spec: dict[str, Any] | None = None, name: str = "vm1", start: bool = True) -> LinuxGuest:
+    def boot(
+        spec: dict[str, Any] | None = None,
+        name: str = "vm1",
+        start: bool = True,
+        platform: Platform | None = None,
+    ) -> LinuxGuest:
         shutdowns = Shutdowns()
         ctx = GuestContext(
             resource_group="rg-test",
@@ -100,6 +106,7 @@ def linux_vm(
             ssh_public_key=ssh_keypair[1],
             cache_dir=linux_rootfs.parent,
             on_guest_shutdown=shutdowns,
+            platform=platform,
         )
         guest = LinuxGuest(ctx)
         guest.shutdowns = shutdowns  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import winrm
 
-from azsim.guestapi import GuestContext
+from azsim.guestapi import GuestContext, Platform
 from azsim.tls import TlsFiles, make_ca_and_server_cert
 from azsim.windows.guest import WindowsGuest
 from imageready.guest.winrm import PASSWORD_ENV, WinRmGuest, connect_winrm
@@ -82,7 +82,11 @@ def boot_windows(tmp_path: Path, windows_tls: TlsFiles) -> Iterator[Callable[...
     booted: list[Booted] = []
 
     def boot(
-        spec: dict[str, Any] | None = None, *, name: str = "win-vm", state_dir: Path | None = None
+        spec: dict[str, Any] | None = None,
+        *,
+        name: str = "win-vm",
+        state_dir: Path | None = None,
+        platform: Platform | None = None,
     ) -> Booted:
         holder: list[Booted] = []
         ctx = GuestContext(
@@ -95,6 +99,7 @@ def boot_windows(tmp_path: Path, windows_tls: TlsFiles) -> Iterator[Callable[...
             tls_key=windows_tls.server_key,
             admin_password=PASSWORD,
             on_guest_shutdown=lambda: holder[0].shutdowns.append(1.0),
+            platform=platform,
         )
         guest = WindowsGuest(ctx)
         holder.append(Booted(guest, windows_tls))

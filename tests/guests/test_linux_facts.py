@@ -143,14 +143,16 @@ def test_sshd_config_is_read_when_sshd_t_is_not_allowed(
     assert facts["user"]["elevated"] is False
     # /etc/shadow is unreadable: the accounts are listed, their password kind is null + an error
     assert {u["name"]: u["password"] for u in facts["users"]} == {"root": None, "azureuser": None}
-    assert [e["probe"] for e in facts["errors"]] == ["users.password"]
+    # /var/lib/waagent is root's: whether ovf-env.xml exists is unknown (null), never "absent"
+    assert [e["probe"] for e in facts["errors"]] == ["users.password", "ovf_env"]
     assert "Permission denied" in facts["errors"][0]["error"]
+    assert facts["ovf_env"] is None and "Permission denied" in facts["errors"][1]["error"]
 
 
 def test_sh_fallback_prints_valid_json_without_python(
     vm_and_ssh: tuple[LinuxGuest, SshGuest],
 ) -> None:
-    _, ssh = vm_and_ssh
+    guest, ssh = vm_and_ssh
     facts = facts_of(ssh, prefix="IMAGEREADY_FACTS_PYTHON=; export IMAGEREADY_FACTS_PYTHON\n")
     assert facts["hostname"] == "vm1"
     assert facts["user"]["name"] == "azureuser"
@@ -158,7 +160,10 @@ def test_sh_fallback_prints_valid_json_without_python(
     assert facts["waagent"]["installed"] is True
     assert facts["ovf_env_present"] is True
     assert facts["sshd"] is None
-    assert {e["probe"] for e in facts["errors"]} >= {"sshd", "swap", "users"}
+    assert {e["probe"] for e in facts["errors"]} >= {"sshd", "swap", "users", "ovf_env"}
+    # identity without python3: this guest has neither curl nor wget for IMDS; SMBIOS is read
+    assert facts["identity"]["imds"] is None and facts["identity"]["imds_error"]
+    assert facts["identity"]["smbios_uuid"] == guest.ctx.vm_platform.vm_id.upper()
 
 
 @pytest.mark.parametrize(
@@ -191,6 +196,8 @@ def _valid() -> dict[str, Any]:
         "crypt": None,
         "root_fs": None,
         "users": None,
+        "identity": None,
+        "ovf_env": None,
         "errors": [],
     }
 

@@ -137,7 +137,8 @@ def test_host_files_are_invisible_and_guest_writes_stay_in_its_state_dir(
     assert "HOST-FILE-SEEN" not in out and "HOST-WORK-SEEN" not in out
     assert "azsim-init" in out  # PID 1 is the sandbox's init, not the host's
     mount_sources = {line.split(" - ")[1].split()[1] for line in out.splitlines() if " - " in line}
-    assert mount_sources <= {"overlay", "proc", "dev", "devpts", "run", "tmp"}, mount_sources
+    # sys: the tmpfs that holds the VM's SMBIOS UUID, not the host's sysfs
+    assert mount_sources <= {"overlay", "proc", "dev", "devpts", "run", "tmp", "sys"}, mount_sources
     assert guest.read_path("/etc/written-inside") == b"guest\n"
     assert not (linux_rootfs / "etc/written-inside").exists()  # the cache stays pristine
     assert not Path("/etc/written-inside").exists()

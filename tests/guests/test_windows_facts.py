@@ -236,7 +236,8 @@ def test_the_model_answers_by_capability_not_by_text(boot_windows, winrm_passwor
 
 class TestParse:
     def test_single_element_lists_are_lists_again(self) -> None:
-        raw = {key: None for key in ("hostname", "user", "os", "role_details", "domain", "image_state")}
+        keys = ("hostname", "user", "os", "role_details", "domain", "image_state", "identity")
+        raw = {key: None for key in keys}
         raw |= {"schema": 1, "os_family": "Windows", "generalize_count": 5, "panther": None, "services": None}
         raw |= {"features": {"name": "DNS", "display_name": "DNS Server", "feature_type": "Role"}}
         raw |= {"bitlocker": [], "appx_not_provisioned": [], "unattend_files": "C:\\unattend.xml"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import shlex
 from importlib import resources
 from pathlib import PurePosixPath
@@ -50,8 +51,16 @@ kill -TERM 1
 SWAP_FILE = "/swapfile"
 
 
-def ovf_env_xml(hostname: str, username: str, public_key: str) -> str:
-    """The ovf-env.xml Azure hands the agent, with the PlatformSettingsSection waagent 2.7 needs."""
+_PLATFORM_SETTINGS = re.compile(r"\s*<wa:PlatformSettingsSection>.*</wa:PlatformSettingsSection>", re.DOTALL)
+
+
+def ovf_env_xml(hostname: str, username: str, public_key: str, state: str = "provisioned") -> str:
+    """The ovf-env.xml Azure hands the agent, with the PlatformSettingsSection waagent 2.7 needs.
+
+    Staging (``guest.ovf_env.state``): "no-platform-settings" leaves that section out (waagent
+    2.7's OvfEnv then refuses the file: "ovf-env.xml is not found", "Skip delete user", exit 0;
+    WALinuxAgent azurelinuxagent/common/protocol/ovfenv.py and pa/deprovision/default.py);
+    "unparseable" cuts the document short (not XML any more)."""
     template = resources.files("azsim").joinpath("data/ovf-env.xml").read_text()
     keys = ""
     if public_key:
@@ -63,9 +72,13 @@ def ovf_env_xml(hostname: str, username: str, public_key: str) -> str:
             f"            <Value>{escape(public_key)}</Value>\n"
             "          </PublicKey>"
         )
-    return Template(template).substitute(
-        hostname=escape(hostname), username=escape(username), public_keys=keys
-    )
+    values = {"hostname": escape(hostname), "username": escape(username), "public_keys": keys}
+    text = Template(template).substitute(values)
+    if state == "no-platform-settings":
+        text = _PLATFORM_SETTINGS.sub("", text)
+    elif state == "unparseable":
+        text = text[: text.index("</LinuxProvisioningConfigurationSet>")]
+    return text
 
 
 def _key_fingerprint(public_key: str) -> str:
@@ -129,8 +142,10 @@ def provisioning_script(
         s.write(f"{home}/.ssh/authorized_keys", f"{public_key}\n".encode(), 0o600, admin_user)
     s.write("/etc/sudoers.d/waagent", f"{admin_user} ALL=(ALL) NOPASSWD: ALL\n".encode(), 0o440)
     s.run("install", "-d", "-m", "700", "/var/lib/waagent")
-    ovf = ovf_env_xml(spec.hostname, admin_user, public_key).encode()
-    s.write("/var/lib/waagent/ovf-env.xml", ovf, 0o600)
+    if spec.ovf_env.state != "missing":
+        named = spec.ovf_env.user or admin_user
+        ovf = ovf_env_xml(spec.hostname, named, public_key, spec.ovf_env.state).encode()
+        s.write("/var/lib/waagent/ovf-env.xml", ovf, 0o600)
     s.write("/var/lib/waagent/provisioned", b"", 0o644)
     if waagent_conf is not None:
         s.write(

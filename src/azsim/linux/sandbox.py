@@ -1,11 +1,17 @@
-"""One Linux VM's running OS: its own mount, pid and uts namespaces over an overlay of the image.
+"""One Linux VM's running OS: its own mount, pid, uts and network namespaces over an overlay of
+the image.
 
 ``unshare`` starts a host ``sh`` (BOOT below) as PID 1 of new namespaces. It mounts the overlay
 (lower: the cached image, read-only; upper/work: this VM's state dir) inside that mount
-namespace only, gives it a minimal /dev, /proc, /run and /tmp, switches root with ``pivot_root``
-and detaches the host's tree, then execs the guest's own ``sh`` as init (INIT below). No host
-directory is ever bind-mounted, so nothing inside can reach the host's files. The network
-namespace is the host's: sshd listens on a free 127.0.0.1 port.
+namespace only, gives it a minimal /dev, /proc, /run, /tmp and /sys, switches root with
+``pivot_root`` and detaches the host's tree, then execs the guest's own ``sh`` as init (INIT
+below). No host directory is ever bind-mounted, so nothing inside can reach the host's files.
+
+The network namespace is the guest's own, with only its loopback: 127.0.0.1, where its sshd
+listens on port 22, and 169.254.169.254, where azsim serves the VM's Instance Metadata Service
+(``azsim.imds``) from a socket it makes inside the namespace. azsim relays a free port of the
+host's 127.0.0.1 to that sshd (``azsim.linux.netns``). /sys holds the VM's SMBIOS system UUID at
+``/sys/class/dmi/id/product_uuid`` (root-only, as on Linux), read-only.
 
 Stopping signals PID 1 by its host pid (``unshare`` itself ignores SIGTERM while it waits);
 when PID 1 exits the kernel kills everything else in the namespace and the mounts go with it.
@@ -18,15 +24,27 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Runs as the host's sh in the new namespaces: $1 lower $2 upper $3 work $4 merged $5 init.
+from azsim.guestapi import Platform
+from azsim.imds import IMDS_ADDRESS, ImdsServer
+from azsim.linux.netns import Relay, socket_in
+
+#: where the guest's sshd listens, in the guest's own network
+GUEST_SSH_PORT = 22
+
+#: Runs as the host's sh in the new namespaces: $1 lower $2 upper $3 work $4 merged $5 init
+#: $6 the SMBIOS UUID ("" unreadable) $7 "1" when IMDS is reachable.
 BOOT = r"""
 set -eu
-lower=$1 upper=$2 work=$3 root=$4 init=$5
-shift 5
+lower=$1 upper=$2 work=$3 root=$4 init=$5 smbios=$6 imds=$7
+shift 7
+# the guest's own network: loopback, and IMDS's address on it when the VM can reach IMDS
+ip link set lo up
+if [ "$imds" = 1 ]; then ip addr add 169.254.169.254/32 dev lo; fi
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount -t tmpfs -o mode=755,nosuid,size=1m dev "$root/dev"
@@ -40,6 +58,15 @@ ln -s pts/ptmx "$root/dev/ptmx"
 ln -s /proc/self/fd "$root/dev/fd"
 mount -t tmpfs -o mode=755,nosuid,nodev,size=16m run "$root/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev,size=64m tmp "$root/tmp"
+# SMBIOS as the kernel shows it: /sys/class/dmi/id -> ../../devices/virtual/dmi/id
+mount -t tmpfs -o mode=755,nosuid,nodev,noexec,size=64k sys "$root/sys"
+mkdir -p "$root/sys/devices/virtual/dmi/id" "$root/sys/class/dmi"
+ln -s ../../devices/virtual/dmi/id "$root/sys/class/dmi/id"
+if [ -n "$smbios" ]; then
+    printf '%s\n' "$smbios" > "$root/sys/devices/virtual/dmi/id/product_uuid"
+    chmod 400 "$root/sys/devices/virtual/dmi/id/product_uuid"
+fi
+mount -o remount,ro "$root/sys"
 mkdir -p "$root/.azsim-oldroot"
 cd "$root"
 # init lives in the guest's fresh /run (a tmpfs), so ps shows a name, not a script
@@ -176,14 +203,20 @@ class Disk:
 
 
 class Sandbox:
-    """One boot of a VM: the ``unshare`` process, its PID 1 and its sshd port."""
+    """One boot of a VM: the ``unshare`` process, its PID 1, the relay from the host's ``port``
+    to its sshd, and its IMDS."""
 
-    def __init__(self, disk: Disk, port: int, console: Path) -> None:
+    def __init__(self, disk: Disk, port: int, console: Path, platform: Platform) -> None:
         self.disk = disk
         self.port = port
         self.console = console
+        self.platform = platform
         self.process: subprocess.Popen[bytes] | None = None
         self.init_pid = 0
+        self._netns_fd = -1
+        self._relay: Relay | None = None
+        self._imds: ImdsServer | None = None
+        self._release_lock = threading.Lock()
 
     def boot(self, provisioning: str | None, deadline: float) -> None:
         """Start the namespaces and return once sshd answers (or raise SandboxError)."""
@@ -193,6 +226,7 @@ class Sandbox:
             "--mount",
             "--pid",
             "--uts",
+            "--net",
             "--fork",
             "--propagation",
             "private",
@@ -206,7 +240,9 @@ class Sandbox:
             str(self.disk.work),
             str(self.disk.mountpoint),
             INIT,
-            str(self.port),
+            self.platform.smbios_uuid() or "",
+            "1" if self.platform.imds == "reachable" else "0",
+            str(GUEST_SSH_PORT),
             "1" if provisioning is not None else "0",
             DROPPED_CAPS,
         ]
@@ -229,16 +265,58 @@ class Sandbox:
         assert self.process is not None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._release()
                 raise SandboxError(
                     f"the guest exited during boot (status {self.process.returncode}): {self.console_tail()}"
                 )
             if not self.init_pid:
                 self.init_pid = _only_child(self.process.pid)
-            if self.init_pid and ssh_banner(self.port, timeout=0.5):
+            if self.init_pid and self._relay is None:
+                self._join_network()
+            if self._relay is not None and ssh_banner(self.port, timeout=0.5):
+                self._serve_imds()
                 return
             time.sleep(0.05)
         self.kill()
         raise SandboxError(f"sshd did not answer on 127.0.0.1:{self.port} in time: {self.console_tail()}")
+
+    def _join_network(self) -> None:
+        """Hold the guest's network namespace and relay the host's port to its sshd."""
+        self._netns_fd = os.open(f"/proc/{self.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        relay = Relay(self.port, self._netns_fd, ("127.0.0.1", GUEST_SSH_PORT), self.platform.name)
+        relay.start()
+        self._relay = relay
+
+    def _serve_imds(self) -> None:
+        """IMDS on 169.254.169.254:80 of the guest's loopback (BOOT put the address there)."""
+        if self.platform.imds != "reachable":
+            return  # no address, no server: the guest's requests fail as unreachable
+        listener = socket_in(self._netns_fd)
+        try:
+            listener.bind((IMDS_ADDRESS, 80))
+            listener.listen(16)
+        except OSError as err:
+            listener.close()
+            self.kill()
+            raise SandboxError(f"IMDS could not listen in the guest's network: {err}") from None
+        self._imds = ImdsServer(listener, self.platform)
+        self._imds.start()
+
+    def _release(self) -> None:
+        """Close what azsim holds in the guest's network (the namespace goes with the last).
+        Whoever calls it (stop, or the thread that saw the guest exit) returns only once the
+        relay's port is closed."""
+        with self._release_lock:
+            if self._relay is not None:
+                self._relay.close()
+                self._relay = None
+            if self._imds is not None:
+                self._imds.close()
+                self._imds = None
+            if self._netns_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._netns_fd)
+                self._netns_fd = -1
 
     def console_tail(self) -> str:
         try:
@@ -253,11 +331,14 @@ class Sandbox:
 
     def wait(self) -> int:
         assert self.process is not None
-        return self.process.wait()
+        status = self.process.wait()
+        self._release()
+        return status
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Power off: SIGTERM to PID 1, SIGKILL if it lingers; return once all is gone."""
         if not self.alive:
+            self._release()
             return
         if self.init_pid:
             with contextlib.suppress(ProcessLookupError):
@@ -267,19 +348,22 @@ class Sandbox:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+        self._release()
 
     def kill(self) -> None:
         if self.process is None or self.process.poll() is not None:
+            self._release()
             return
         for pid in (self.init_pid, self.process.pid):
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self.process.wait()
+        self._release()
 
     def enter(self, script: str, args: tuple[str, ...] = (), *, with_pid_ns: bool = True) -> list[str]:
         """argv that runs ``sh -c script`` as root inside the running guest."""
-        namespaces = ["--mount", "--uts"] + (["--pid"] if with_pid_ns else [])
+        namespaces = ["--mount", "--uts", "--net"] + (["--pid"] if with_pid_ns else [])
         return [
             "nsenter",
             f"--target={self.init_pid}",

@@ -37,6 +37,18 @@ class ExtraUser:
     password_hash: str = field(default="", repr=False)
 
 
+#: ``ovf_env.state``: the file Azure's agent keeps at /var/lib/waagent/ovf-env.xml, which
+#: ``waagent -deprovision+user`` reads to learn which user to delete
+OVF_ENV_STATES = ("provisioned", "missing", "unparseable", "no-platform-settings")
+
+
+@dataclass(frozen=True)
+class OvfEnvSpec:
+    state: str = "provisioned"
+    #: the UserName it names ("": the VM's admin user)
+    user: str = ""
+
+
 @dataclass(frozen=True)
 class LinuxGuestSpec:
     hostname: str
@@ -46,6 +58,7 @@ class LinuxGuestSpec:
     swap_on_os_disk: bool = False
     client_alive_interval: int | None = None
     remove_packages: tuple[str, ...] = ()
+    ovf_env: OvfEnvSpec = OvfEnvSpec()
 
 
 _KEYS = {
@@ -56,7 +69,9 @@ _KEYS = {
     "swap_on_os_disk",
     "client_alive_interval",
     "remove_packages",
+    "ovf_env",
 }
+_OVF_KEYS = {"state", "user"}
 _FILE_KEYS = {"path", "content", "mode", "owner"}
 _USER_KEYS = {"name", "shell", "password_hash"}
 
@@ -86,7 +101,21 @@ def parse_spec(raw: dict[str, Any] | None, *, vm_name: str, where: str = "guest"
         remove_packages=tuple(
             _package(p, f"{where}.remove_packages") for p in _list(raw, "remove_packages", where)
         ),
+        ovf_env=_ovf_env(raw.get("ovf_env") or {}, f"{where}.ovf_env"),
     )
+
+
+def _ovf_env(raw: Any, where: str) -> OvfEnvSpec:
+    if not isinstance(raw, dict):
+        raise GuestSpecError(f"{where}: expected a mapping with state and/or user")
+    _no_unknown(raw, _OVF_KEYS, where)
+    state = str(raw.get("state", "provisioned"))
+    if state not in OVF_ENV_STATES:
+        raise GuestSpecError(f"{where}.state: expected one of {', '.join(OVF_ENV_STATES)}, got {state!r}")
+    user = str(raw.get("user") or "")
+    if user and not _USER_NAME.match(user):
+        raise GuestSpecError(f"{where}.user: {user!r} is not a user name")
+    return OvfEnvSpec(state=state, user=user)
 
 
 def _no_unknown(raw: dict[str, Any], known: set[str], where: str) -> None:

@@ -145,6 +145,37 @@ def _providers_failed(call: ScriptCall) -> list[dict[str, str]]:
     return [{"name": name, "detail": detail} for name, detail in sorted(found)]
 
 
+#: what .NET's WebRequest says when nothing answers at 169.254.169.254 (a WebException)
+IMDS_UNREACHABLE = "Unable to connect to the remote server"
+#: Win32_ComputerSystemProduct.UUID when no UUID is available (learn.microsoft.com, the class)
+NO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def _identity(call: ScriptCall) -> dict[str, Any]:
+    """The identity probe (facts ``identity``, or imageready's probe script): IMDS ``compute``
+    as the VM's platform answers it, and ``Win32_ComputerSystemProduct.UUID`` (azsim.guestapi.
+    Platform says what the platform shows, and what a scenario staged)."""
+    machine = call.machine
+    platform = machine.platform
+    found: dict[str, Any] = {"imds": None, "imds_error": None, "smbios_uuid": None, "smbios_error": None}
+    if platform is not None and platform.imds == "reachable":
+        compute = platform.compute()
+        found["imds"] = {key: compute[key] for key in ("vmId", "name", "resourceId")}
+    else:
+        found["imds_error"] = IMDS_UNREACHABLE
+    broken = {k.lower(): v for k, v in machine.state.cmdlet_errors.items()}
+    if "get-ciminstance" in broken:
+        found["smbios_error"] = broken["get-ciminstance"]
+    else:
+        shown = platform.smbios_uuid() if platform is not None else None
+        found["smbios_uuid"] = shown or NO_UUID
+    return found
+
+
+def _asks_identity(view: ScriptView) -> bool:
+    return view.asks("169.254.169.254") or view.asks("Win32_ComputerSystemProduct")
+
+
 PROBES = (
     Probe(
         "hostname",
@@ -198,6 +229,8 @@ PROBES = (
         _providers_failed,
         ("Select-String",),
     ),
+    # its own try/catch per source in the script: a broken cmdlet is an error inside the answer
+    Probe("identity", _asks_identity, _identity),
 )
 
 
@@ -232,4 +265,18 @@ class FactsScript:
         return ScriptResult(stdout=json.dumps(facts, separators=(",", ":"), ensure_ascii=False))
 
 
-HANDLERS: list[ScriptHandler] = [FactsScript()]
+class IdentityScript:
+    """imageready's identity probe on its own (``scripts/identity_windows.ps1``): one JSON object."""
+
+    name = "identity"
+
+    def matches(self, view: ScriptView) -> bool:
+        return view.asks("ConvertTo-Json") and _asks_identity(view)
+
+    def run(self, call: ScriptCall) -> ScriptResult:
+        with call.machine.lock:
+            found = _identity(call)
+        return ScriptResult(stdout=json.dumps(found, separators=(",", ":")))
+
+
+HANDLERS: list[ScriptHandler] = [FactsScript(), IdentityScript()]

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from azsim.guestapi import GuestContext
+from azsim.guestapi import GuestContext, Platform
 from azsim.windows import cmdline
 from azsim.windows.auth import Authenticator, channel_bindings_for
 from azsim.windows.endpoint import WinRmListener
@@ -67,6 +67,9 @@ class WindowsGuest:
         # the machine is what is on the OS disk: a copy of a disk boots the source's machine
         self.machine = WindowsMachine.open(spec, ctx.admin_user, ctx.content_dir)
         self.machine.power = self
+        if ctx.platform is None:
+            ctx.platform = Platform.for_vm(ctx.resource_group, ctx.vm_name, "Windows")
+        self.machine.platform = ctx.platform
         self.handlers = HandlerRegistry([*handlers, *default_handlers()])
         self.service = WsmanService(self.machine.hostname, self._start_command, self.machine.close_shell)
         auth = Authenticator(
@@ -171,6 +174,9 @@ class WindowsGuest:
                 "os": "Windows",
                 "running": self._running,
                 "hostname": self.machine.hostname,
+                "vm_id_shown": self.ctx.vm_platform.shown_vm_id,
+                "imds": self.ctx.vm_platform.imds,
+                "smbios": self.ctx.vm_platform.smbios,
                 "endpoints": self.endpoints(),
                 "image_state": self.machine.image_state,
                 "sysprep_running": bool(self.machine.running_processes("sysprep")),

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from azsim.guestapi import Platform
 from azsim.windows import catalog
 from azsim.windows.spec import WindowsGuestSpec
 
@@ -244,6 +245,9 @@ class WindowsMachine:
         self.state_path: Path | None = None
         #: set by the guest; None while nothing can power the machine off from inside
         self.power: Power | None = None
+        #: what the Azure platform shows this machine (IMDS, SMBIOS); set by the guest, never
+        #: saved: it belongs to the VM, not to the disk
+        self.platform: Platform | None = None
         self.processes: list[Process] = []
         self._next_pid = 4000
 

@@ -21,7 +21,8 @@ from imageready.azure import AzureSession, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts import VM_STATE, VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
-from imageready.guest.base import Guest, GuestError, GuestUnreachable
+from imageready.guest.base import CommandResult, Guest, GuestError, GuestUnreachable
+from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins
 from imageready.redact import one_line
 from imageready.target import VmRef
 
@@ -78,6 +79,10 @@ class AzureFactsProvider:
         )
         self._sessions: dict[str, AzureSession] = {}
         self._guests: dict[str, Guest] = {}
+        #: per VM: what its first proven connection presented (a later one must present the same)
+        self._pins: dict[str, Pins] = {}
+        #: per VM: why its guest was refused; no session of this run reaches it again
+        self._refused: dict[str, GuestIdentityError] = {}
         self._lock = threading.RLock()
 
     # --- connections ---------------------------------------------------------------------
@@ -97,15 +102,41 @@ class AzureFactsProvider:
             return session
 
     def guest(self, vm: VmRef, model: dict[str, Any] | None = None) -> Guest:
-        """The guest connection of ``vm`` (opened once; ``model`` spares a VM read)."""
+        """The guest connection of ``vm`` (opened once; ``model`` spares a VM read). It proves
+        its identity with its first command (the facts carry the proof in the same round trip);
+        a guest refused once in this run is never handed out again."""
         with self._lock:
+            self._check_refused(vm)
             cached = self._guests.get(vm.key)
             if cached is not None:
                 return cached
-        guest = self.connect_guest(vm, model)
+        guest = self.connect_guest(vm, model, prove=False)
         with self._lock:
             self._guests[vm.key] = guest
         return guest
+
+    def _check_refused(self, vm: VmRef) -> None:
+        refused = self._refused.get(vm.key)
+        if refused is not None:
+            raise GuestIdentityError(str(refused))
+
+    def refuse_guest(self, vm: VmRef, error: GuestIdentityError) -> None:
+        """Remember that ``vm``'s guest failed to prove its identity, and drop its connection."""
+        with self._lock:
+            self._refused.setdefault(vm.key, error)
+        self.drop_guest(vm)
+
+    def remember_pins(self, vm: VmRef, guest: Guest) -> None:
+        """After ``guest`` proved it is ``vm``: what later connections must present again."""
+        if guest.proof is None:
+            return
+        seen = guest.pins()
+        with self._lock:
+            old = self._pins.get(vm.key, Pins())
+            self._pins[vm.key] = Pins(
+                ssh_host_key=seen.ssh_host_key or old.ssh_host_key,
+                tls_cert_sha256=seen.tls_cert_sha256 or old.tls_cert_sha256,
+            )
 
     def drop_guest(self, vm: VmRef) -> None:
         """Forget a guest connection (e.g. after the guest shut down)."""
@@ -115,11 +146,22 @@ class AzureFactsProvider:
             guest.close()
 
     def connect_guest(
-        self, vm: VmRef, model: dict[str, Any] | None = None, *, fallback: bool = True
+        self,
+        vm: VmRef,
+        model: dict[str, Any] | None = None,
+        *,
+        fallback: bool = True,
+        prove: bool = True,
     ) -> Guest:
-        """A new connection to the guest of ``vm``, not shared (the caller closes it). With
-        ``fallback`` and --transport auto, an unreachable guest is read through Run Command."""
+        """A new connection to the guest of ``vm``, not shared (the caller closes it), bound to
+        the vmId ARM reports: with ``prove`` it proves its identity now, else its first command
+        does; nothing runs on it before. With ``fallback`` and --transport auto, an unreachable
+        guest is read through Run Command."""
+        self._check_refused(vm)
         model = model or self.azure(vm).get_vm(vm, instance_view=False)
+        expected = ExpectedIdentity.from_model(vm.key, model)
+        with self._lock:
+            pins = self._pins.get(vm.key, Pins())
         props = model.get("properties", {})
         os_type = props.get("storageProfile", {}).get("osDisk", {}).get("osType")
         admin = str(props.get("osProfile", {}).get("adminUsername") or "") or self._copied_admin(vm, model)
@@ -127,7 +169,7 @@ class AzureFactsProvider:
         if kind is None:
             raise GuestError(f"{vm.key}: unknown OS type {os_type!r}, no transport for it")
         if self.transport == "run-command":
-            return self._run_command(vm, str(os_type))
+            return self._run_command(vm, str(os_type), expected)
         if self.transport not in ("auto", kind):
             raise GuestError(f"{vm.key}: --transport {self.transport} does not fit a {os_type} VM")
         address = self.addresses.get(vm.key.lower()) or self._nic_address(vm, model, kind)
@@ -141,6 +183,9 @@ class AzureFactsProvider:
                     vm_key=vm.key,
                     known_hosts=os.environ.get("IMAGEREADY_KNOWN_HOSTS"),
                     strict=bool(self.config.getoption("ssh_strict_host_keys")),
+                    expected=expected,
+                    pins=pins,
+                    prove=prove,
                 )
             from imageready.guest.winrm import connect_winrm
 
@@ -150,12 +195,18 @@ class AzureFactsProvider:
                 vm_key=vm.key,
                 auth=self.config.getoption("winrm_auth"),
                 ca_bundle=os.environ.get("IMAGEREADY_WINRM_CA_BUNDLE") or self.ca_bundle,
+                expected=expected,
+                pins=pins,
+                prove=prove,
             )
+        except GuestIdentityError as exc:
+            self.refuse_guest(vm, exc)
+            raise
         except GuestUnreachable as exc:
             if self.transport != "auto" or not fallback:
                 raise
             progress.emit(f"{vm.key}: {exc}; falling back to Azure Run Command (read-only facts)")
-            return self._run_command(vm, str(os_type))
+            return self._run_command(vm, str(os_type), expected)
 
     def _copied_admin(self, vm: VmRef, model: dict[str, Any]) -> str:
         """A VM created from a copied (specialized) disk has no osProfile in Azure: its admin user
@@ -178,10 +229,12 @@ class AzureFactsProvider:
             source_id = str((source_model.get("tags") or {}).get(COPY_TAG) or "")
         return ""
 
-    def _run_command(self, vm: VmRef, os_type: str) -> Guest:
+    def _run_command(self, vm: VmRef, os_type: str, expected: ExpectedIdentity) -> Guest:
         from imageready.guest.runcommand import RunCommandGuest
 
-        return RunCommandGuest(self.azure(vm), vm, "Linux" if os_type == "Linux" else "Windows")
+        return RunCommandGuest(
+            self.azure(vm), vm, "Linux" if os_type == "Linux" else "Windows", expected=expected
+        )
 
     def _nic_address(self, vm: VmRef, model: dict[str, Any], kind: str) -> str:
         nics = model.get("properties", {}).get("networkProfile", {}).get("networkInterfaces") or []
@@ -280,19 +333,39 @@ class AzureFactsProvider:
             )
             facts.guest_error_category = NOT_RUNNING
             return
+        guest: Guest | None = None
         try:
             guest = self.guest(vm, facts.vm_model)
-            facts.guest_identity = _identity(guest)
             script, parse, elevated = _facts_script(facts.os_type)
-            result = guest.run(script, timeout=self.guest_timeout, elevated=elevated)
-            if not result.ok and not result.stdout.strip():
-                why = one_line(result.stderr.decode("utf-8", "replace"))
-                raise GuestError(f"{vm.key}: facts script exited {result.exit_code}: {why}")
-            facts.guest = parse(result.stdout)
+            parsed: dict[int, dict[str, Any]] = {}
+
+            def document(result: CommandResult) -> dict[str, Any]:
+                if id(result) not in parsed:
+                    if not result.ok and not result.stdout.strip():
+                        why = one_line(result.stderr.decode("utf-8", "replace"))
+                        raise GuestError(f"{vm.key}: facts script exited {result.exit_code}: {why}")
+                    parsed[id(result)] = parse(result.stdout)
+                return parsed[id(result)]
+
+            # one round trip: the facts carry the guest's proof of identity, judged before any
+            # of them is believed
+            result = guest.run(
+                script,
+                timeout=self.guest_timeout,
+                elevated=elevated,
+                proof_in=lambda done: document(done).get("identity"),
+            )
+            facts.guest = document(result)
+            self.remember_pins(vm, guest)
+        except GuestIdentityError as exc:
+            self.refuse_guest(vm, exc)
+            facts.guest_error, facts.guest_error_category = str(exc), exc.category
         except GuestError as exc:
             facts.guest_error, facts.guest_error_category = str(exc), exc.category
         except ValueError as exc:  # the facts parsers' FactsError
             facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", "guest facts"
+        if guest is not None:
+            facts.guest_identity = _identity(guest)
 
     def live_vm_id(self, vm: VmRef) -> str | None:
         model = self.azure(vm).get_vm(vm, instance_view=False)
@@ -328,8 +401,21 @@ class AzureFactsProvider:
 
 
 def _identity(guest: Guest) -> dict[str, Any]:
+    """What the audit and the verdict keep about the guest: the endpoint, how it proved (or
+    failed to prove) that it is the VM, and the host key or certificate it presented."""
     ident = guest.identity
-    return {"transport": ident.transport, "endpoint": ident.endpoint, "user": ident.user, **ident.evidence}
+    found: dict[str, Any] = {
+        "transport": ident.transport,
+        "endpoint": ident.endpoint,
+        "user": ident.user,
+        **ident.evidence,
+    }
+    binding = guest.binding
+    if binding is not None and binding.expected is not None:
+        found["azure_vm_id"] = binding.expected.vm_id
+        state = "refused" if binding.failure is not None else "unproven"
+        found["identity"] = "proven" if binding.proof is not None else state
+    return found
 
 
 def _facts_script(os_type: str | None) -> tuple[str, Any, bool]:

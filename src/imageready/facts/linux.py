@@ -45,6 +45,8 @@ _TOP_LEVEL: Schema = {
     "crypt": (list, None),
     "root_fs": (dict, None),
     "users": (list, None),
+    "identity": (dict, None),
+    "ovf_env": (dict, None),
     "errors": (list,),
 }
 

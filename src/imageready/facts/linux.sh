@@ -237,6 +237,127 @@ def users():
     return rows
 
 
+IMDS_COMPUTE = "http://169.254.169.254/metadata/instance/compute?api-version=2021-02-01"
+
+
+def identity():
+    """Which VM this is: IMDS compute (never through a proxy: Microsoft's IMDS page) and the
+    SMBIOS system UUID. The harness compares both with ARM's vmId (guest/identity.py)."""
+    import urllib.request
+
+    found = {"imds": None, "imds_error": None, "smbios_uuid": None, "smbios_error": None}
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(IMDS_COMPUTE, headers={"Metadata": "true"})
+        with opener.open(request, timeout=5) as response:
+            compute = json.load(response)
+        found["imds"] = {key: compute.get(key) for key in ("vmId", "name", "resourceId")}
+    except Exception as err:  # unreachable, refused, not JSON: say why, in one line
+        found["imds_error"] = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    try:
+        found["smbios_uuid"] = read("/sys/class/dmi/id/product_uuid").strip()[:64]
+    except OSError as err:
+        found["smbios_error"] = f"{type(err).__name__}: {err.strerror}"
+    return found
+
+
+# Run by waagent's own interpreter with waagent's own parser (WALinuxAgent's OvfEnv, as
+# `waagent -deprovision+user` reads the file): only the user name leaves it, never the password.
+WAAGENT_OVF = r"""
+import json, sys
+from xml.parsers.expat import ExpatError
+from azurelinuxagent.common.exception import ProtocolError
+from azurelinuxagent.common.protocol.ovfenv import OvfEnv
+from azurelinuxagent.common.utils import fileutil
+try:
+    env = OvfEnv(fileutil.read_file(sys.argv[1]))
+    print(json.dumps({"user_name": env.username, "error": None}))
+except ProtocolError as err:  # its text names itself: "[ProtocolError] Failed to validate OVF: ..."
+    print(json.dumps({"user_name": None, "error": str(err)}))
+except ExpatError as err:
+    print(json.dumps({"user_name": None, "error": "ExpatError: " + str(err)}))
+except Exception as err:
+    print(json.dumps({"user_name": None, "error": type(err).__name__}))
+"""
+
+
+def waagent_interpreter(path):
+    """The interpreter of waagent's #! line, if it is a Python."""
+    import shlex
+
+    with open(path, "rb") as f:
+        first = f.readline(200).decode("utf-8", "replace")
+    argv = shlex.split(first[2:]) if first.startswith("#!") else []
+    return argv if any("python" in word for word in argv) else None
+
+
+def builtin_ovf(path):
+    """WALinuxAgent 2.7's OvfEnv rules, for a guest whose waagent cannot be asked: every section
+    it requires (a missing PlatformSettingsSection makes it skip the user), the UserName."""
+    import xml.etree.ElementTree as ET
+
+    ovf, wa = "{http://schemas.dmtf.org/ovf/environment/1}", "{http://schemas.microsoft.com/windowsazure}"
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        return {"user_name": None, "error": f"ParseError: {err}"}
+
+    def first(node, tag):
+        return next(iter(node.iter(tag)), None) if node is not None else None
+
+    environment = root if root.tag == f"{ovf}Environment" else first(root, f"{ovf}Environment")
+    section = first(environment, f"{wa}ProvisioningSection")
+    conf_set = first(section, f"{wa}LinuxProvisioningConfigurationSet")
+    platform = first(first(environment, f"{wa}PlatformSettingsSection"), f"{wa}PlatformSettings")
+    required = [
+        ("Environment", environment),
+        ("ProvisioningSection", section),
+        ("Version", first(environment, f"{wa}Version")),
+        ("LinuxProvisioningConfigurationSet", conf_set),
+        ("HostName", first(conf_set, f"{wa}HostName")),
+        ("UserName", first(conf_set, f"{wa}UserName")),
+        ("PlatformSettings", platform),
+        ("ProvisionGuestAgent", first(platform, f"{wa}ProvisionGuestAgent")),
+    ]
+    missing = next((name for name, node in required if node is None), None)
+    if missing:
+        return {"user_name": None, "error": f"[ProtocolError] Failed to validate OVF: {missing} not found"}
+    return {"user_name": (first(conf_set, f"{wa}UserName").text or "").strip(), "error": None}
+
+
+def ovf_env(agent):
+    """The user `waagent -deprovision+user` deletes: ovf-env.xml's UserName as waagent parses it."""
+    lib = ((agent or {}).get("conf") or {}).get("Lib.Dir") or "/var/lib/waagent"
+    path = os.path.join(lib, "ovf-env.xml")
+    try:
+        os.stat(path)
+        present = True
+    except FileNotFoundError:
+        present = False
+    # a PermissionError (no root: /var/lib/waagent is root's) leaves the probe null: the file is
+    # then unknown, not absent
+    found = {"path": path, "present": present, "parses": None, "parser": None,
+             "user_name": None, "error": None}
+    if not found["present"]:
+        return found
+    answer = None
+    waagent_path = (agent or {}).get("path")
+    interpreter = waagent_interpreter(waagent_path) if waagent_path else None
+    if interpreter:
+        done = run(*interpreter, "-c", WAAGENT_OVF, path)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode == 0 and lines:
+            answer = json.loads(lines[-1])
+            found["parser"] = f"waagent {(agent or {}).get('version') or ''}".strip()
+    if answer is None:
+        answer = builtin_ovf(path)
+        found["parser"] = "imageready (WALinuxAgent 2.7 rules)"
+    found["user_name"] = answer.get("user_name") or None
+    found["error"] = answer.get("error")
+    found["parses"] = found["error"] is None and bool(found["user_name"])
+    return found
+
+
 def shadow_status():
     status = {}
     for line in read("/etc/shadow").splitlines():
@@ -264,7 +385,9 @@ facts = {
     "crypt": probe("crypt", crypt),
     "root_fs": probe("root_fs", root_fs),
     "users": probe("users", users),
+    "identity": probe("identity", identity),
 }
+facts["ovf_env"] = probe("ovf_env", lambda: ovf_env(facts["waagent"]))
 facts["errors"] = errors
 print(json.dumps(facts))
 PY
@@ -297,9 +420,25 @@ fi
 printf '"ovf_env_present": %s, ' "$(json_bool test -e /var/lib/waagent/ovf-env.xml)"
 printf '"cloud_init": {"installed": %s, "status": null, "disabled": %s, "instance_dirs": []}, ' \
     "$(json_bool command -v cloud-init)" "$(json_bool test -e /etc/cloud/cloud-init.disabled)"
-printf '"sshd": null, "swap": null, "crypt": null, "root_fs": null, "users": null, "errors": ['
+# identity without python3: the vmId as text through curl or wget, and the SMBIOS UUID
+imds_vmid='http://169.254.169.254/metadata/instance/compute/vmId?api-version=2021-02-01&format=text'
+hex() { tr -cd '0-9A-Fa-f-' | cut -c1-64; }
+vmid=$( (curl -s -f --noproxy '*' -m 5 -H Metadata:true "$imds_vmid" 2>/dev/null ||
+    wget -q -O - --no-proxy -T 5 --header=Metadata:true "$imds_vmid" 2>/dev/null) | hex)
+smbios=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null | hex)
+if [ -n "$vmid" ]; then
+    printf '"identity": {"imds": {"vmId": "%s", "name": null, "resourceId": null}, "imds_error": null, ' "$vmid"
+else
+    printf '"identity": {"imds": null, "imds_error": "no answer (curl and wget failed)", '
+fi
+if [ -n "$smbios" ]; then
+    printf '"smbios_uuid": "%s", "smbios_error": null}, ' "$smbios"
+else
+    printf '"smbios_uuid": null, "smbios_error": "not readable"}, '
+fi
+printf '"sshd": null, "swap": null, "crypt": null, "root_fs": null, "users": null, "ovf_env": null, "errors": ['
 sep=''
-for probe in waagent.version waagent.conf cloud_init.instance_dirs sshd swap crypt root_fs users; do
+for probe in waagent.version waagent.conf cloud_init.instance_dirs sshd swap crypt root_fs users ovf_env; do
     printf '%s{"probe": "%s", "error": "python3 is not available"}' "$sep" "$probe"
     sep=', '
 done

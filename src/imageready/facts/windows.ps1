@@ -176,6 +176,11 @@ Invoke-Probe 'sysprep_providers_failed' {
             Sort-Object -Property 'name', 'detail' -Unique)
 }
 
+# Which VM this is (IMDS, the SMBIOS UUID): the function of scripts/identity_windows.ps1, put in
+# its place below by facts/windows.py, so the facts and every later session read it alike.
+# IMAGEREADY-IDENTITY-FUNCTION
+Invoke-Probe 'identity' { Get-ImagereadyIdentity }
+
 $facts['errors'] = @($probeErrors)
 [Console]::Out.Write(($facts | ConvertTo-Json -Depth 6 -Compress))
 exit 0

@@ -9,8 +9,22 @@ from imageready.facts.document import SCHEMA_VERSION, FactsError, Schema, parse_
 
 __all__ = ["SCHEMA_VERSION", "SCRIPT", "FactsError", "parse"]
 
+_IDENTITY_SLOT = "# IMAGEREADY-IDENTITY-FUNCTION"
+_IDENTITY_END = "# imageready: end of the identity function"
+
+
+def _compose() -> str:
+    """windows.ps1 with the identity probe's function in its slot (one source for both)."""
+    facts = resources.files("imageready.facts").joinpath("windows.ps1").read_text(encoding="utf-8")
+    probe = resources.files("imageready.scripts").joinpath("identity_windows.ps1").read_text(encoding="utf-8")
+    start, end = probe.index("function Get-ImagereadyIdentity"), probe.index(_IDENTITY_END)
+    if facts.count(_IDENTITY_SLOT) != 1:
+        raise RuntimeError("windows.ps1 lost its identity slot")
+    return facts.replace(_IDENTITY_SLOT, probe[start:end].rstrip())
+
+
 #: PowerShell 5.1 source; run it through a Windows guest transport (it reads nothing from stdin).
-SCRIPT: str = resources.files("imageready.facts").joinpath("windows.ps1").read_text(encoding="utf-8")
+SCRIPT: str = _compose()
 
 _TOP_LEVEL: Schema = {
     "schema": (int,),
@@ -30,6 +44,7 @@ _TOP_LEVEL: Schema = {
     "unattend_files": (list, None),
     "services": (dict, None),
     "sysprep_providers_failed": (list, None),
+    "identity": (dict, None),
     "errors": (list,),
 }
 #: keys that hold lists: ConvertTo-Json in Windows PowerShell 5.1 may still print a

@@ -21,6 +21,11 @@ Contract for implementations:
   arrives. Those lines stay in ``stderr`` too.
 * Credentials come from the environment, an agent, a key file or Key Vault, never from argv or a
   host string, and never appear in an exception message, a log line or ``repr``.
+* Identity (``imageready.guest.identity``): a guest built with an expected identity runs nothing
+  on a session (an SSH connection, a WinRM shell) before that session proved it is the VM ARM
+  describes. ``run(..., proof_in=...)`` is for a script whose own output carries the proof (the
+  facts): it runs first, and its result is returned only once the proof in it is accepted.
+  Run Command is addressed by the VM's resource id through ARM, so it has nothing to prove.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from imageready.guest.identity import Binding, IdentityProof, Pins
 
 OsType = Literal["Linux", "Windows"]
 
@@ -104,6 +112,19 @@ class Guest(abc.ABC):
     #: True for transports that may only read (Run Command runs as SYSTEM/root without a user
     #: context; the harness only reads facts through it)
     read_only: bool = False
+    #: what every session must prove before a command runs (None: no proof is asked)
+    binding: Binding | None = None
+
+    @property
+    def proof(self) -> IdentityProof | None:
+        """How this guest proved it is the VM (None: not proven, or nothing was asked)."""
+        return self.binding.proof if self.binding is not None else None
+
+    def pins(self) -> Pins:
+        """What a later connection to this VM must present again (host key, certificate)."""
+        from imageready.guest.identity import Pins
+
+        return Pins()
 
     @property
     @abc.abstractmethod
@@ -119,8 +140,11 @@ class Guest(abc.ABC):
         stdin: bytes = b"",
         elevated: bool = False,
         on_progress: Callable[[str], None] | None = None,
+        proof_in: Callable[[CommandResult], object] | None = None,
     ) -> CommandResult:
-        """Run ``script`` on the guest and wait at most ``timeout`` seconds for it."""
+        """Run ``script`` on the guest and wait at most ``timeout`` seconds for it. With
+        ``proof_in``, the script's result carries the identity reading (``proof_in`` extracts it)
+        instead of a probe running first."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection (idempotent)."""

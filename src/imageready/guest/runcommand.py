@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imageready.guest.base import CommandResult, Guest, GuestError, GuestIdentity, GuestNotAllowed, OsType
+from imageready.guest.identity import Binding, ExpectedIdentity, Pins
 
 if TYPE_CHECKING:
     from imageready.azure import AzureSession
@@ -33,15 +34,25 @@ class RunCommandGuest(Guest):
     transport = "run-command"
     read_only = True
 
-    def __init__(self, azure: AzureSession, ref: VmRef, os_type: OsType) -> None:
+    def __init__(
+        self, azure: AzureSession, ref: VmRef, os_type: OsType, *, expected: ExpectedIdentity | None = None
+    ) -> None:
         self.azure = azure
         self.ref = ref
         self.os_type = os_type
+        # ARM delivers the script to the VM by its resource id: there is no address that could
+        # lead elsewhere, so no probe runs first; a result that carries a proof (the facts) is
+        # still judged, and recorded
+        self.binding = Binding(expected, Pins(), address=f"Run Command on {ref.id}")
 
     @property
     def identity(self) -> GuestIdentity:
+        assert self.binding is not None
         return GuestIdentity(
-            transport=self.transport, endpoint=f"{self.ref.id}/runCommand", user="root/SYSTEM"
+            transport=self.transport,
+            endpoint=f"{self.ref.id}/runCommand",
+            user="root/SYSTEM",
+            evidence=dict(self.binding.evidence),
         )
 
     def run(
@@ -52,7 +63,10 @@ class RunCommandGuest(Guest):
         stdin: bytes = b"",
         elevated: bool = False,
         on_progress: Callable[[str], None] | None = None,
+        proof_in: Callable[[CommandResult], object] | None = None,
     ) -> CommandResult:
+        assert self.binding is not None
+        self.binding.check()
         if stdin:
             raise GuestNotAllowed(f"{self.ref.key}: Run Command cannot feed stdin to a script")
         started = time.monotonic()
@@ -73,12 +87,15 @@ class RunCommandGuest(Guest):
             data = gzip.decompress(base64.b64decode(match.group(1))) if match.group(1) else b""
         except (binascii.Error, OSError, EOFError) as err:
             raise GuestError(f"{self.ref.key}: Run Command output could not be decoded: {err}") from None
-        return CommandResult(
+        result = CommandResult(
             exit_code=int(match.group(2)),
             stdout=data,
             stderr=stderr.encode("utf-8", errors="replace"),
             duration=time.monotonic() - started,
         )
+        if proof_in is not None and self.binding.expected is not None:
+            self.binding.accept(proof_in(result), self.ref.id)
+        return result
 
 
 def _wrap_sh(script: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -42,6 +43,14 @@ from imageready.guest.base import (
     GuestTimeout,
     GuestUnreachable,
     parse_address,
+)
+from imageready.guest.identity import (
+    Binding,
+    ExpectedIdentity,
+    GuestIdentityError,
+    Pins,
+    parse_probe,
+    probe_script,
 )
 
 #: paramiko's own log, with tracebacks for failures this module reports as one line; it does not
@@ -71,8 +80,21 @@ class GuestHostKeyRejected(GuestError):
 
 def host_key_evidence(key: paramiko.PKey) -> str:
     """``ssh-ed25519 SHA256:...`` as ``ssh-keygen -l`` prints it."""
-    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-    return f"{key.get_name()} SHA256:{digest}"
+    return _fingerprint(key.get_name(), key.asbytes())
+
+
+def _fingerprint(kind: str, blob: bytes) -> str:
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"{kind} SHA256:{digest}"
+
+
+def pinned_key_evidence(pin: str) -> str:
+    """The fingerprint of a pinned key (OpenSSH ``type base64``), as :func:`host_key_evidence`."""
+    kind, _, data = pin.partition(" ")
+    try:
+        return _fingerprint(kind, base64.b64decode(data))
+    except ValueError:
+        return pin[:40]
 
 
 class _RecordPolicy(paramiko.MissingHostKeyPolicy):
@@ -123,6 +145,8 @@ class SshGuest(Guest):
         connect_timeout: float = 15.0,
         known_hosts: str | os.PathLike[str] | None = None,
         strict: bool = False,
+        expected: ExpectedIdentity | None = None,
+        pins: Pins | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -136,7 +160,10 @@ class SshGuest(Guest):
         self._pkey = pkey
         self._allow_agent = allow_agent
         self._backend = _Backend(self)
-        self._identity = GuestIdentity(transport="ssh", endpoint=self.endpoint, user=user)
+        self._evidence: dict[str, str] = {}
+        #: the host key of the current connection (OpenSSH "type base64": a public key)
+        self._host_key = ""
+        self.binding = Binding(expected, pins or Pins(), address=f"ssh {user}@{self.endpoint}")
 
     @property
     def endpoint(self) -> str:
@@ -148,7 +175,12 @@ class SshGuest(Guest):
 
     @property
     def identity(self) -> GuestIdentity:
-        return self._identity
+        assert self.binding is not None
+        evidence = {**self._evidence, **self.binding.evidence}
+        return GuestIdentity(transport="ssh", endpoint=self.endpoint, user=self.user, evidence=evidence)
+
+    def pins(self) -> Pins:
+        return Pins(ssh_host_key=self._host_key)
 
     @property
     def testinfra_host(self) -> Host:
@@ -158,9 +190,43 @@ class SshGuest(Guest):
     def _where(self) -> str:
         return f"{self.vm_key}: ssh {self.user}@{self.endpoint}"
 
-    def connect(self) -> None:
-        """Open the connection now (it otherwise opens on the first command)."""
-        self._client()
+    def connect(self, *, prove: bool = True) -> None:
+        """Open the connection now (it otherwise opens on the first command) and, with ``prove``
+        and an expected identity, prove it right away (else the first command does)."""
+        client = self._client()
+        transport = client.get_transport()
+        if prove and self._binding.needs_proof(transport):
+            self._prove(transport)
+
+    @property
+    def _binding(self) -> Binding:
+        assert self.binding is not None
+        return self.binding
+
+    def _prove(self, transport: paramiko.Transport | None) -> None:
+        """Run the identity probe on ``transport`` (this SSH connection) and judge it."""
+        result = self._exec_raw(
+            transport,
+            _command(probe_script("Linux"), elevated=False),
+            timeout=60.0,
+            purpose="the identity probe",
+        )
+        reading = parse_probe(result.stdout)
+        if reading is None and not result.ok:
+            # it did not run to its end (it always exits 0 when it does): nothing is proven
+            # either way, so nothing runs now, and the next command tries again
+            stderr = " ".join(result.stderr.decode("utf-8", "replace").split())[:300]
+            why = stderr or f"exit {result.exit_code}"
+            raise GuestDisconnected(f"{self._where()}: the identity probe did not complete: {why}")
+        self._accept(reading, transport)
+
+    def _accept(self, reading: object, transport: object) -> None:
+        """Judge ``reading``; once proven, later connections of this object must show the same
+        host key before they prove again."""
+        binding = self._binding
+        binding.accept(reading, transport)
+        if not binding.pins.ssh_host_key and self._host_key:
+            binding.pins = dataclasses.replace(binding.pins, ssh_host_key=self._host_key)
 
     def _client(self) -> paramiko.SSHClient:
         client: paramiko.SSHClient = self._backend.client
@@ -210,7 +276,20 @@ class SshGuest(Guest):
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
-        self._identity.evidence["ssh_host_key"] = host_key_evidence(transport.get_remote_server_key())
+        key = transport.get_remote_server_key()
+        offered = f"{key.get_name()} {key.get_base64()}"
+        pinned = self._binding.pins.ssh_host_key
+        if pinned and offered != pinned:
+            client.close()
+            error = GuestIdentityError(
+                f"{self._where()}: another machine answers: the host key is "
+                f"{host_key_evidence(key)}, the key seen when {self.vm_key} proved its identity was "
+                f"{pinned_key_evidence(pinned)}"
+            )
+            self._binding.refuse(error)
+            raise error
+        self._host_key = offered
+        self._evidence["ssh_host_key"] = host_key_evidence(key)
         return client
 
     def _load_key(self) -> paramiko.PKey | None:
@@ -272,14 +351,18 @@ class SshGuest(Guest):
         stdin: bytes = b"",
         elevated: bool = False,
         on_progress: Callable[[str], None] | None = None,
+        proof_in: Callable[[CommandResult], object] | None = None,
         purpose: str = "",
     ) -> CommandResult:
         """Run ``script`` with ``sh -c`` (as root via ``sudo -n`` when ``elevated``)."""
-        sudo = "sudo -n " if elevated else ""
-        command = f"{sudo}sh -c {shlex.quote(_GROUP_WRAPPER)} imageready {shlex.quote(script)}"
         what = purpose or _purpose(script)
         return self._exec(
-            command.encode(), timeout=timeout, stdin=stdin, on_progress=on_progress, purpose=what
+            _command(script, elevated=elevated),
+            timeout=timeout,
+            stdin=stdin,
+            on_progress=on_progress,
+            purpose=what,
+            proof_in=proof_in,
         )
 
     def _exec(
@@ -290,11 +373,36 @@ class SshGuest(Guest):
         purpose: str,
         stdin: bytes = b"",
         on_progress: Callable[[str], None] | None = None,
+        proof_in: Callable[[CommandResult], object] | None = None,
     ) -> CommandResult:
+        """Every command, testinfra's included: on a connection that proved its identity (or,
+        with ``proof_in``, one whose result carries the proof)."""
+        binding = self._binding
+        binding.check()
+        transport = self._client().get_transport()
+        if binding.needs_proof(transport) and proof_in is None:
+            self._prove(transport)
+        result = self._exec_raw(
+            transport, command, timeout=timeout, purpose=purpose, stdin=stdin, on_progress=on_progress
+        )
+        if binding.needs_proof(transport) and proof_in is not None:
+            self._accept(proof_in(result), transport)
+        return result
+
+    def _exec_raw(
+        self,
+        transport: paramiko.Transport | None,
+        command: bytes,
+        *,
+        timeout: float,
+        purpose: str,
+        stdin: bytes = b"",
+        on_progress: Callable[[str], None] | None = None,
+    ) -> CommandResult:
+        """Run ``command`` on ``transport`` and on no other connection: a connection that
+        dropped is an error here, never silently replaced by one that proved nothing."""
         started = time.monotonic()
         deadline = started + timeout
-        client = self._client()
-        transport = client.get_transport()
         try:
             assert transport is not None
             channel = transport.open_session(timeout=max(0.1, min(timeout, self.connect_timeout)))
@@ -354,6 +462,11 @@ class SshGuest(Guest):
         client = self._backend.__dict__.pop("client", None)
         if client is not None:
             client.close()
+
+
+def _command(script: str, *, elevated: bool) -> bytes:
+    sudo = "sudo -n " if elevated else ""
+    return f"{sudo}sh -c {shlex.quote(_GROUP_WRAPPER)} imageready {shlex.quote(script)}".encode()
 
 
 def _drain(ready: Callable[[], bool], recv: Callable[[int], bytes]) -> bytes:
@@ -435,9 +548,13 @@ def connect_ssh(
     connect_timeout: float = 15.0,
     known_hosts: str | os.PathLike[str] | None = None,
     strict: bool = False,
+    expected: ExpectedIdentity | None = None,
+    pins: Pins | None = None,
+    prove: bool = True,
     **options: Any,
 ) -> SshGuest:
-    """Connect to ``address`` (``host[:port]``) as ``user`` and return the open guest."""
+    """Connect to ``address`` (``host[:port]``) as ``user`` and return the open guest; with
+    ``expected``, proven to be that VM (unless ``prove`` is False: the first command proves)."""
     host, port = parse_address(address, 22)
     guest = SshGuest(
         host,
@@ -449,7 +566,13 @@ def connect_ssh(
         connect_timeout=connect_timeout,
         known_hosts=known_hosts,
         strict=strict,
+        expected=expected,
+        pins=pins,
         **options,
     )
-    guest.connect()
+    try:
+        guest.connect(prove=prove)
+    except BaseException:
+        guest.close()
+        raise
     return guest

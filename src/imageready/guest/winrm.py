@@ -53,6 +53,14 @@ from imageready.guest.base import (
     GuestUnreachable,
     parse_address,
 )
+from imageready.guest.identity import (
+    Binding,
+    ExpectedIdentity,
+    GuestIdentityError,
+    Pins,
+    parse_probe,
+    probe_script,
+)
 from imageready.redact import register_secret
 
 PASSWORD_ENV = "IMAGEREADY_WINRM_PASSWORD"  # noqa: S105 - a variable name
@@ -147,6 +155,8 @@ class WinRmGuest(Guest):
         ca_bundle: str | os.PathLike[str] | None = None,
         password_source: Callable[[], str] | None = None,
         operation_timeout: int = DEFAULT_OPERATION_TIMEOUT,
+        expected: ExpectedIdentity | None = None,
+        pins: Pins | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -159,7 +169,10 @@ class WinRmGuest(Guest):
         self.operation_timeout = operation_timeout
         self._password_source = password_source
         self._protocol: Protocol | None = None
-        self._identity = GuestIdentity(transport="winrm", endpoint=self.endpoint, user=user)
+        self._evidence: dict[str, str] = {}
+        #: SHA-256 of the certificate this object trusts (the pinned one, else the first seen)
+        self._cert_digest = (pins.tls_cert_sha256 if pins else "") or ""
+        self.binding = Binding(expected, pins or Pins(), address=f"winrm {user}@{self.endpoint}")
 
     @property
     def endpoint(self) -> str:
@@ -171,7 +184,17 @@ class WinRmGuest(Guest):
 
     @property
     def identity(self) -> GuestIdentity:
-        return self._identity
+        assert self.binding is not None
+        evidence = {**self._evidence, **self.binding.evidence}
+        return GuestIdentity(transport="winrm", endpoint=self.endpoint, user=self.user, evidence=evidence)
+
+    @property
+    def _binding(self) -> Binding:
+        assert self.binding is not None
+        return self.binding
+
+    def pins(self) -> Pins:
+        return Pins(tls_cert_sha256=self._cert_digest)
 
     def _where(self) -> str:
         return f"{self.vm_key}: winrm {self.user}@{self.endpoint}"
@@ -203,7 +226,27 @@ class WinRmGuest(Guest):
                 message_encryption="auto",
                 proxy=None,
             )
+            self._pin_sessions(self._protocol)
         return self._protocol
+
+    def _pin_sessions(self, protocol: Protocol) -> None:
+        """Every TLS connection pywinrm opens must present the certificate this object trusts
+        (urllib3's ``assert_fingerprint``, checked in the handshake, before a credential or a
+        command is sent), also after pywinrm rebuilds its session. Over HTTPS pywinrm sends
+        nothing while it builds one, so the pin is in place before the first connection."""
+        winrm_transport = protocol.transport
+        build = winrm_transport.build_session
+
+        def build_pinned() -> requests.Session:
+            fresh = winrm_transport.session is None
+            session: requests.Session = build()
+            if fresh and self.scheme == "https" and self._cert_digest:
+                adapter = session.get_adapter(self.endpoint)
+                pool_kw = adapter.poolmanager.connection_pool_kw  # type: ignore[attr-defined]
+                pool_kw["assert_fingerprint"] = self._cert_digest
+            return session
+
+        winrm_transport.build_session = build_pinned  # type: ignore[method-assign]
 
     def _bound(self, protocol: Protocol, deadline: float) -> None:
         """Fit the next WS-Man request into what remains of the deadline."""
@@ -214,20 +257,47 @@ class WinRmGuest(Guest):
         protocol.operation_timeout_sec = operation
         protocol.transport.read_timeout_sec = operation + READ_MARGIN
 
-    def connect(self) -> None:
-        """Check now that the endpoint answers, trusts us and is trusted (else a first run would)."""
+    def connect(self, *, prove: bool = True) -> None:
+        """Check now that the endpoint answers, trusts us and is trusted (else a first run would)
+        and, with ``prove`` and an expected identity, that it is the VM."""
         if self.scheme == "https":
-            self._identity.evidence["tls_cert_sha256"] = self._server_certificate_digest()
+            digest = self._server_certificate_digest()
+            if self._cert_digest and digest != self._cert_digest:
+                error = GuestIdentityError(
+                    f"{self._where()}: another machine answers: its TLS certificate has SHA-256 "
+                    f"{digest}, the one seen when {self.vm_key} proved its identity {self._cert_digest}"
+                )
+                self._binding.refuse(error)
+                raise error
+            self._cert_digest = digest
+            self._evidence["tls_cert_sha256"] = digest
         deadline = time.monotonic() + self.operation_timeout + READ_MARGIN
         protocol = self._get_protocol()
+        shell_id = None
         try:
             self._bound(protocol, deadline)
             shell_id = self._open_shell(protocol)
-            protocol.close_shell(shell_id, close_session=False)
+            if prove and self._binding.needs_proof(shell_id):
+                self._prove(protocol, shell_id, deadline + 60)
         except _DeadlinePassed:
+            self._close_quietly(protocol, shell_id)
             raise GuestTimeout(f"{self._where()}: no answer within {self.operation_timeout} s") from None
         except Exception as err:
+            self._close_quietly(protocol, shell_id)
             raise self._error(err, started=False) from None
+        self._close_quietly(protocol, shell_id)
+
+    def _prove(self, protocol: Protocol, shell_id: str, deadline: float) -> None:
+        """The identity probe, in the shell the next command will run in (a shell lives on one
+        machine: a connection that lands elsewhere cannot reach it)."""
+        code, out, err = self._command(protocol, shell_id, probe_script("Windows"), deadline, [], None)
+        reading = parse_probe(out)
+        if reading is None and code != 0:
+            # it did not run to its end (e.g. the machine is shutting down): nothing is proven
+            # either way, so nothing runs now, and the next command tries again
+            why = _one_line(clean_stderr(err).decode("utf-8", "replace")) or f"exit {code}"
+            raise GuestDisconnected(f"{self._where()}: the identity probe did not complete: {why}")
+        self._binding.accept(reading, shell_id)
 
     def _server_certificate_digest(self) -> str:
         context = (
@@ -280,60 +350,87 @@ class WinRmGuest(Guest):
         stdin: bytes = b"",
         elevated: bool = False,
         on_progress: Callable[[str], None] | None = None,
+        proof_in: Callable[[CommandResult], object] | None = None,
     ) -> CommandResult:
         """Run PowerShell ``script``. ``elevated`` changes nothing: a WinRM session of the
-        (built-in) administrator already has a full token."""
+        (built-in) administrator already has a full token. With an expected identity, every
+        shell proves it first (WinRM opens one per command)."""
         if stdin:
             raise ValueError("winrm: Windows scripts take no stdin (the script itself travels there)")
+        binding = self._binding
+        binding.check()
         started = time.monotonic()
         deadline = started + timeout
         protocol = self._get_protocol()
-        shell_id = command_id = None
-        stdout: list[bytes] = []
-        stderr: list[bytes] = []
+        shell_id = None
+        command: list[str] = []  # the running command's id, for _abandon
         feed_progress = _progress_lines(on_progress)
         try:
             self._bound(protocol, deadline)
             shell_id = self._open_shell(protocol)
-            self._bound(protocol, deadline)
-            command_id = protocol.run_command(shell_id, "powershell.exe", POWERSHELL_ARGS)
-            data = script.encode("utf-8")
-            offsets = range(0, max(len(data), 1), STDIN_CHUNK)
-            for offset in offsets:
-                self._bound(protocol, deadline)
-                last = offset + STDIN_CHUNK >= len(data)
-                protocol.send_command_input(
-                    shell_id, command_id, data[offset : offset + STDIN_CHUNK], end=last
-                )
-            while True:
-                self._bound(protocol, deadline)
-                try:
-                    out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
-                except WinRMOperationTimeoutError:
-                    continue  # no output during this long poll; poll again
-                stdout.append(out)
-                stderr.append(err)
-                feed_progress(err)
-                if done:
-                    break
+            if binding.needs_proof(shell_id) and proof_in is None:
+                self._prove(protocol, shell_id, deadline)
+            exit_code, out_bytes, err_bytes = self._command(
+                protocol, shell_id, script, deadline, command, feed_progress
+            )
         except _DeadlinePassed:
-            self._abandon(protocol, shell_id, command_id)
+            self._abandon(protocol, shell_id, command[-1] if command else None)
             raise GuestTimeout(
                 f"{self._where()}: {_purpose(script)} did not finish within {timeout:g} s (terminated)"
             ) from None
+        except GuestIdentityError:
+            self._close_quietly(protocol, shell_id)
+            raise
         except Exception as err:
-            raise self._error(err, started=command_id is not None) from None
+            raise self._error(err, started=bool(command)) from None
         feed_progress(b"\n")
         self._close_quietly(protocol, shell_id)
+        result = CommandResult(
+            exit_code=exit_code,
+            stdout=out_bytes,
+            stderr=clean_stderr(err_bytes),
+            duration=time.monotonic() - started,
+        )
+        if proof_in is not None and binding.needs_proof(shell_id):
+            binding.accept(proof_in(result), shell_id)
+        return result
+
+    def _command(
+        self,
+        protocol: Protocol,
+        shell_id: str,
+        script: str,
+        deadline: float,
+        ids: list[str],
+        feed_progress: Callable[[bytes], None] | None,
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``script`` in ``shell_id`` and collect its output (its command id goes to ``ids``)."""
+        self._bound(protocol, deadline)
+        command_id = protocol.run_command(shell_id, "powershell.exe", POWERSHELL_ARGS)
+        ids.append(command_id)
+        data = script.encode("utf-8")
+        for offset in range(0, max(len(data), 1), STDIN_CHUNK):
+            self._bound(protocol, deadline)
+            last = offset + STDIN_CHUNK >= len(data)
+            protocol.send_command_input(shell_id, command_id, data[offset : offset + STDIN_CHUNK], end=last)
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        while True:
+            self._bound(protocol, deadline)
+            try:
+                out, err, exit_code, done = protocol.get_command_output_raw(shell_id, command_id)
+            except WinRMOperationTimeoutError:
+                continue  # no output during this long poll; poll again
+            stdout.append(out)
+            stderr.append(err)
+            if feed_progress is not None:
+                feed_progress(err)
+            if done:
+                break
         out_bytes = b"".join(stdout)
         if out_bytes.startswith(b"\xef\xbb\xbf"):
             out_bytes = out_bytes[3:]
-        return CommandResult(
-            exit_code=exit_code,
-            stdout=out_bytes,
-            stderr=clean_stderr(b"".join(stderr)),
-            duration=time.monotonic() - started,
-        )
+        return exit_code, out_bytes, b"".join(stderr)
 
     def _abandon(self, protocol: Protocol, shell_id: str | None, command_id: str | None) -> None:
         """Stop the remote command and drop its shell, within a few seconds at most."""
@@ -355,6 +452,13 @@ class WinRmGuest(Guest):
             return err
         if isinstance(err, InvalidCredentialsError):
             return GuestAuthError(f"{where}: the guest refused the credentials ({self.auth})")
+        if isinstance(err, requests.exceptions.SSLError) and "fingerprint" in str(err).lower():
+            error = GuestIdentityError(
+                f"{where}: another machine answers: its TLS certificate is not the one seen when "
+                f"{self.vm_key} proved its identity (SHA-256 {self._cert_digest})"
+            )
+            self._binding.refuse(error)
+            return error
         if isinstance(err, requests.exceptions.SSLError):
             return GuestUnreachable(
                 f"{where}: TLS handshake failed or certificate not trusted; {self._ca_hint()}"
@@ -410,8 +514,12 @@ def connect_winrm(
     ca_bundle: str | os.PathLike[str] | None = None,
     password_source: Callable[[], str] | None = None,
     operation_timeout: int = DEFAULT_OPERATION_TIMEOUT,
+    expected: ExpectedIdentity | None = None,
+    pins: Pins | None = None,
+    prove: bool = True,
 ) -> WinRmGuest:
-    """Connect to ``address`` (``host[:port]``; 5986 for HTTPS, 5985 for HTTP) as ``user``."""
+    """Connect to ``address`` (``host[:port]``; 5986 for HTTPS, 5985 for HTTP) as ``user``; with
+    ``expected``, proven to be that VM (unless ``prove`` is False: the first command proves)."""
     host, port = parse_address(address, 5986 if scheme == "https" else 5985)
     guest = WinRmGuest(
         host,
@@ -423,6 +531,12 @@ def connect_winrm(
         ca_bundle=ca_bundle,
         password_source=password_source,
         operation_timeout=operation_timeout,
+        expected=expected,
+        pins=pins,
     )
-    guest.connect()
+    try:
+        guest.connect(prove=prove)
+    except BaseException:
+        guest.close()
+        raise
     return guest

@@ -16,6 +16,7 @@ from imageready import progress
 from imageready.facts import VmFacts
 from imageready.gate import parse_step_tag
 from imageready.guest.base import GuestError
+from imageready.guest.identity import GuestIdentityError
 from imageready.steps import Outcome, StepFailed, VmActions
 
 #: why an earlier run's deprovisioning could not be proven (the ``why=`` of a failed guest tag)
@@ -211,10 +212,17 @@ def actions_waived(findings: list[Any], actions: VmActions) -> list[Any]:
 
 
 def _prove_login_refused(actions: VmActions, user: str) -> None:
-    """From outside: a new SSH login as the deleted user must fail."""
+    """From outside: a new SSH login as the deleted user must fail. A connection that reaches
+    another machine (another host key, another vmId) proves nothing either way: the step fails,
+    and a re-run resumes by proving the post-state through Run Command."""
     actions.provider.drop_guest(actions.vm)
     try:
         guest = actions.provider.connect_guest(actions.vm, fallback=False)
+    except GuestIdentityError as exc:
+        raise StepFailed(
+            f"the login probe after waagent reached another machine, so it proves nothing about "
+            f"{actions.vm.key}: {exc}. Fix the guest address, then re-run (it resumes)"
+        ) from None
     except GuestError as exc:
         progress.emit(f"{actions.vm.key}: new login as {user} refused, as it should be: {exc}")
         return
