@@ -86,7 +86,9 @@ class Rule:
     exclude: tuple[str, ...] = ()
     pattern: str | None = None
     ignore_case: bool = False
-    secret_group: int = 0
+    #: the group holding the value; a list: the first of them that took part in the match
+    #: (a pattern with one branch per quoting style, say)
+    secret_group: int | tuple[int, ...] = 0
     detail_group: int | None = None
     detail_label: str = ""
     keywords: tuple[str, ...] = ()
@@ -220,6 +222,10 @@ def _parse_rule(entry: object, where: str, origin: str) -> Rule:
             if not isinstance(value, bool):
                 raise ScanRulesError(f"{where}: {name!r} must be true or false")
             values[name] = value
+        elif name == "secret_group" and isinstance(value, list):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise ScanRulesError(f"{where}: 'secret_group' must be a group number or a list of them")
+            values[name] = tuple(value)
         elif value is not None:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ScanRulesError(f"{where}: {name!r} must be a group number")
@@ -252,9 +258,10 @@ def _check_rule(rule: Rule, where: str) -> None:
     if rule.pattern is not None:
         groups = re.compile(rule.pattern).groups
         for name in ("secret_group", "detail_group"):
-            group = getattr(rule, name)
-            if group is not None and group > groups:
-                raise ScanRulesError(f"{where}: {name} {group} but the pattern has {groups} groups")
+            wanted = getattr(rule, name)
+            for group in wanted if isinstance(wanted, tuple) else (wanted,):
+                if group is not None and group > groups:
+                    raise ScanRulesError(f"{where}: {name} {group} but the pattern has {groups} groups")
 
 
 def _glob_problem(glob: str) -> str | None:
@@ -734,10 +741,12 @@ def _guest_config(
     for index, rule in enumerate(rules):
         excludes = [compile_glob(g, os_type) for g in rule.exclude]
         exclude_re = "|".join(f"({e['path_re']})" for e in excludes if e and "path_re" in e)
+        group = rule.secret_group
         entries.append(
             {
                 "id": rule.id, "mode": rule.mode, "pattern": rule.pattern,
-                "ignore_case": rule.ignore_case, "group": rule.secret_group,
+                "ignore_case": rule.ignore_case,
+                "group": list(group) if isinstance(group, tuple) else group,
                 "detail_group": rule.detail_group, "detail_label": rule.detail_label,
                 "keywords": list(rule.keywords), "ignore_values": rule.ignore_values,
                 "decode": rule.decode, "block_end": rule.block_end, "multiline": rule.multiline,
@@ -797,7 +806,8 @@ def _fallback_data(config: dict[str, Any]) -> str:
     ]
     for index, rule in enumerate(config["rules"]):
         lines.append(
-            f"#SH rule {index} {rule['id']} {rule['mode']} {rule['group']} "
+            f"#SH rule {index} {rule['id']} {rule['mode']} "
+            f"{','.join(map(str, rule['group'])) if isinstance(rule['group'], list) else rule['group']} "
             f"{rule['detail_group'] or 0} {rule['detail_label'] or '-'} {rule['decode'] or '-'} "
             f"{'block' if rule['block_end'] else '-'} {'multi' if rule['multiline'] else '-'}"
         )

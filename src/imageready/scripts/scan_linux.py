@@ -750,7 +750,7 @@ class Scan:
                     self.stats["symlinks_resolved"] += 1
             elif stat.S_ISDIR(info.st_mode) and self.ancestor_rx is not None and self.ancestor_rx.match(link):
                 self.stats["symlinks_resolved"] += 1
-                self.follow_dir(link, target, "via symlink {} -> {}".format(link, target))
+                self.follow_dir(link, target, f"via symlink {link} -> {target}")
 
     def follow_dir(self, link: str, target: str, detail: str) -> None:
         """Location rules over the files below a symlinked directory, by their path through the
@@ -947,15 +947,16 @@ class Scan:
             if rules is None and rule["kw_rx"] is not None and not rule["kw_rx"].search(lower):
                 continue
             for match in rule["rx"].finditer(line):
-                value = match.group(rule.get("group") or 0) or b""
+                value = secret_of(match, rule)
                 if rule.get("block_end"):
                     rest = line[match.end() :]
                     if pending is not None and rule["block_end"].encode() not in _unescape(rest):
                         pending.append([rule, number, [rest], match])  # lines still to come
                         continue
-                    value = self.block_body(path, number, rest, lines, rule, host)
-                    if value is None:
+                    body = self.block_body(path, number, rest, lines, rule, host)
+                    if body is None:
                         continue
+                    value = body
                 self.report(rule, path, number, value, match)
 
     def report(self, rule: Dict[str, Any], path: str, number: int, value: bytes, match: Any) -> None:
@@ -1088,30 +1089,31 @@ class Scan:
         try:
             if kind == "zip":
                 with zipfile.ZipFile(handle) as archive:
-                    for info in archive.infolist():
-                        if info.is_dir():
+                    for entry in archive.infolist():
+                        if entry.is_dir():
                             continue
-                        if info.flag_bits & 1:
-                            self.skip(f"{path}!/{info.filename}", "encrypted archive member")
+                        if entry.flag_bits & 1:
+                            self.skip(f"{path}!/{entry.filename}", "encrypted archive member")
                             continue
-                        with archive.open(info) as member:
-                            self.scan_member(f"{path}!/{info.filename}", member, budget)
+                        with archive.open(entry) as member:
+                            self.scan_member(f"{path}!/{entry.filename}", member, budget)
                 return
-            opener = {
+            openers = {
                 "gzip": lambda raw: gzip.GzipFile(fileobj=raw),
-                "xz": lzma.LZMAFile,
-                "bzip2": bz2.BZ2File,
-            }[kind]
+                "xz": lambda raw: lzma.LZMAFile(raw),  # noqa: SIM115 - each opened in a with below
+                "bzip2": lambda raw: bz2.BZ2File(raw),
+            }  # type: Dict[str, Any]
+            opener = openers[kind]
             with opener(handle) as stream:
                 head = stream.read(512)
                 if len(head) == 512 and head[257:262] == b"ustar":
                     handle.seek(0)
                     with opener(handle) as again, tarfile.open(fileobj=again, mode="r|") as tar:
-                        for info in tar:
-                            if info.isfile():
-                                member = tar.extractfile(info)
-                                if member is not None:
-                                    self.scan_member(f"{path}!/{info.name}", member, budget)
+                        for item in tar:
+                            if item.isfile():
+                                extracted = tar.extractfile(item)
+                                if extracted is not None:
+                                    self.scan_member(f"{path}!/{item.name}", extracted, budget)
                     return
                 self.scan_member(path, _Prepend(head, stream), budget)
         except OverflowError:
@@ -1383,7 +1385,7 @@ class WideMatcher:
                 if match.start() >= limit:
                     break  # seen again with the next window
                 number = self.first + _bisect(starts, match.start())
-                value = match.group(rule.get("group") or 0) or b""
+                value = secret_of(match, rule)
                 self.scan.report(rule, self.path, number, value, match)
         if keep and len(self.buffer) > keep:
             self.first += len(self.buffer) - keep
@@ -1403,9 +1405,17 @@ class _Prepend:
         if self.head:
             data, self.head = self.head, b""
             if size < 0:
-                return data + self.stream.read()
-            return data if len(data) >= size else data + self.stream.read(size - len(data))
-        return self.stream.read(size)
+                return data + bytes(self.stream.read())
+            return data if len(data) >= size else data + bytes(self.stream.read(size - len(data)))
+        return bytes(self.stream.read(size))
+
+
+def secret_of(match: Any, rule: Dict[str, Any]) -> bytes:
+    """The rule's value in a match: its group, or the first of its groups that matched."""
+    groups = rule.get("group") or 0
+    if isinstance(groups, list):
+        return bytes(next((match.group(g) for g in groups if match.group(g) is not None), b""))
+    return bytes(match.group(groups) or b"")
 
 
 def _bisect(starts: List[int], offset: int) -> int:

@@ -158,8 +158,13 @@ block_body() {  # path line: the key material after a BEGIN header, or nothing (
               if (length(out) >= 64) print out }'
 }
 
-group_of() {  # text ere group: the group's text (grep -o printed exactly one match)
-    printf '%s\n' "$1" | sed -E -n "s$soh^($2)\$$soh\\$(($3 + 1))${soh}p"
+group_of() {  # text ere group[,group...]: the (first matching) group's text (grep -o printed one match)
+    for g in $(printf '%s\n' "$3" | tr ',' '\n'); do
+        # a marker before the group tells "took part, empty" from "did not take part"
+        found=$(printf '%s\n' "$1" | sed -E -n "s$soh^($2)\$$soh=\\$((g + 1))${soh}p")
+        case "$found" in =?*) printf '%s\n' "${found#=}"; return ;; esac
+        case "$3" in *,*) ;; *) printf '%s\n' "${found#=}"; return ;; esac
+    done
 }
 
 matches() {  # rule index, records "path<SOH>line:match", one per line
