@@ -373,7 +373,12 @@ class _Scan:
         if attrs.get("unreadable"):
             if seen_as is None:
                 self.stats["files"] += 1
-            self.skip(shown, f"cannot read: {attrs['unreadable']}")
+            # as the script's Get-Why words the exception reading it throws
+            error = str(attrs["unreadable"])
+            self.skip(
+                shown,
+                "permission denied" if error == "UnauthorizedAccessException" else f"I/O error: {error}",
+            )
             return
         data = machine.files.data(path) or b""
         size = int(attrs.get("size", len(data)))
