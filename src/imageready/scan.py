@@ -262,6 +262,9 @@ def _check_rule(rule: Rule, where: str) -> None:
             for group in wanted if isinstance(wanted, tuple) else (wanted,):
                 if group is not None and group > groups:
                     raise ScanRulesError(f"{where}: {name} {group} but the pattern has {groups} groups")
+                if group is not None and group > 8:
+                    # the sh fallback takes groups with sed, which numbers them \1 to \9 (one is its own)
+                    raise ScanRulesError(f"{where}: {name} {group}: groups above 8 are not portable")
 
 
 def _glob_problem(glob: str) -> str | None:
@@ -733,7 +736,12 @@ def _decode_key(text: str) -> bytes | None:
 
 
 def _guest_config(
-    rules: list[Rule], key: bytes, os_type: str, budget: float, max_file_size: int
+    rules: list[Rule],
+    key: bytes,
+    os_type: str,
+    budget: float,
+    max_file_size: int,
+    max_expanded: int = DEFAULT_MAX_EXPANDED,
 ) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     globs: list[dict[str, Any]] = []
@@ -762,7 +770,7 @@ def _guest_config(
             (providers if "path_re" not in compiled else globs).append(compiled)
     return {
         "schema": 1, "key": key.hex(), "budget": round(budget, 1), "max_file_size": max_file_size,
-        "max_expanded": DEFAULT_MAX_EXPANDED, "not_scanned_limit": NOT_SCANNED_LIMIT,
+        "max_expanded": max_expanded, "not_scanned_limit": NOT_SCANNED_LIMIT,
         "rules": entries, "globs": globs, "providers": providers,
         "examples": sorted({e for r in rules for e in r.examples}),
         "exclude_fstypes": list(EXCLUDED_FSTYPES), "progress_interval": 2.0,
@@ -775,13 +783,14 @@ def linux_program(
     *,
     root: str = "/",
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    max_expanded: int = DEFAULT_MAX_EXPANDED,
     deadline: float = 600.0,
 ) -> bytes:
     """What goes on stdin for the Linux scan: the Python program with its configuration, and
     the same configuration as ``#SH`` comment lines for the POSIX fallback. ``deadline`` is in
     seconds from the program's start (the guest's own clock)."""
     rules = rules_for("Linux", rules)
-    config = _guest_config(rules, key, "Linux", deadline, max_file_size)
+    config = _guest_config(rules, key, "Linux", deadline, max_file_size, max_expanded)
     config["root"] = root
     encoded = base64.b64encode(json.dumps(config, sort_keys=True).encode()).decode()
     source = (SCRIPTS_DIR / "scan_linux.py").read_text(encoding="utf-8")
@@ -845,11 +854,16 @@ def linux_script(run_first: str | None = None) -> str:
 
 
 def windows_script(
-    rules: list[Rule], key: bytes, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE, deadline: float
+    rules: list[Rule],
+    key: bytes,
+    *,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    max_expanded: int = DEFAULT_MAX_EXPANDED,
+    deadline: float,
 ) -> str:
     """The PowerShell scan with its configuration embedded (it travels on stdin, never argv)."""
     rules = rules_for("Windows", rules)
-    config = _guest_config(rules, key, "Windows", deadline, max_file_size)
+    config = _guest_config(rules, key, "Windows", deadline, max_file_size, max_expanded)
     encoded = base64.b64encode(json.dumps(config, sort_keys=True).encode()).decode()
     source = (SCRIPTS_DIR / "scan_windows.ps1").read_text(encoding="utf-8")
     placeholder = "$ConfigBase64 = ''  # the engine replaces this line"

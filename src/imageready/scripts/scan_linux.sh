@@ -137,7 +137,7 @@ accept() {  # rule index, value: true when the value is a finding
 
 block_body() {  # path line: the key material after a BEGIN header, or nothing ($reader reads)
     $reader "$prefix$1" | awk -v n="$2" '
-        NR == n { rest = $0; sub(/.*PRIVATE KEY( BLOCK)?-----/, "", rest)
+        NR == n { rest = $0; sub(/.*-----BEGIN [^-]*-----/, "", rest)
                   if (index(rest, "-----END")) { rest = substr(rest, 1, index(rest, "-----END") - 1); done = 1 }
                   body = rest; next }
         NR > n && !done { if (index($0, "-----END")) { body = body "\n" substr($0, 1, index($0, "-----END") - 1); done = 1; exit }
