@@ -785,6 +785,7 @@ def linux_program(
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     max_expanded: int = DEFAULT_MAX_EXPANDED,
     deadline: float = 600.0,
+    grep_max: int | None = None,
 ) -> bytes:
     """What goes on stdin for the Linux scan: the Python program with its configuration, and
     the same configuration as ``#SH`` comment lines for the POSIX fallback. ``deadline`` is in
@@ -792,6 +793,8 @@ def linux_program(
     rules = rules_for("Linux", rules)
     config = _guest_config(rules, key, "Linux", deadline, max_file_size, max_expanded)
     config["root"] = root
+    if grep_max is not None:  # files past it are streamed by the program, not given to grep
+        config["grep_max"] = grep_max
     encoded = base64.b64encode(json.dumps(config, sort_keys=True).encode()).decode()
     source = (SCRIPTS_DIR / "scan_linux.py").read_text(encoding="utf-8")
     placeholder = "CONFIG = None  # the engine replaces this line"
