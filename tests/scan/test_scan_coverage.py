@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_scan_linux import KEY, LINUX_RULES, fake, run_program, write_tree
+from test_scan_linux import KEY, LINUX_RULES, fake, write_tree
 
 from imageready.gate import Waiver, WaiverBook
 from imageready.scan import DeprovisionContext, linux_program, linux_script, parse_scan_output
@@ -246,9 +246,11 @@ def test_a_second_mount_of_the_disk_is_read_through(tmp_path: Path) -> None:
     root = base / "root"
     write_tree(root, {"/etc/passwd": PASSWD, "/tmp/packer-provision.sh": b"#!/bin/sh\n"})
     setup = (
-        f'mount -t tmpfs disk {base} && mkdir -p {root}/tmp {root}/etc {root}/run && echo "{PASSWD.decode().strip()}" > {root}/etc/passwd\n'
+        f"mount -t tmpfs disk {base} && mkdir -p {root}/tmp {root}/etc {root}/run\n"
+        f'echo "{PASSWD.decode().strip()}" > {root}/etc/passwd\n'
         f'printf "#!/bin/sh\\n" > {root}/tmp/packer-provision.sh\n'
-        f"mount -t tmpfs run {root}/run && mkdir -p {root}/run/second && mount --bind {base} {root}/run/second\n"
+        f"mount -t tmpfs run {root}/run && mkdir -p {root}/run/second\n"
+        f"mount --bind {base} {root}/run/second\n"
         f"mount -t tmpfs tmp {root}/tmp"
     )
     document = in_namespace(tmp_path, setup, root, drop_sys_admin=True)
@@ -278,7 +280,7 @@ def test_the_resource_disk_is_excluded_when_its_device_proves_it(tmp_path: Path)
     )
     (root / "dev/disk/azure").mkdir(parents=True)
     mount = f'mount -o loop {image} "$ROOT/mnt" && echo {token()} > "$ROOT/mnt/on-resource.txt"'
-    link = f'ln -s "$(findmnt -n -o SOURCE --mountpoint "$ROOT/mnt")" "$ROOT/dev/disk/azure/resource-part1"'
+    link = 'ln -s "$(findmnt -n -o SOURCE --mountpoint "$ROOT/mnt")" "$ROOT/dev/disk/azure/resource-part1"'
     document = in_namespace(tmp_path, f"{mount}\n{link}", root)
     reasons = {e["path"]: e["reason"] for e in document["excluded"]}
     assert (

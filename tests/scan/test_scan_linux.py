@@ -244,7 +244,8 @@ def new_rule_plants(p: Plants, put: Any) -> None:
     put(
         "xml-password-element",
         "/home/builder/.m2/settings.xml",
-        f"<servers>\n  <server>\n    <id>corp</id>\n    <password>{maven}</password>\n  </server>\n</servers>\n",
+        "<servers>\n  <server>\n    <id>corp</id>\n"
+        f"    <password>{maven}</password>\n  </server>\n</servers>\n",
         maven,
     )
     dotnet = fake(9) + "#" + fake(5)
