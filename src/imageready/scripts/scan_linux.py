@@ -1104,6 +1104,12 @@ class Scan:
                 "bzip2": lambda raw: bz2.BZ2File(raw),
             }  # type: Dict[str, Any]
             opener = openers[kind]
+            if kind == "gzip":
+                # the trailer holds the expanded size modulo 2**32: past the bound, it is past it
+                handle.seek(-4, 2)
+                if int.from_bytes(handle.read(4), "little") > self.max_expanded:
+                    raise OverflowError(path)
+                handle.seek(0)
             with opener(handle) as stream:
                 head = stream.read(512)
                 if len(head) == 512 and head[257:262] == b"ustar":
