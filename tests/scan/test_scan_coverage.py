@@ -303,3 +303,24 @@ def test_the_resource_disk_is_excluded_when_its_device_proves_it(tmp_path: Path)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_waiver_files_take_a_path_for_the_scan_only(tmp_path: Path) -> None:
+    from imageready.gate import WaiverError, load_waivers
+
+    good = tmp_path / "w.yaml"
+    good.write_text(
+        "waivers:\n  - {check: IR-SCAN, path: 'C:/logs/*.log', reason: r, approver: a, expires: 2099-01-01}\n"
+    )
+    (waiver,) = load_waivers(good)
+    assert waiver.path == "C:/logs/*.log" and waiver.as_record()["path"] == "C:/logs/*.log"
+    assert WaiverBook([waiver]).find_path("IR-SCAN", "rg/w", "c:\\LOGS\\app.log") is waiver
+    for bad in (
+        "{check: IR-LNX-002, path: /x, reason: r, approver: a, expires: 2099-01-01}",
+        "{check: IR-SCAN, path: /x, fingerprint: 0123456789abcdef, reason: r, approver: a, "
+        "expires: 2099-01-01}",
+    ):
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"waivers:\n  - {bad}\n")
+        with pytest.raises(WaiverError, match="'path' is for check IR-SCAN alone"):
+            load_waivers(path)
