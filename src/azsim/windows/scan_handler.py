@@ -116,7 +116,7 @@ def _unescape(text: str) -> str:
 
 def sniff(head: bytes) -> str:
     """text, utf-16-le/-be, utf-32, binary, gzip or zip: by content, never by extension."""
-    if head.startswith(b"\x1f\x8b"):
+    if head.startswith(b"\x1f\x8b\x08"):
         return "gzip"
     if head.startswith(b"PK\x03\x04"):
         return "zip"
@@ -365,7 +365,8 @@ class _Scan:
                     else:
                         self.content(member, inner)
         except (OSError, EOFError, zipfile.BadZipFile) as exc:
-            self.skip(path, f"cannot decompress ({type(exc).__name__})")
+            if re.search(r"\.(gz|tgz|zip)$", path, re.IGNORECASE):  # else: binary after all
+                self.skip(path, f"cannot decompress ({type(exc).__name__})")
 
     def file(self, path: str, machine: Any, seen_as: str | None = None, detail: str = "") -> None:
         attrs = machine.files.attrs(path)

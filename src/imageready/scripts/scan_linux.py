@@ -75,7 +75,7 @@ KEY_LINE = re.compile(
 ESCAPED_BREAK = re.compile(rb"(\\+r)?\\+n|\\+u000[aAdD]|\\+r")
 ESCAPED_CHAR = {rb"\/": b"/", rb"\u002b": b"+", rb"\u002B": b"+", rb"\u003d": b"=", rb"\u003D": b"="}
 DIGESTS = {"1": "md5", "2": "sha1", "8": "sha256", "9": "sha384", "10": "sha512", "11": "sha224"}
-COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"PK\x03\x04", "zip"))
+COMPRESSED = ((b"\x1f\x8b\x08", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"PK\x03\x04", "zip"))
 COMPRESSED_NAME = re.compile(r"\.(gz|tgz|xz|txz|bz2|tbz2?|zip)$", re.I)
 # mount(2) and unshare(2) flags (linux/fs.h, linux/sched.h)
 CLONE_NEWNS, MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x20000, 1, 2, 4, 8
@@ -911,7 +911,7 @@ class Scan:
             pos = newline + 1
 
     def check_binary(self, path: str, host: str) -> None:
-        head = _read(host, HEAD) or b""
+        head = _read(host, 4096) or b""  # enough for a BOM and the UTF-16 test
         kind = sniff(head)
         if kind.startswith("utf-16"):
             self.stream_file(path, host, kind)
@@ -1125,6 +1125,8 @@ class Scan:
         except OverflowError:
             self.skip(path, f"expands beyond the {_size(self.max_expanded)} bound")
         except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError) as exc:
+            if not COMPRESSED_NAME.search(path):
+                return  # compressed by its first bytes only, and not after all: a binary file
             self.skip(path, f"cannot decompress ({type(exc).__name__}: {str(exc)[:60]})")
 
     def scan_member(self, path: str, stream: Any, budget: List[int]) -> None:

@@ -235,7 +235,7 @@ function Test-Wide([string]$Path, [string[]]$Lines, [int]$Offset = 0) {
 
 function Get-Kind([byte[]]$Head, [int]$Count) {
     # text, utf-16-le/-be, utf-32, binary, gzip or zip: by the bytes, never by the extension
-    if ($Count -ge 2 -and $Head[0] -eq 0x1F -and $Head[1] -eq 0x8B) { return 'gzip' }
+    if ($Count -ge 3 -and $Head[0] -eq 0x1F -and $Head[1] -eq 0x8B -and $Head[2] -eq 8) { return 'gzip' }
     if ($Count -ge 4 -and $Head[0] -eq 0x50 -and $Head[1] -eq 0x4B -and $Head[2] -eq 3 -and $Head[3] -eq 4) { return 'zip' }
     if ($Count -ge 4 -and (($Head[0] -eq 0xFF -and $Head[1] -eq 0xFE -and $Head[2] -eq 0 -and $Head[3] -eq 0) -or
             ($Head[0] -eq 0 -and $Head[1] -eq 0 -and $Head[2] -eq 0xFE -and $Head[3] -eq 0xFF))) { return 'utf-32' }
@@ -326,7 +326,11 @@ function Test-Archive([string]$Path, [byte[]]$Bytes, [string]$Kind) {
                 Test-Bytes $member $inner
             }
         } finally { $zip.Dispose() }
-    } catch { Add-NotScanned $Path ('cannot decompress ({0})' -f $_.Exception.GetType().Name) }
+    } catch {
+        # compressed by its first bytes only, and not after all: a binary file
+        if ($Path -notmatch '\.(gz|tgz|zip)$') { return }
+        Add-NotScanned $Path ('cannot decompress ({0})' -f $_.Exception.GetType().Name)
+    }
 }
 
 function Test-LargeFile([string]$Path, $RuleSet) {
