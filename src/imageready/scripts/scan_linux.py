@@ -77,6 +77,8 @@ ESCAPED_CHAR = {rb"\/": b"/", rb"\u002b": b"+", rb"\u002B": b"+", rb"\u003d": b"
 DIGESTS = {"1": "md5", "2": "sha1", "8": "sha256", "9": "sha384", "10": "sha512", "11": "sha224"}
 COMPRESSED = ((b"\x1f\x8b\x08", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"PK\x03\x04", "zip"))
 COMPRESSED_NAME = re.compile(r"\.(gz|tgz|xz|txz|bz2|tbz2?|zip)$", re.I)
+#: a C-speed test before that expression (the last letter, either case)
+COMPRESSED_ENDS = ("z", "Z", "2", "p", "P")
 # mount(2) and unshare(2) flags (linux/fs.h, linux/sched.h)
 CLONE_NEWNS, MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x20000, 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
@@ -215,6 +217,23 @@ class Scan:
         content = self.grep_rules + self.wide_rules
         keywords = [r["kw_rx"].pattern for r in content if r["kw_rx"] is not None]
         self.any_keyword = re.compile(b"|".join(keywords)) if keywords else None
+        # which line rules a line can match, from one pass over its keywords: every keyword
+        # occurrence is found (the search restarts one byte after each), and a rule is in when
+        # one of its keywords is inside a keyword found (longer ones are tried first)
+        words = sorted(
+            {k.lower().encode() for r in self.grep_rules for k in r.get("keywords") or []},
+            key=len,
+            reverse=True,
+        )
+        self.keyword_rx = re.compile(b"|".join(re.escape(w) for w in words)) if words else None
+        self.keyword_rules = dict(
+            (w, [r for r in self.grep_rules if any(k.lower().encode() in w for k in r.get("keywords") or [])])
+            for w in words
+        )  # type: Dict[bytes, List[Dict[str, Any]]]
+        self.keywordless = [r for r in self.grep_rules if not r.get("keywords")]
+        self.rule_order = dict((id(r), i) for i, r in enumerate(self.grep_rules))
+        wide = [r["kw_rx"].pattern for r in self.wide_rules if r["kw_rx"] is not None]
+        self.wide_keyword = re.compile(b"|".join(wide)) if wide else None
         self.cache = threading.local()
         self.lock = threading.Lock()
         self.findings = {}  # type: Dict[Tuple[str, str, Any, str], Dict[str, Any]]
@@ -613,9 +632,11 @@ class Scan:
         batch = []  # type: List[Tuple[str, str]]
         batch_bytes = 0
         seen = 0
+        stats, content = self.stats, bool(self.grep_rules or self.wide_rules)
+        max_size, grep_max = self.max_size, self.grep_max
         while stack:
             directory, host_dir, active = stack.pop()
-            self.stats["dirs"] += 1
+            stats["dirs"] += 1
             try:
                 entries = list(os.scandir(host_dir))
             except FileNotFoundError:
@@ -644,16 +665,18 @@ class Scan:
                 except OSError as exc:
                     self.skip(path, _why(exc))
                     continue
-                self.stats["files"] += 1
-                self.stats["bytes"] += size
+                stats["files"] += 1
+                stats["bytes"] += size
                 self.match_file(path, entry.name, size, active, host)
-                if not size or not (self.grep_rules or self.wide_rules):
+                if not size or not content:
                     continue
-                if size > self.max_size:
-                    self.stats["skipped_large"] += 1
-                    self.skip(path, f"larger than the {_size(self.max_size)} bound ({size} bytes)")
-                elif COMPRESSED_NAME.search(entry.name) or size > self.grep_max:
-                    self.streamed.append((path, host, "name" if size <= self.grep_max else "large"))
+                if size > max_size:
+                    stats["skipped_large"] += 1
+                    self.skip(path, f"larger than the {_size(max_size)} bound ({size} bytes)")
+                elif size > grep_max or (
+                    entry.name.endswith(COMPRESSED_ENDS) and COMPRESSED_NAME.search(entry.name)
+                ):
+                    self.streamed.append((path, host, "name" if size <= grep_max else "large"))
                 else:
                     batch.append((path, host))
                     batch_bytes += size
@@ -796,11 +819,23 @@ class Scan:
             if item is None:
                 return
             batch, size = item
-            result = None  # type: Optional[Tuple[bytes, bytes, bytes]]
+            result = None  # type: Optional[Tuple[bytes, bytes, List[Tuple[bytes, str]]]]
             if self.expired():
-                result = (b"", b"", b"")
+                result = (b"", b"", [])
             elif self.use_grep:
-                result = self.run_grep(batch)
+                out, errors, binary = self.run_grep(batch)
+                # what grep took for binary, by its first bytes: here, off the walking thread
+                # (reads release the GIL; the test is a few C calls)
+                kinds = [
+                    (name, sniff(_read(os.fsdecode(name), 4096) or b""))
+                    for name in binary.split(b"\0")
+                    if name
+                ]
+                result = (
+                    out,
+                    errors,
+                    [(name, kind) for name, kind in kinds if kind not in ("binary", "text", "zip")],
+                )
             self.done.put((batch, size, result))
 
     def drain(self, wait: bool = False) -> None:
@@ -818,14 +853,14 @@ class Scan:
                 for path, host in batch:
                     self.stream_file(path, host)
                 continue
-            out, errors, binary = result
+            out, errors, unusual = result
             hosts = dict((h.encode("utf-8", "surrogateescape"), p) for p, h in batch)
             self.grep_errors(errors, hosts)
             self.parse_grep(out, hosts)
-            # grep -I skips what it takes for binary: UTF-16 text is read here
-            for name in binary.split(b"\0"):
+            # grep -I skips what it takes for binary: UTF-16 text and gzip streams are read here
+            for name, kind in unusual:
                 if name in hosts:
-                    self.check_binary(hosts[name], name.decode("utf-8", "surrogateescape"))
+                    self.check_binary(hosts[name], name.decode("utf-8", "surrogateescape"), kind)
 
     def run_grep(self, batch: List[Tuple[str, str]]) -> Tuple[bytes, bytes, bytes]:
         argv = list(GREP_ARGS)
@@ -901,18 +936,13 @@ class Scan:
             path = hosts.get(name) or ("/" + os.fsdecode(name))
             self.stats["candidate_lines"] += 1
             line = out[colon + 1 : newline]
-            if self.wide_rules and any(
-                r["kw_rx"] is not None and r["kw_rx"].search(line.lower()) for r in self.wide_rules
-            ):
-                self.wide_candidates.add((path, name.decode("utf-8", "surrogateescape")))
-            self.check_line(
-                path, int(out[zero + 1 : colon]), line, None, host=name.decode("utf-8", "surrogateescape")
-            )
+            lower = line.lower()
+            if self.wide_keyword is not None and self.wide_keyword.search(lower):
+                self.wide_candidates.add((path, os.fsdecode(name)))
+            self.check_line(path, int(out[zero + 1 : colon]), line, None, self.rules_for_line(lower), name)
             pos = newline + 1
 
-    def check_binary(self, path: str, host: str) -> None:
-        head = _read(host, 4096) or b""  # enough for a BOM and the UTF-16 test
-        kind = sniff(head)
+    def check_binary(self, path: str, host: str, kind: str) -> None:
         if kind.startswith("utf-16"):
             self.stream_file(path, host, kind)
         elif kind == "utf-32":
@@ -939,25 +969,44 @@ class Scan:
         line: bytes,
         lines: Optional[List[bytes]],
         rules: Optional[List[Dict[str, Any]]] = None,
-        host: str = "",
+        host: Any = "",
         pending: Optional[List[Any]] = None,
     ) -> None:
-        lower = line.lower()
-        for rule in self.grep_rules if rules is None else rules:
-            if rules is None and rule["kw_rx"] is not None and not rule["kw_rx"].search(lower):
-                continue
+        if rules is None:
+            rules = self.rules_for_line(line.lower())
+        for rule in rules:
+            groups = rule["group"] or 0
             for match in rule["rx"].finditer(line):
-                value = secret_of(match, rule)
-                if rule.get("block_end"):
+                value = match.group(groups) or b"" if groups.__class__ is int else secret_of(match, rule)
+                if rule["block_end"]:
                     rest = line[match.end() :]
                     if pending is not None and rule["block_end"].encode() not in _unescape(rest):
                         pending.append([rule, number, [rest], match])  # lines still to come
                         continue
-                    body = self.block_body(path, number, rest, lines, rule, host)
+                    body = self.block_body(path, number, rest, lines, rule, os.fsdecode(host) if host else "")
                     if body is None:
                         continue
                     value = body
                 self.report(rule, path, number, value, match)
+
+    def rules_for_line(self, lower: bytes) -> List[Dict[str, Any]]:
+        if self.keyword_rx is None:
+            return self.keywordless
+        found = []  # type: List[Dict[str, Any]]
+        position = 0
+        search = self.keyword_rx.search
+        while True:
+            match = search(lower, position)
+            if match is None:
+                break
+            for rule in self.keyword_rules[match.group()]:
+                if rule not in found:
+                    found.append(rule)
+            position = match.start() + 1
+        if self.keywordless:
+            found.extend(self.keywordless)
+        # the rules' own order, so that findings come out the same whatever the line holds
+        return sorted(found, key=lambda r: self.rule_order[id(r)]) if len(found) > 1 else found
 
     def report(self, rule: Dict[str, Any], path: str, number: int, value: bytes, match: Any) -> None:
         if not self.accept(rule, value):
@@ -1013,6 +1062,14 @@ class Scan:
                 lines = self.file_lines(path, host or self.host(path))
             parts = rest.split(b"\n")
             for line in lines[number : number + BLOCK_MAX_LINES]:
+                if b"\\" not in line:  # the common case: one plain line of a key
+                    if end in line:
+                        parts.append(line[: line.index(end)])
+                        break
+                    if not KEY_LINE.match(line):
+                        return None
+                    parts.append(line)
+                    continue
                 line = _unescape(line)
                 if end in line:
                     parts.extend(line[: line.index(end)].split(b"\n"))
@@ -1421,6 +1478,8 @@ class _Prepend:
 def secret_of(match: Any, rule: Dict[str, Any]) -> bytes:
     """The rule's value in a match: its group, or the first of its groups that matched."""
     groups = rule.get("group") or 0
+    if groups.__class__ is int:
+        return bytes(match.group(groups) or b"")
     if isinstance(groups, list):
         return bytes(next((match.group(g) for g in groups if match.group(g) is not None), b""))
     return bytes(match.group(groups) or b"")
