@@ -225,8 +225,10 @@ def plant_secrets(tree: Tree, rng: random.Random, md5sums: list[str]) -> None:
         elif plant.how == "package":
             md5sums.append(f"{hashlib.md5(plant.content).hexdigest()}  {plant.path}")  # noqa: S324 - dpkg's format
     (tree.root / "mnt").mkdir(exist_ok=True)
-    image = tree.root.parent / "resource.img"
-    stage = tree.root.parent / "resource-stage"
+    # beside the tree, not in it (main() deletes it with the tree)
+    disk = Path(f"{tree.root}-disk")
+    disk.mkdir()
+    image, stage = disk / "resource.img", disk / "stage"
     for plant in resource:
         (stage / plant.path.removeprefix("mnt/")).parent.mkdir(parents=True, exist_ok=True)
         (stage / plant.path.removeprefix("mnt/")).write_bytes(plant.content)
@@ -424,6 +426,7 @@ def main() -> int:
                 ds_runs.append(run_detect_secrets(tree, tool))
         report(tree, runs, ds_runs)
     finally:
+        shutil.rmtree(f"{base}-disk", ignore_errors=True)
         if args.keep:
             print(f"kept {base}")
         else:
