@@ -79,7 +79,8 @@ def test_files_over_the_bound_and_archives_past_theirs_are_not_scanned(tmp_path:
         assert document["not_scanned_total"] == 2 and document["complete"] is True
 
 
-def _sh(root: Path, **options: Any) -> dict[str, Any]:
+def _sh(root: Path, prefix: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """The sh fallback over ``root``, with a PATH of the tools it needs and no python3."""
     from test_scan_linux import TOOLS
 
     tools = root.parent / f"{root.name}-tools"
@@ -90,7 +91,7 @@ def _sh(root: Path, **options: Any) -> dict[str, Any]:
             (tools / tool).symlink_to(found_at)
     program = linux_program(LINUX_RULES, KEY, root=str(root), deadline=120, **options)
     proc = subprocess.run(
-        [str(tools / "sh"), "-c", linux_script()], input=program, capture_output=True,
+        [*(prefix or []), str(tools / "sh"), "-c", linux_script()], input=program, capture_output=True,
         env={"PATH": str(tools)}, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-800:]
@@ -124,10 +125,7 @@ def test_unreadable_files_and_directories_are_listed(tmp_path: Path, engine: str
         "--inh-caps=-dac_override,-dac_read_search",
     ]
     try:
-        if engine == "python":
-            document = scan(root, prefix=no_override)
-        else:
-            document = _sh_with_prefix(root, no_override)
+        document = scan(root, prefix=no_override) if engine == "python" else _sh(root, no_override)
     finally:
         (root / "opt/locked.conf").chmod(0o644)
         (root / "srv/box").chmod(0o755)
@@ -136,25 +134,6 @@ def test_unreadable_files_and_directories_are_listed(tmp_path: Path, engine: str
     assert listed["/srv/box"].startswith("cannot list: "), listed
     result = parse_scan_output(document, "Linux", DeprovisionContext("none"))
     assert not result.coverage(None, "rg/vm").complete  # the check errors every case on this
-
-
-def _sh_with_prefix(root: Path, prefix: list[str]) -> dict[str, Any]:
-    from test_scan_linux import TOOLS
-
-    tools = root.parent / f"{root.name}-tools"
-    tools.mkdir(exist_ok=True)
-    for tool in TOOLS:
-        found_at = shutil.which(tool)
-        if found_at and not (tools / tool).exists():
-            (tools / tool).symlink_to(found_at)
-    program = linux_program(LINUX_RULES, KEY, root=str(root), deadline=120)
-    proc = subprocess.run(
-        [*prefix, str(tools / "sh"), "-c", linux_script()], input=program, capture_output=True,
-        env={"PATH": str(tools)}, timeout=300, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-800:]
-    document: dict[str, Any] = json.loads(proc.stdout)
-    return document
 
 
 def test_a_path_waiver_completes_the_scan_and_nothing_else(tmp_path: Path) -> None:

@@ -5,14 +5,11 @@ Unknown keys are errors naming their path, so a typo never silently changes what
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
-import lzma
 import re
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from azsim.staging import COMPRESSIONS, compressed
 
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})$")
@@ -21,7 +18,6 @@ _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
 #: paths the sandbox's sh scripts take as words: no spaces, quotes or shell syntax
 _PLAIN_PATH = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
-COMPRESSIONS = ("gzip", "xz", "bzip2", "zip")
 ENCODINGS = ("utf-8", "utf-16le", "utf-16be", "utf-32")
 MOUNT_TYPES = ("tmpfs", "resource-disk", "data-disk")
 
@@ -170,20 +166,6 @@ def _file(raw: Any, where: str) -> PlantedFile:
             raise GuestSpecError(f"{where}.compress: one of {', '.join(COMPRESSIONS)}")
         data = compressed(data, str(compress), path.rsplit("/", 1)[-1])
     return PlantedFile(path=path, content=data, mode=int(mode, 8), owner=owner, symlink=symlink, size=size)
-
-
-def compressed(data: bytes, how: str, name: str) -> bytes:
-    """``data`` as a gzip, xz or bzip2 stream, or a zip archive holding it as one member."""
-    if how == "gzip":
-        return gzip.compress(data, mtime=0)
-    if how == "xz":
-        return lzma.compress(data)
-    if how == "bzip2":
-        return bz2.compress(data)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(name.removesuffix(".zip") or "member", data)
-    return buffer.getvalue()
 
 
 def _mount(raw: Any, where: str) -> GuestMount:

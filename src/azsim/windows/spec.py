@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from azsim.staging import COMPRESSIONS, compressed
 from azsim.windows import catalog
 
 SYSPREP_OUTCOMES = ("succeed", "fail-appx", "hang")
@@ -61,7 +62,7 @@ class VolumeSpec:
 #: what Azure gives a VM with a temporary disk: C: on the OS disk, D: on the resource disk
 DEFAULT_VOLUMES = (VolumeSpec("C:", "os", "Windows"), VolumeSpec("D:", "resource", "Temporary Storage"))
 FILE_ENCODINGS = ("utf-8", "utf-16le", "utf-16be", "utf-32")
-FILE_COMPRESSIONS = ("gzip", "zip", "xz", "bzip2")
+FILE_COMPRESSIONS = COMPRESSIONS
 UNREADABLE_ERRORS = ("UnauthorizedAccessException", "IOException")
 
 
@@ -347,7 +348,8 @@ def _files(raw: object) -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]
             else ("\ufeff" + content).encode("utf-32-le" if encoding == "utf-32" else encoding)
         )
         if "compress" in entry:
-            data = _compressed(data, _choice(entry["compress"], FILE_COMPRESSIONS, f"{where}.compress"), path)
+            how = _choice(entry["compress"], FILE_COMPRESSIONS, f"{where}.compress")
+            data = compressed(data, how, path.rsplit("\\", 1)[-1])
         if data != content.encode():
             content, extra["binary"] = data.decode("latin-1"), True
         if "size" in entry:
@@ -360,25 +362,6 @@ def _files(raw: object) -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]
         if extra:
             attrs[path.lower()] = extra
     return files, attrs
-
-
-def _compressed(data: bytes, how: str, path: str) -> bytes:
-    import bz2
-    import gzip
-    import io
-    import lzma
-    import zipfile
-
-    if how == "gzip":
-        return gzip.compress(data, mtime=0)
-    if how == "xz":
-        return lzma.compress(data)
-    if how == "bzip2":
-        return bz2.compress(data)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(path.rsplit("\\", 1)[-1].removesuffix(".zip") or "member", data)
-    return buffer.getvalue()
 
 
 def _volumes(raw: object) -> tuple[VolumeSpec, ...]:
