@@ -8,6 +8,11 @@ and turns its JSON into :class:`Finding` objects that say whether the chosen act
 A finding never holds a secret: the guest sends rule, path, line, length, at most the first four
 characters (none for values under 12) and a keyed HMAC fingerprint. The key (see
 :func:`fingerprint_key`) travels inside the program on stdin and is never written to any output.
+
+Nothing is skipped in silence: the guest reports the mount points it left out and why
+(:class:`Excluded`: file systems off the image, the resource disk proven by its device) and every
+path it could not read in full and why (:class:`NotScanned`); :meth:`ScanResult.coverage` turns
+the latter into an incomplete scan unless a waiver names each path.
 """
 
 from __future__ import annotations
