@@ -333,7 +333,7 @@ function Test-Archive([string]$Path, [byte[]]$Bytes, [string]$Kind) {
     }
 }
 
-function Test-LargeFile([string]$Path, $RuleSet) {
+function Test-LargeFile([string]$Path, $RuleSet, [switch]$Wide) {
     # past $WholeFile bytes: line by line, in windows of 4096 lines that overlap by 400 (a key
     # block spans at most that; findings seen twice are the same finding)
     $head = New-Object byte[] 8192
@@ -355,7 +355,7 @@ function Test-LargeFile([string]$Path, $RuleSet) {
             if ($window.Count -ge 4096 -or ($done -and $window.Count)) {
                 $lines = $window.ToArray()
                 Test-Lines $RuleSet $Path $lines $offset
-                if ($WideRules.Count -and $RuleSet -eq $GrepRules) { Test-Wide $Path $lines $offset }
+                if ($Wide -and $WideRules.Count) { Test-Wide $Path $lines $offset }
                 if (Test-Expired) { return }
                 $keep = [Math]::Min(400, $window.Count)
                 $offset += $window.Count - $keep
@@ -373,7 +373,7 @@ function Test-File([string]$Path, [long]$Size) {
         return
     }
     if ($Size -eq 0) { return }
-    if ($Size -gt $WholeFile) { Test-LargeFile $Path $GrepRules; return }
+    if ($Size -gt $WholeFile) { Test-LargeFile $Path $GrepRules -Wide; return }
     Test-Bytes $Path ([IO.File]::ReadAllBytes($Path))
 }
 
