@@ -162,13 +162,15 @@ def read_chunks(handle: Any, encoding: str = "text", limit: Optional[int] = None
         chunk = handle.read(CHUNK)
         if not chunk:
             break
+        first = total == 0
         total += len(chunk)
         if limit is not None and total > limit:
             raise OverflowError(total)
         if decoder is not None:
-            chunk = decoder.decode(chunk).encode("utf-8")
-            if total == len(chunk) or chunk.startswith("\ufeff".encode()):
-                chunk = chunk.lstrip("\ufeff".encode())
+            text = decoder.decode(chunk)
+            if first and text.startswith("\ufeff"):  # the byte order mark is no character
+                text = text[1:]
+            chunk = text.encode("utf-8")
         yield chunk
     if decoder is not None:
         yield decoder.decode(b"", final=True).encode("utf-8")
