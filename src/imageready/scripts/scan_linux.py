@@ -494,16 +494,19 @@ class Scan:
             if result != 0:
                 raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
 
-        # a tmpfs of the live system the scan never walks, holding neither the scanned tree
-        # nor a disk to bind: covered by a tmpfs of our own, in our namespace only
+        # a pseudo file system of the live system the scan never walks (nor needs any more: the
+        # mount table and sysfs are read by now), holding neither the scanned tree nor a disk to
+        # bind, is covered by a tmpfs of our own, in our namespace only. Not /dev: greps read
+        # /dev/null.
         used = [self.root] + [p.point for _, p in self.hidden]
+        candidates = (("/run", "tmpfs"), ("/dev/shm", "tmpfs"), ("/tmp", "tmpfs"), ("/sys", "sysfs"))  # noqa: S108
         scratch = next(
             (
                 m.point
-                for name in ("/run", "/dev/shm", "/tmp")  # noqa: S108 - never written: covered (not /dev: greps need /dev/null)
+                for name, fstype in candidates
                 for m in self.mounts
                 if m.point == name
-                and m.fstype in ("tmpfs", "devtmpfs")
+                and m.fstype == fstype
                 and not any((u.rstrip("/") + "/").startswith(name + "/") for u in used)
             ),
             None,
