@@ -1,15 +1,21 @@
 """Sensitive-data scan benchmark: speed, recall and precision on one synthetic tree.
 
-Builds a tree of >= 100,000 files / 1 GB (text, binaries, large logs, a fake dpkg database) with
-fake secrets planted by rule, then measures on that same tree, warm and cold cache:
+Builds a tree of >= 100,000 files / 1 GB (text, binaries, large logs, a fake dpkg database) and
+plants ``scan_corpus.linux_corpus()`` in it (one plant per rule, and a plant or a decoy for each
+way a secret hides or a path is left out, with fresh random values every run), then measures on
+that same tree, warm and cold cache:
 
 * the imageready scan (``scripts/scan_linux.py`` run as on a guest: ``python3 -I -``, program
-  and configuration on stdin, ``root`` pointed at the tree);
+  and configuration on stdin, ``root`` pointed at the tree), inside a private mount namespace
+  where a tmpfs hides a directory of the tree, a loop-mounted ext4 is the resource disk at
+  ``mnt`` and root lacks CAP_DAC_OVERRIDE (so that a mode-000 file is unreadable);
 * ``grep -rIlE`` with the same content patterns (case-insensitive rules folded into bracket
   expressions, so one pass has the rules' exact semantics) and ripgrep, as speed floors;
 * detect-secrets on a subset (it runs at about 1 MB/s), as a peer;
 
-and prints files/s, MB/s, recall of the text-format plants and file-level precision for each.
+and prints files/s, MB/s, recall of the plants and file-level precision for each, then recall
+and precision per class for the scan on Linux and for azsim's Windows model
+(``scan_corpus.windows_corpus()``).
 
 Reproduce (as root, for the cold-cache runs; about 3-4 minutes on 2 cores):
 
@@ -37,8 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imageready.scan import Rule, ere_for_grep, linux_program, load_rules, rules_for
+from scan_corpus import Plant, Score, expected_linux, expected_windows, linux_corpus, score, windows_corpus
+
+from imageready.scan import Rule, ere_for_grep, linux_program, linux_script, load_rules, rules_for
 
 DETECT_SECRETS = "detect-secrets==1.5.0"
 DS_VENV = Path.home() / ".cache" / "imageready" / "bench-detect-secrets"
@@ -53,23 +62,21 @@ WORDS = (
 
 
 @dataclass
-class Plant:
-    path: str
-    rule: str
-    kind: str  # "content": the file holds a secret value; "location": the file is the finding
-    text: bool = True  # binary plants are not expected to be found by line-oriented tools
-    expected: bool = True  # False: a decoy that must not be reported (package-owned, unchanged)
-
-
-@dataclass
 class Tree:
     root: Path
     files: int = 0
     size: int = 0
     plants: list[Plant] = field(default_factory=list)
+    #: the resource disk's image (mounted at mnt inside the scan's namespace)
+    resource_image: Path | None = None
 
-    def expected(self, kinds: tuple[str, ...] = ("content", "location")) -> set[str]:
-        return {p.path for p in self.plants if p.expected and p.text and p.kind in kinds}
+    def expected(self, classes: tuple[str, ...] | None = None) -> set[str]:
+        """Paths the scan must report as findings (of the given classes)."""
+        return {
+            expected_linux(p)
+            for p in self.plants
+            if p.expect == "found" and (classes is None or p.cls in classes)
+        }
 
 
 # --- building the tree --------------------------------------------------------------------------
@@ -194,87 +201,44 @@ def build_tree(base: Path, files: int, total: int, seed: int = 7) -> Tree:
 
 
 def plant_secrets(tree: Tree, rng: random.Random, md5sums: list[str]) -> None:
-    fake = Fake(rng)
-    filler = text_pool(rng, "conf", 3000)
-
-    def put(path: str, body: str, rule: str, kind: str = "content", **extra: bool) -> None:
-        target = tree.root / path
+    """Stage the corpus: files, links, a sparse file, a mode-000 file, package-owned decoys (their
+    md5 in the fake dpkg database), the file a tmpfs will hide, the resource disk's image."""
+    del rng  # the corpus draws its values fresh from the system's random source
+    resource: list[Plant] = []
+    for plant in linux_corpus():
+        tree.plants.append(plant)
+        target = tree.root / plant.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        text = body if kind == "location" else filler[:1500] + body + "\n" + filler[1500:]
-        target.write_text(text)
+        if plant.how == "resource":
+            resource.append(plant)
+            continue
+        if plant.how == "link":
+            target.symlink_to(plant.target)
+            continue
+        target.write_bytes(plant.content)
         tree.files += 1
-        tree.size += len(text)
-        tree.plants.append(Plant(path, rule, kind, **extra))
-
-    put("etc/passwd", "root:x:0:0::/root:/bin/bash\ndev:x:1000:1000::/home/dev:/bin/bash\n",
-        "none", "location", expected=False)  # fmt: skip
-    put("etc/shadow", f"root:*:19000::::::\ndev:$6${fake.alnum(8)}${fake.b64(86)}:19000::::::\n",
-        "shadow-unlocked-password", "location")  # fmt: skip
-    put("home/dev/.bash_history", "ls\ncd /srv\n", "bash-history", "location")
-    put("root/.python_history", "import os\n", "other-histories", "location")
-    put("home/dev/.ssh/authorized_keys", f"ssh-ed25519 {fake.b64(68)} dev\n",
-        "ssh-authorized-keys", "location")  # fmt: skip
-    put("home/dev/.ssh/id_ed25519", fake.pem("OPENSSH "), "ssh-user-private-key", "location")
-    put("etc/ssh/ssh_host_ed25519_key", fake.pem("OPENSSH "), "ssh-host-private-key", "location")
-    put("var/lib/waagent/ovf-env.xml", "<Environment/>\n", "waagent-provisioning-data", "location")
-    put("var/lib/cloud/instances/i-1/user-data.txt", "#cloud-config\n", "cloud-init-user-data",
-        "location")  # fmt: skip
-    put("home/dev/.azure/msal_token_cache.json", "{}\n", "azure-cli-credentials", "location")
-    put("home/dev/.aws/credentials", f"[default]\naws_access_key_id = AKIA{fake.alnum(16).upper()}\n",
-        "aws-cli-credentials", "location")  # fmt: skip
-    put("home/dev/.kube/config", "apiVersion: v1\n", "kube-config", "location")
-    put("home/dev/.pgpass", "db:5432:*:app:pw\n", "credential-dotfiles", "location")
-    put("opt/infra/terraform.tfstate", "{}\n", "app-secret-files", "location")
-    put("tmp/packer-provision.sh", "#!/bin/sh\n", "tmp-leftovers", "location")
-    # content plants, in the kinds of files where they turn up
-    put("opt/app/deploy.py", f"DEPLOY_KEY = '''{fake.pem()}'''", "private-key-block")
-    key_json = fake.pem().replace("\n", "\\n")
-    put("opt/app/sa.json", f'{{"private_key_id": "{fake.chars("0123456789abcdef", 40)}", '
-        f'"private_key": "{key_json}"}}', "gcp-service-account-key")  # fmt: skip
-    put("etc/app/appsettings.json", f'"Storage": "DefaultEndpointsProtocol=https;AccountName=x;'
-        f'AccountKey={fake.b64(86)}==;EndpointSuffix=core.windows.net"',
-        "azure-storage-connection-string")  # fmt: skip
-    put("var/log/app/deploy-big.log", f"GET https://x.blob.core.windows.net/c/b?sv=2022-11-02"
-        f"&se=2030-01-01&sp=r&sig={fake.b64(43)}%3D", "azure-sas-signature")  # fmt: skip
-    put("opt/tool/config.yaml", f"client_secret_value: {fake.alnum(3)}8Q~{fake.alnum(34)}",
-        "entra-client-secret")  # fmt: skip
-    put("opt/app/settings.py", f'AWS_SECRET_ACCESS_KEY = "{fake.b64(40)}"', "aws-secret-access-key")
-    put("usr/local/bin/ci-deploy.sh", f"git clone https://x:ghp_{fake.alnum(36)}@github.com/o/r",
-        "github-token")  # fmt: skip
-    put("etc/gitlab-runner/config.toml", f'token = "glpat-{fake.alnum(20)}"', "gitlab-token")
-    put("opt/monitor/alert.py", f"URL = 'https://hooks.slack.com/services/T{fake.alnum(8).upper()}"
-        f"/B{fake.alnum(8).upper()}/{fake.alnum(24)}'", "slack-token")  # fmt: skip
-    put("home/dev/.npmrc", f"//registry.npmjs.org/:_authToken=npm_{fake.alnum(36)}", "npm-token")
-    put("root/.pypirc", f"[pypi]\npassword = pypi-AgEIcHlwaS5vcmc{fake.alnum(60)}", "pypi-token")
-    put("var/lib/app/session.json", f'{{"session": "{fake.jwt()}"}}', "jwt")
-    put("etc/app/db.conf", f"db_password = {fake.alnum(10)}-{fake.alnum(4)}", "password-assignment")
-    minified = "var a=1;" * 20000 + f'var cfg={{apiKey:"{fake.alnum(32)}"}};' + "var b=2;" * 100
-    put("opt/app/static/app.min.js", minified, "password-assignment")
-    encoded = __import__("base64").b64encode((fake.alnum(12) + "Password").encode("utf-16-le"))
-    put("opt/images/unattend.xml", f"<Password>\n<Value>{encoded.decode()}</Value>\n"
-        "<PlainText>false</PlainText>\n</Password>", "unattend-encoded-password")  # fmt: skip
-    put("home/dev/.bashrc", f"export OPENAI_API_KEY=sk-{fake.alnum(40)}", "shell-rc-secret-export")
-    put("home/dev/.docker/config.json", f'{{"auths": {{"r.io": {{"auth": "{fake.b64(24)}"}}}}}}',
-        "docker-registry-auth")  # fmt: skip
-    deep = tree.root / "var/log/app/huge-service.log"
-    deep.parent.mkdir(parents=True, exist_ok=True)
-    log = text_pool(rng, "log", 6 << 20)
-    deep.write_text(log[: 5 << 20] + f"\nconnect password={fake.alnum(14)}!\n" + log[5 << 20 :])
-    tree.files += 1
-    tree.size += deep.stat().st_size
-    tree.plants.append(Plant("var/log/app/huge-service.log", "password-assignment", "content"))
-    # a binary file with a key inside: not expected of line-oriented, text-only tools
-    blob = tree.root / "srv/data/blob.bin"
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(os.urandom(4096) + f"AKIA{fake.alnum(16).upper()}".encode() + b"\0" * 64)
-    tree.plants.append(Plant("srv/data/blob.bin", "aws-access-key", "content", text=False))
-    # package files: an unchanged test key (suppressed) and a modified file (found)
-    test_key = "usr/lib/python3/dist-packages/testpkg/tests/key.pem"
-    put(test_key, fake.pem(), "private-key-block", expected=False)
-    md5sums.append(f"{hashlib.md5((tree.root / test_key).read_bytes()).hexdigest()}  {test_key}")  # noqa: S324
-    changed = "usr/lib/python3/dist-packages/testpkg/settings.py"
-    md5sums.append(f"{'0' * 32}  {changed}")
-    put(changed, f'GITHUB_TOKEN = "ghp_{fake.alnum(36)}"', "github-token")
+        tree.size += len(plant.content)
+        if plant.how == "sparse":
+            os.truncate(target, plant.size)
+        elif plant.how == "unreadable":
+            target.chmod(0)
+        elif plant.how == "package":
+            md5sums.append(f"{hashlib.md5(plant.content).hexdigest()}  {plant.path}")  # noqa: S324 - dpkg's format
+    (tree.root / "mnt").mkdir(exist_ok=True)
+    # beside the tree, not in it (main() deletes it with the tree)
+    disk = Path(f"{tree.root}-disk")
+    disk.mkdir()
+    image, stage = disk / "resource.img", disk / "stage"
+    for plant in resource:
+        (stage / plant.path.removeprefix("mnt/")).parent.mkdir(parents=True, exist_ok=True)
+        (stage / plant.path.removeprefix("mnt/")).write_bytes(plant.content)
+    stage.mkdir(exist_ok=True)
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(stage), str(image), "8M"],
+        check=True,
+        capture_output=True,
+    )
+    tree.resource_image = image
 
 
 # --- tools --------------------------------------------------------------------------------------
@@ -287,6 +251,8 @@ class Run:
     seconds: float
     reported: set[str]
     note: str = ""
+    unread: set[str] = field(default_factory=set)
+    document: dict[str, object] = field(default_factory=dict)
 
 
 def drop_caches() -> bool:
@@ -307,14 +273,31 @@ def timed(argv: list[str], *, stdin: bytes = b"", cwd: Path | None = None) -> tu
     return time.monotonic() - started, proc.stdout
 
 
+#: inside the scan's own mount namespace: a tmpfs hides var/cache/hidden, the resource disk is
+#: mounted at mnt with the link WALinuxAgent's udev rules make for it, /sys is covered (the
+#: link is the proof then), and root loses CAP_DAC_OVERRIDE (a mode-000 file is unreadable)
+SCAN_STAGE = """set -e
+mount -t tmpfs hide "$1/var/cache/hidden"
+mount -o loop,ro "$2" "$1/mnt"
+mkdir -p "$1/dev/disk/azure"
+ln -sfn "$(findmnt -n -o SOURCE --mountpoint "$1/mnt")" "$1/dev/disk/azure/resource-part1"
+mount -t tmpfs nosys /sys
+exec setpriv --bounding-set=-dac_override,-dac_read_search --inh-caps=-dac_override,-dac_read_search \
+    sh -c "$3"
+"""
+
+
 def run_scan(tree: Tree, rules: list[Rule], cache: str) -> Run:
     program = linux_program(rules, os.urandom(32), root=str(tree.root), deadline=300)
-    seconds, out = timed(["python3", "-I", "-"], stdin=program)
-    document = json.loads(out)
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SCAN_STAGE, "stage",
+            str(tree.root), str(tree.resource_image), linux_script()]  # fmt: skip
+    seconds, out = timed(argv, stdin=program)
+    document = json.loads(out.splitlines()[-1])
     reported = {f["path"].lstrip("/") for f in document["findings"]}
+    unread = {n["path"].lstrip("/") for n in document["not_scanned"]}
     stats = document["stats"]
-    note = f"{stats['files']} files; complete={document['complete']}"
-    return Run("imageready scan", cache, seconds, reported, note)
+    note = f"{stats['files']} files; complete={document['complete']}; {len(unread)} not scanned"
+    return Run("imageready scan", cache, seconds, reported, note, unread, document)
 
 
 def patterns(rules: list[Rule]) -> tuple[list[str], list[str]]:
@@ -331,13 +314,14 @@ def patterns(rules: list[Rule]) -> tuple[list[str], list[str]]:
 
 def run_grep(tree: Tree, ere: list[str], cache: str) -> Run:
     """Every matching line, as a scanner needs them (``-Z`` only to split names safely)."""
-    argv = ["grep", "-rIZE"] + [a for p in ere for a in ("-e", p)] + ["."]
+    # the 9 GiB sparse file is the scan's "not scanned" plant: the floors need not read it
+    argv = ["grep", "-rIZE", "--exclude=huge.log"] + [a for p in ere for a in ("-e", p)] + ["."]
     seconds, out = timed(argv, cwd=tree.root)
     return Run("grep -rIE (floor)", cache, seconds, _named(out))
 
 
 def run_rg(tree: Tree, rust: list[str], cache: str) -> Run:
-    argv = ["rg", "-0", "--no-ignore", "--hidden", "--no-messages"]
+    argv = ["rg", "-0", "--no-ignore", "--hidden", "--no-messages", "-g", "!huge.log"]
     argv += [a for p in rust for a in ("-e", p)] + ["."]
     seconds, out = timed(argv, cwd=tree.root)
     return Run("ripgrep (floor)", cache, seconds, _named(out))
@@ -387,7 +371,7 @@ def subset_of(tree: Tree) -> tuple[int, int]:
     return files, size
 
 
-def score(run: Run, expected: set[str], scope: tuple[str, ...] | None) -> tuple[float, float]:
+def file_score(run: Run, expected: set[str], scope: tuple[str, ...] | None) -> tuple[float, float]:
     reported = run.reported
     if scope is not None:
         reported = {p for p in reported if p.split("/", 1)[0] in scope}
@@ -442,6 +426,7 @@ def main() -> int:
                 ds_runs.append(run_detect_secrets(tree, tool))
         report(tree, runs, ds_runs)
     finally:
+        shutil.rmtree(f"{base}-disk", ignore_errors=True)
         if args.keep:
             print(f"kept {base}")
         else:
@@ -451,13 +436,13 @@ def main() -> int:
 
 def report(tree: Tree, runs: list[Run], ds_runs: list[Run]) -> None:
     everything = tree.expected()
-    content = tree.expected(("content",))
+    content = tree.expected(("content rules",))
     mb = tree.size / 1e6
     print(f"\n{'tool':26} {'cache':5} {'seconds':>8} {'files/s':>9} {'MB/s':>7} "
           f"{'recall(all)':>11} {'recall(content)':>15} {'precision':>9}")  # fmt: skip
     for run in runs:
-        recall_all, precision = score(run, everything, None)
-        recall_content, _ = score(run, content, None)
+        recall_all, precision = file_score(run, everything, None)
+        recall_content, _ = file_score(run, content, None)
         print(
             f"{run.tool:26} {run.cache:5} {run.seconds:8.2f} {tree.files / run.seconds:9.0f} "
             f"{mb / run.seconds:7.1f} {recall_all:11.0%} {recall_content:15.0%} {precision:9.0%}"
@@ -467,8 +452,8 @@ def report(tree: Tree, runs: list[Run], ds_runs: list[Run]) -> None:
         scan = next(r for r in runs if r.tool == "imageready scan")
         print(f"\nsubset {'/'.join(SUBSET_AREAS)}: {files} files, {size / 1e6:.1f} MB")
         for run in [*ds_runs, scan]:
-            recall, _ = score(run, content, SUBSET_AREAS)
-            _, precision = score(run, everything, SUBSET_AREAS)  # a planted location is a true hit
+            recall, _ = file_score(run, content, SUBSET_AREAS)
+            _, precision = file_score(run, everything, SUBSET_AREAS)  # a planted location is a true hit
             rate = f"{size / 1e6 / run.seconds:7.1f}" if run in ds_runs else "      -"
             print(f"{run.tool:26} {run.seconds:8.2f}s {rate} MB/s  recall(content) {recall:.0%} "
                   f"precision {precision:.0%}")  # fmt: skip
@@ -479,6 +464,64 @@ def report(tree: Tree, runs: list[Run], ds_runs: list[Run]) -> None:
             extra = sorted(run.reported - everything)
             print(f"\nscan ({run.cache}): {run.seconds / floor[run.cache]:.2f}x grep; {run.note}; "
                   f"missed {missed or 'none'}; {len(extra)} not planted {extra[:5]}")  # fmt: skip
+    scan = next(r for r in runs if r.tool == "imageready scan")
+    linux, stray = score(tree.plants, scan.reported, scan.unread, expected_linux)
+    excluded = {str(e["path"]) for e in scan.document.get("excluded", [])}  # type: ignore[union-attr]
+    class_table("Linux (scripts/scan_linux.py)", linux, stray)
+    print(f"  resource disk left out at /mnt: {'/mnt' in excluded}")
+    windows, stray = windows_scores()
+    class_table("Windows (azsim's model of scripts/scan_windows.ps1)", windows, stray)
+
+
+def class_table(title: str, scores: list[Score], stray: set[str]) -> None:
+    print(f"\n{title}\n{'class':28} {'plants':>6} {'decoys':>6} {'recall':>7} {'precision':>9}")
+    for entry in scores:
+        print(f"{entry.cls:28} {entry.plants:6} {entry.decoys:6} {entry.recall:7.0%} {entry.precision:9.0%}")
+    hits = sum(e.hits for e in scores)
+    false = sum(e.false for e in scores) + len(stray)
+    plants = sum(e.plants for e in scores)
+    print(f"{'all':28} {plants:6} {sum(e.decoys for e in scores):6} {hits / plants:7.0%} "
+          f"{hits / max(1, hits + false):9.0%}   ({len(stray)} reported of no plant: "
+          f"{sorted(stray)[:4]})")  # fmt: skip
+
+
+def windows_scores() -> tuple[list[Score], set[str]]:
+    """The Windows corpus on azsim's machine model, scanned by its answer to the script, with
+    text filler around it (the model walks every file)."""
+    from azsim.windows.model import build_machine
+    from azsim.windows.powershell import ScriptCall, ScriptView
+    from azsim.windows.scan_handler import ScanScript
+    from azsim.windows.spec import parse_spec
+    from imageready.scan import windows_script
+
+    plants = windows_corpus()
+    rng = random.Random(11)
+    files: list[dict[str, object]] = []
+    for plant in plants:
+        entry: dict[str, object] = {"path": plant.path, **plant.attrs}
+        if not plant.attrs.get("symlink"):
+            entry["content"] = plant.content.decode()
+        files.append(entry)
+    for index in range(3000):  # decoy-laden filler, as in the Linux tree
+        kind = ("code", "conf", "log")[index % 3]
+        files.append({"path": f"C:\\Program Files\\Vendor\\pkg{index // 50}\\f{index}.txt",
+                      "content": text_pool(rng, kind, 2000)})  # fmt: skip
+    spec = {
+        "files": files,
+        "users": [{"name": "dev"}, {"name": "ops"}],
+        "volumes": [{"mount": "C:", "disk": "os"}, {"mount": "C:\\data", "disk": "data"},
+                    {"mount": "D:", "disk": "resource", "label": "Temporary Storage"}],
+    }  # fmt: skip
+    machine = build_machine(parse_spec(spec, "win-bench", "admin"), "admin")
+    rules = rules_for("Windows", load_rules())
+    view = ScriptView(windows_script(rules, os.urandom(32), deadline=600))
+    result = ScanScript().run(ScriptCall(view, machine, account="admin", is_system=False, via="winrm"))
+    document = json.loads(result.stdout)
+    found = {str(f["path"]) for f in document["findings"]}
+    unread = {str(n["path"]) for n in document["not_scanned"]}
+    # Azure's cached answer file in Panther is a location finding the sysprep step removes
+    found.discard("C:\\Windows\\Panther\\unattend.xml")
+    return score(plants, found, unread, expected_windows)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ information": whatever is left goes into every VM made from the image. One case 
 (policy data: src/imageready/policy/scan_rules.yaml and --scan-rules), from one read-only scan per
 VM that masks on the guest: findings carry rule, path, line, length, at most 4 characters and a
 keyed fingerprint, never the value. Only what persists past the action blocks the gate; what the
-action removes is listed as such; a single finding can be waived by its fingerprint.
+action removes is listed as such; a single finding can be waived by its fingerprint. What the scan
+could not read (a file past the size bound, unreadable, a directory a mount hides) makes it
+incomplete: every case errors until each such path is fixed or waived by path.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ AUDIT_FINDINGS = 25
 
 
 @pytest.fixture
-def scan_result(vm: VmRef, facts: VmFacts, run: RunState, request: pytest.FixtureRequest) -> Any:
+def scan_result(
+    vm: VmRef, facts: VmFacts, run: RunState, waivers: WaiverBook, request: pytest.FixtureRequest
+) -> Any:
     """One scan of ``vm``'s guest per run, shared by every rule's case. An incomplete scan is an
-    error for every rule: it proves nothing about the guest."""
+    error for every rule: it proves nothing about the guest. So is a scan that could not read
+    some path in full, unless a waiver names that path."""
     from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
 
     cache = request.config.stash.setdefault(SCAN_RESULTS, {})
@@ -67,6 +72,19 @@ def scan_result(vm: VmRef, facts: VmFacts, run: RunState, request: pytest.Fixtur
         raise FactsUnavailable(
             f"{vm.key}: the sensitive-data scan is incomplete ({why}): nothing is proven",
             _category(found.errors),
+        )
+    coverage = found.coverage(waivers, vm.key)
+    for _, waiver in coverage.waived:
+        record_waiver(request.node, waiver)  # the case passes only with it: every report says so
+    if not coverage.complete:
+        rule = request.node.callspec.params.get("scan_rule")
+        meanwhile = [f.summary() for f in found.for_rule(rule.id)][:5] if rule is not None else []
+        also = f"; this rule found meanwhile: {' | '.join(meanwhile)}" if meanwhile else ""
+        # no category: not the environment's fault; a setup error, so no rule waiver turns it green
+        raise FactsUnavailable(
+            f"{vm.key}: the sensitive-data scan is incomplete, {coverage.reason()}: fix them or waive "
+            f"each path (docs/waivers.md){also}",
+            "",
         )
     return found
 
@@ -110,12 +128,23 @@ def test_sensitive_data(
         f"{f.summary()} - WAIVED by {w.approver} until {w.expires:%Y-%m-%d}: {w.reason}" for f, w in waived
     ]
     lines += [f.summary() for f in removed]
+    coverage = scan_result.coverage(waivers, vm.key)
+    lines += [
+        f"{entry.summary()} - WAIVED by {w.approver} until {w.expires:%Y-%m-%d}: {w.reason}"
+        for entry, w in coverage.waived
+    ]
+    lines += [entry.summary() for entry in scan_result.not_scanned if entry.removal_note]
+    excluded = [entry.summary() for entry in scan_result.excluded]
     evidence(
         request,
         f"{rule.id} ({rule.title}): {len(persisting)} persisting, {len(waived)} waived, "
         f"{len(removed)} removed by the action",
-        {"rule": rule.id, "source": rule.source, "findings": lines},
+        {"rule": rule.id, "source": rule.source, "findings": lines, "excluded": excluded},
     )
+    if excluded:  # not part of the image, so not scanned: said once per case, with the reason
+        lines.append(
+            f"{len(excluded)} mount point(s) excluded: " + "; ".join(e[len("excluded ") :] for e in excluded)
+        )
     # the audit lists every finding with its fate, not only the count (already masked)
     audit_lines = lines[:AUDIT_FINDINGS]
     if len(lines) > AUDIT_FINDINGS:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from azsim.guestapi import GuestContext
+from azsim.linux.disks import DiskImageError, attached_disks
 from azsim.linux.provision import provisioning_script
 from azsim.linux.rootfs import DEFAULT_CACHE_DIR, cache_dir_from_env, ensure_rootfs, recipe_key
 from azsim.linux.sandbox import (
@@ -116,7 +117,18 @@ class LinuxGuest:
             )
         if not self._port or not _port_free(self._port):
             self._port = free_port()
-        sandbox = Sandbox(disk, self._port, self.ctx.state_dir / "console.log", self.ctx.vm_platform)
+        try:
+            attached = attached_disks(self.spec.mounts, self.ctx.state_dir / "disks")
+        except DiskImageError as err:
+            raise SandboxError(f"{self.name}: {err}") from None
+        sandbox = Sandbox(
+            disk,
+            self._port,
+            self.ctx.state_dir / "console.log",
+            self.ctx.vm_platform,
+            attached=tuple(a.record() for a in attached),
+            overmounts=tuple(m.path for m in self.spec.mounts if m.type == "tmpfs"),
+        )
         try:
             sandbox.boot(provisioning, deadline=started + BOOT_TIMEOUT)
         except SandboxError as err:

@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,6 +169,9 @@ class Waiver:
     parameter: str = "*"  # "*" = any parameter of that check
     vm: str = "*"  # rg/name or "*"
     fingerprint: str = ""  # sensitive-data findings: waive one finding by its fingerprint
+    #: IR-SCAN only: a path (glob) the scan could not read in full; waives that "not scanned"
+    #: entry, never a finding or a failed case
+    path: str = ""
 
     def expired(self, now: dt.datetime) -> bool:
         return now >= self.expires
@@ -190,6 +194,8 @@ class Waiver:
         }
         if self.fingerprint:
             record["fingerprint"] = self.fingerprint
+        if self.path:
+            record["path"] = self.path
         return record
 
 
@@ -217,7 +223,7 @@ def load_waivers(path: Path) -> list[Waiver]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) waiver file.
 
     Shape: a top-level ``waivers`` list of tables with ``check``, ``reason``, ``approver``,
-    ``expires`` and optionally ``parameter``, ``vm``, ``fingerprint``.
+    ``expires`` and optionally ``parameter``, ``vm``, ``fingerprint`` or (``IR-SCAN``) ``path``.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -238,7 +244,7 @@ def load_waivers(path: Path) -> list[Waiver]:
     entries = data.get("waivers") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise WaiverError(f"--waivers {path}: expected a top-level 'waivers' list")
-    allowed = {"check", "parameter", "vm", "fingerprint", "reason", "approver", "expires"}
+    allowed = {"check", "parameter", "vm", "fingerprint", "path", "reason", "approver", "expires"}
     waivers = []
     for index, entry in enumerate(entries, 1):
         where = f"--waivers {path}: waiver {index}"
@@ -250,12 +256,16 @@ def load_waivers(path: Path) -> list[Waiver]:
         for key in ("check", "reason", "approver"):
             if not str(entry.get(key) or "").strip():
                 raise WaiverError(f"{where}: '{key}' is required")
+        path_glob = str(entry.get("path", "")).strip()
+        if path_glob and (str(entry["check"]).strip() != "IR-SCAN" or entry.get("fingerprint")):
+            raise WaiverError(f"{where}: 'path' is for check IR-SCAN alone, without a fingerprint")
         waivers.append(
             Waiver(
                 check=str(entry["check"]).strip(),
                 parameter=str(entry.get("parameter", "*")).strip() or "*",
                 vm=str(entry.get("vm", "*")).strip() or "*",
                 fingerprint=str(entry.get("fingerprint", "")).strip(),
+                path=path_glob,
                 reason=str(entry["reason"]).strip(),
                 approver=str(entry["approver"]).strip(),
                 expires=parse_expiry(entry.get("expires"), where),
@@ -278,8 +288,21 @@ class WaiverBook:
         for waiver in self.waivers:
             if (
                 waiver.fingerprint == fingerprint
+                and not waiver.path
                 and waiver.matches(check_id, vm, parameter)
                 and not waiver.expired(self.now)
+            ):
+                return waiver
+        return None
+
+    def find_path(self, check_id: str, vm: str, path: str) -> Waiver | None:
+        """The live waiver naming ``path`` (a glob: ``*`` within a component, ``**`` across)."""
+        for waiver in self.waivers:
+            if (
+                waiver.path
+                and waiver.matches(check_id, vm, "*")
+                and not waiver.expired(self.now)
+                and path_matches(waiver.path, path)
             ):
                 return waiver
         return None
@@ -297,6 +320,17 @@ def facts_digest(document: Mapping[str, Any], paths: Iterable[Sequence[str | int
     )
     body = json.dumps(pairs, sort_keys=True, default=str, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def path_matches(glob: str, path: str) -> bool:
+    """``glob`` against ``path`` with either separator; Windows paths (a drive) case-insensitively."""
+    norm_glob, norm_path = glob.replace("\\", "/"), path.replace("\\", "/")
+    windows = re.match(r"^[A-Za-z]:/", norm_path) is not None
+    pattern = "".join(
+        ".*" if part == "**" else re.escape(part).replace("\\*", "[^/]*").replace("\\?", "[^/]")
+        for part in re.split(r"(\*\*)", norm_glob)
+    )
+    return re.fullmatch(pattern, norm_path, re.IGNORECASE if windows else 0) is not None
 
 
 # --- policy digest ----------------------------------------------------------------------------

@@ -656,6 +656,7 @@ def _waiver(raw: dict[str, str]) -> Waiver:
         parameter=raw.get("parameter", "*"),
         vm=raw.get("vm", "*"),
         fingerprint=raw.get("fingerprint", ""),
+        path=raw.get("path", ""),
         reason=raw["reason"],
         approver=raw["approver"],
         expires=parse_expiry(raw["expires"], "waiver"),

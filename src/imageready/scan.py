@@ -8,6 +8,11 @@ and turns its JSON into :class:`Finding` objects that say whether the chosen act
 A finding never holds a secret: the guest sends rule, path, line, length, at most the first four
 characters (none for values under 12) and a keyed HMAC fingerprint. The key (see
 :func:`fingerprint_key`) travels inside the program on stdin and is never written to any output.
+
+Nothing is skipped in silence: the guest reports the mount points it left out and why
+(:class:`Excluded`: file systems off the image, the resource disk proven by its device) and every
+path it could not read in full and why (:class:`NotScanned`); :meth:`ScanResult.coverage` turns
+the latter into an incomplete scan unless a waiver names each path.
 """
 
 from __future__ import annotations
@@ -26,13 +31,22 @@ from typing import Any, Literal
 
 import yaml
 
+from imageready.gate import Waiver, WaiverBook
 from imageready.guest.base import Guest, GuestError
 from imageready.redact import one_line, redact, register_secret
 
 RULES_FILE = Path(__file__).with_name("policy") / "scan_rules.yaml"
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 KEY_ENV = "IMAGEREADY_FINGERPRINT_KEY"
-DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024
+#: the check id of the sensitive-data scan (waivers name it)
+SCAN_CHECK_ID = "IR-SCAN"
+#: files larger than this are listed as not scanned (below it every file is read in full, in
+#: chunks: grep streams, the guest programs read 16 MiB at a time)
+DEFAULT_MAX_FILE_SIZE = 8 * 1024**3
+#: compressed files and archives are expanded up to this many bytes; past it, not scanned
+DEFAULT_MAX_EXPANDED = 256 * 1024**2
+#: not-scanned entries a guest lists one by one (it counts them all)
+NOT_SCANNED_LIMIT = 500
 #: seconds kept between the guest program's own deadline and the transport's
 DEADLINE_MARGIN = 20.0
 #: file systems that never reach the OS disk image (by type, from /proc/mounts)
@@ -77,13 +91,17 @@ class Rule:
     exclude: tuple[str, ...] = ()
     pattern: str | None = None
     ignore_case: bool = False
-    secret_group: int = 0
+    #: the group holding the value; a list: the first of them that took part in the match
+    #: (a pattern with one branch per quoting style, say)
+    secret_group: int | tuple[int, ...] = 0
     detail_group: int | None = None
     detail_label: str = ""
     keywords: tuple[str, ...] = ()
     ignore_values: str | None = None
-    decode: Literal["unattend-password"] | None = None
+    decode: Literal["unattend-password", "basic-auth"] | None = None
     block_end: str | None = None
+    #: the pattern may span lines: line breaks are read as spaces (XML elements, say)
+    multiline: bool = False
     #: published example values; a match containing one is suppressed
     examples: tuple[str, ...] = ()
     #: the rule file it came from
@@ -177,7 +195,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "severity": ("critical", "high", "medium", "low"),
     "os": ("Linux", "Windows", "any"),
     "kind": ("location", "content"),
-    "decode": ("unattend-password",),
+    "decode": ("unattend-password", "basic-auth"),
 }
 
 
@@ -186,7 +204,7 @@ def _parse_rule(entry: object, where: str, origin: str) -> Rule:
         raise ScanRulesError(f"{where}: expected a mapping")
     if isinstance(entry.get("id"), str):
         where = f"{where.rsplit(': rule', 1)[0]}: rule {entry['id']!r}"
-    allowed = _STR_FIELDS | _LIST_FIELDS | {"ignore_case", "secret_group", "detail_group"}
+    allowed = _STR_FIELDS | _LIST_FIELDS | {"ignore_case", "multiline", "secret_group", "detail_group"}
     unknown = sorted(set(entry) - allowed)
     if unknown:
         raise ScanRulesError(f"{where}: unknown key {unknown[0]!r}")
@@ -205,10 +223,14 @@ def _parse_rule(entry: object, where: str, origin: str) -> Rule:
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise ScanRulesError(f"{where}: {name!r} must be a list of strings")
             values[name] = tuple(value)
-        elif name == "ignore_case":
+        elif name in ("ignore_case", "multiline"):
             if not isinstance(value, bool):
-                raise ScanRulesError(f"{where}: 'ignore_case' must be true or false")
+                raise ScanRulesError(f"{where}: {name!r} must be true or false")
             values[name] = value
+        elif name == "secret_group" and isinstance(value, list):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise ScanRulesError(f"{where}: 'secret_group' must be a group number or a list of them")
+            values[name] = tuple(value)
         elif value is not None:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ScanRulesError(f"{where}: {name!r} must be a group number")
@@ -227,6 +249,8 @@ def _check_rule(rule: Rule, where: str) -> None:
         raise ScanRulesError(f"{where}: a content rule needs 'pattern'")
     if rule.mode == "grep" and not all(len(k) >= 2 for k in rule.keywords or ("",)):
         raise ScanRulesError(f"{where}: a content rule without 'paths' needs 'keywords' (2+ characters each)")
+    if rule.multiline and (rule.mode != "grep" or rule.block_end):
+        raise ScanRulesError(f"{where}: 'multiline' is for content rules with keywords, without block_end")
     for glob in rule.paths + rule.exclude:
         problem = _glob_problem(glob)
         if problem:
@@ -239,9 +263,13 @@ def _check_rule(rule: Rule, where: str) -> None:
     if rule.pattern is not None:
         groups = re.compile(rule.pattern).groups
         for name in ("secret_group", "detail_group"):
-            group = getattr(rule, name)
-            if group is not None and group > groups:
-                raise ScanRulesError(f"{where}: {name} {group} but the pattern has {groups} groups")
+            wanted = getattr(rule, name)
+            for group in wanted if isinstance(wanted, tuple) else (wanted,):
+                if group is not None and group > groups:
+                    raise ScanRulesError(f"{where}: {name} {group} but the pattern has {groups} groups")
+                if group is not None and group > 8:
+                    # the sh fallback takes groups with sed, which numbers them \1 to \9 (one is its own)
+                    raise ScanRulesError(f"{where}: {name} {group}: groups above 8 are not portable")
 
 
 def _glob_problem(glob: str) -> str | None:
@@ -314,6 +342,9 @@ def ere_for_grep(rule: Rule) -> str:
     superset is fine, and its DFA pays for every counted copy, while the bound is there for the
     backtracking engines (Python, .NET) that apply the exact pattern to those lines."""
     assert rule.pattern is not None
+    if rule.multiline:  # grep sees one line: it picks the lines holding a keyword
+        alternation = "|".join(_ere_escape(k) for k in rule.keywords)
+        return _fold_case(alternation) if rule.ignore_case else alternation
     return _widen_bounds(_fold_case(rule.pattern) if rule.ignore_case else rule.pattern)
 
 
@@ -456,7 +487,21 @@ def compile_glob(glob: str, os_type: str) -> dict[str, Any] | None:
         compiled["name_glob"] = last
     else:
         compiled["name"] = last
+    if parts[0] != "**":
+        compiled["ancestors_re"] = _ancestors_regex(parts, sep)
     return compiled
+
+
+def _ancestors_regex(parts: list[str], sep: str) -> str:
+    """The directories an anchored glob can match below: a symlink (junction) there is followed
+    so that the rule sees paths through it (``~/.kube`` linked elsewhere)."""
+    found = []
+    first = 1 if parts[0] == "~" else 2  # a home itself may be a link; "/" never is
+    for end in range(first, len(parts) + (parts[-1] == "**")):
+        found.append(_path_regex(parts[:end], sep))
+        if parts[end - 1] == "**":
+            break
+    return "^(" + "|".join(found) + ")$" if found else "^$"
 
 
 # --- findings -----------------------------------------------------------------------------------
@@ -561,16 +606,46 @@ class Finding:
         return f"[{self.rule_id}] {where} ({', '.join([*shape, f'fp {self.fingerprint}'])}) {fate}"
 
 
+@dataclass(frozen=True)
+class NotScanned:
+    """A file or directory the guest could not read in full, and why (size bound, permission,
+    I/O error, encoding, an archive past its bound, a mount hiding it, a listing error)."""
+
+    path: str
+    reason: str
+    removal_note: str = ""  # the action removes it: it never reaches the image
+
+    def summary(self) -> str:
+        fate = f"removed: {self.removal_note}" if self.removal_note else "would persist unread"
+        return f"NOT SCANNED {self.path}: {self.reason} ({fate})"
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A mount point the scan left out because the file system under it is not in the image."""
+
+    path: str
+    reason: str
+
+    def summary(self) -> str:
+        return f"excluded {self.path}: {self.reason}"
+
+
 @dataclass
 class ScanResult:
     """What a scan found. ``complete`` False means the guest stopped early (deadline, error):
-    an incomplete scan is never evidence that a guest is clean."""
+    an incomplete scan is never evidence that a guest is clean. ``not_scanned`` lists what the
+    guest could not read in full (``not_scanned_total`` counts all, listed or not); any entry
+    that persists into the image leaves the scan incomplete unless a waiver names its path."""
 
     os_type: str
     findings: list[Finding] = field(default_factory=list)
     complete: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    not_scanned: list[NotScanned] = field(default_factory=list)
+    not_scanned_total: int = 0
+    excluded: list[Excluded] = field(default_factory=list)
 
     def for_rule(self, rule_id: str) -> list[Finding]:
         return [f for f in self.findings if f.rule_id == rule_id]
@@ -578,6 +653,42 @@ class ScanResult:
     def blocking(self, waived: Collection[str] = ()) -> list[Finding]:
         """Findings that persist into the image and are not waived by fingerprint."""
         return [f for f in self.findings if not f.removed_by_action and f.fingerprint not in waived]
+
+    def coverage(self, waivers: WaiverBook | None, vm: str) -> Coverage:
+        """What keeps this scan from being complete: unread paths no waiver names."""
+        blocking: list[NotScanned] = []
+        waived: list[tuple[NotScanned, Waiver]] = []
+        for entry in self.not_scanned:
+            if entry.removal_note:
+                continue
+            waiver = waivers.find_path(SCAN_CHECK_ID, vm, entry.path) if waivers is not None else None
+            if waiver is None:
+                blocking.append(entry)
+            else:
+                waived.append((entry, waiver))
+        unlisted = max(0, self.not_scanned_total - len(self.not_scanned))
+        return Coverage(blocking, waived, unlisted)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Unread paths that keep a scan incomplete, those waived by path, and how many more the
+    guest counted but did not list (those can be neither shown nor waived: incomplete)."""
+
+    blocking: list[NotScanned]
+    waived: list[tuple[NotScanned, Waiver]]
+    unlisted: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.blocking and not self.unlisted
+
+    def reason(self, shown: int = 5) -> str:
+        """One line: what was not read, for an error message."""
+        items = [f"{e.path} ({e.reason})" for e in self.blocking[:shown]]
+        more = len(self.blocking) - shown + self.unlisted
+        tail = f" and {more} more" if more > 0 else ""
+        return f"{len(self.blocking) + self.unlisted} path(s) not scanned: {'; '.join(items)}{tail}"
 
 
 # --- the key ------------------------------------------------------------------------------------
@@ -630,7 +741,12 @@ def _decode_key(text: str) -> bytes | None:
 
 
 def _guest_config(
-    rules: list[Rule], key: bytes, os_type: str, budget: float, max_file_size: int
+    rules: list[Rule],
+    key: bytes,
+    os_type: str,
+    budget: float,
+    max_file_size: int,
+    max_expanded: int = DEFAULT_MAX_EXPANDED,
 ) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     globs: list[dict[str, Any]] = []
@@ -638,13 +754,15 @@ def _guest_config(
     for index, rule in enumerate(rules):
         excludes = [compile_glob(g, os_type) for g in rule.exclude]
         exclude_re = "|".join(f"({e['path_re']})" for e in excludes if e and "path_re" in e)
+        group = rule.secret_group
         entries.append(
             {
                 "id": rule.id, "mode": rule.mode, "pattern": rule.pattern,
-                "ignore_case": rule.ignore_case, "group": rule.secret_group,
+                "ignore_case": rule.ignore_case,
+                "group": list(group) if isinstance(group, tuple) else group,
                 "detail_group": rule.detail_group, "detail_label": rule.detail_label,
                 "keywords": list(rule.keywords), "ignore_values": rule.ignore_values,
-                "decode": rule.decode, "block_end": rule.block_end,
+                "decode": rule.decode, "block_end": rule.block_end, "multiline": rule.multiline,
                 "exclude_re": exclude_re or None,
                 "ere": ere_for_grep(rule) if rule.mode == "grep" else None,
             }
@@ -657,6 +775,7 @@ def _guest_config(
             (providers if "path_re" not in compiled else globs).append(compiled)
     return {
         "schema": 1, "key": key.hex(), "budget": round(budget, 1), "max_file_size": max_file_size,
+        "max_expanded": max_expanded, "not_scanned_limit": NOT_SCANNED_LIMIT,
         "rules": entries, "globs": globs, "providers": providers,
         "examples": sorted({e for r in rules for e in r.examples}),
         "exclude_fstypes": list(EXCLUDED_FSTYPES), "progress_interval": 2.0,
@@ -669,14 +788,18 @@ def linux_program(
     *,
     root: str = "/",
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    max_expanded: int = DEFAULT_MAX_EXPANDED,
     deadline: float = 600.0,
+    grep_max: int | None = None,
 ) -> bytes:
     """What goes on stdin for the Linux scan: the Python program with its configuration, and
     the same configuration as ``#SH`` comment lines for the POSIX fallback. ``deadline`` is in
     seconds from the program's start (the guest's own clock)."""
     rules = rules_for("Linux", rules)
-    config = _guest_config(rules, key, "Linux", deadline, max_file_size)
+    config = _guest_config(rules, key, "Linux", deadline, max_file_size, max_expanded)
     config["root"] = root
+    if grep_max is not None:  # files past it are streamed by the program, not given to grep
+        config["grep_max"] = grep_max
     encoded = base64.b64encode(json.dumps(config, sort_keys=True).encode()).decode()
     source = (SCRIPTS_DIR / "scan_linux.py").read_text(encoding="utf-8")
     placeholder = "CONFIG = None  # the engine replaces this line"
@@ -693,24 +816,31 @@ def _fallback_data(config: dict[str, Any]) -> str:
         "#SH key " + config["key"],
         f"#SH budget {int(config['budget'])}",
         f"#SH maxsize {config['max_file_size']}",
+        f"#SH maxexp {config['max_expanded']}",
+        f"#SH limit {config['not_scanned_limit']}",
         "#SH root " + config["root"],
         "#SH fstypes " + " ".join(config["exclude_fstypes"]),
     ]
     for index, rule in enumerate(config["rules"]):
         lines.append(
-            f"#SH rule {index} {rule['id']} {rule['mode']} {rule['group']} "
+            f"#SH rule {index} {rule['id']} {rule['mode']} "
+            f"{','.join(map(str, rule['group'])) if isinstance(rule['group'], list) else rule['group']} "
             f"{rule['detail_group'] or 0} {rule['detail_label'] or '-'} {rule['decode'] or '-'} "
-            f"{'block' if rule['block_end'] else '-'}"
+            f"{'block' if rule['block_end'] else '-'} {'multi' if rule['multiline'] else '-'}"
         )
         fold = _fold_case if rule["ignore_case"] else str
         if rule["pattern"]:
             lines.append(f"#SH ere {index} {fold(rule['pattern'])}")
+        if rule["multiline"]:
+            lines.append(f"#SH kw {index} {rule['ere']}")
         if rule["ignore_values"]:
             lines.append(f"#SH ignore {index} {_fold_case(rule['ignore_values'])}")
         if rule["exclude_re"]:
             lines.append(f"#SH exclude {index} {rule['exclude_re']}")
     for glob in config["globs"]:
         lines.append(f"#SH glob {glob['rule']} {glob['path_re']}")
+        if glob.get("ancestors_re"):
+            lines.append(f"#SH anc {glob['ancestors_re']}")
     for example in config["examples"]:
         lines.append("#SH example " + example)
     return "\n" + "\n".join(lines) + "\n"
@@ -732,11 +862,16 @@ def linux_script(run_first: str | None = None) -> str:
 
 
 def windows_script(
-    rules: list[Rule], key: bytes, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE, deadline: float
+    rules: list[Rule],
+    key: bytes,
+    *,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    max_expanded: int = DEFAULT_MAX_EXPANDED,
+    deadline: float,
 ) -> str:
     """The PowerShell scan with its configuration embedded (it travels on stdin, never argv)."""
     rules = rules_for("Windows", rules)
-    config = _guest_config(rules, key, "Windows", deadline, max_file_size)
+    config = _guest_config(rules, key, "Windows", deadline, max_file_size, max_expanded)
     encoded = base64.b64encode(json.dumps(config, sort_keys=True).encode()).decode()
     source = (SCRIPTS_DIR / "scan_windows.ps1").read_text(encoding="utf-8")
     placeholder = "$ConfigBase64 = ''  # the engine replaces this line"
@@ -858,4 +993,16 @@ def parse_scan_output(
         merged["run_first_lines"] = [redact(ln) for ln in first if ln not in exits]
     complete = document.get("complete") is True and document.get("schema") == 1
     errors = [one_line(str(e)) for e in document.get("errors") or []]
-    return ScanResult(os_type, findings, complete, merged, errors)
+    unread = []
+    for raw in document.get("not_scanned") or []:
+        path = str(raw.get("path", ""))
+        unread.append(NotScanned(path, one_line(str(raw.get("reason", ""))), context.removal(path)))
+    total = document.get("not_scanned_total")
+    excluded = [
+        Excluded(str(e.get("path", "")), one_line(str(e.get("reason", ""))))
+        for e in document.get("excluded") or []
+    ]
+    return ScanResult(
+        os_type, findings, complete, merged, errors, unread,
+        total if isinstance(total, int) and total >= len(unread) else len(unread), excluded,
+    )  # fmt: skip

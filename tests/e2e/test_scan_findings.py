@@ -81,6 +81,7 @@ def _generate(kind: str, arg: str | None) -> tuple[str, list[Secret]]:
         "HEX": "0123456789ABCDEF",
         "upper": string.ascii_uppercase + string.digits,
         "b64": B64,
+        "letters": string.ascii_letters,
     }
     if kind in alphabets:
         value = _random(alphabets[kind], int(str(arg)))
@@ -88,9 +89,17 @@ def _generate(kind: str, arg: str | None) -> tuple[str, list[Secret]]:
     if kind == "repeat":  # filler, not a secret
         word, _, count = str(arg).rpartition(":")
         return word * int(count), []
-    if kind == "pem":
+    if kind in ("pem", "pem-escaped"):
         lines = [_random(B64, 64) for _ in range(6)]
-        return "\n".join(lines), [Secret(line, (line,)) for line in lines]
+        joint = "\n" if kind == "pem" else "\\n"  # inside JSON, line breaks are escaped
+        return joint.join(lines), [Secret(line, (line,)) for line in lines]
+    if kind == "wg":  # a WireGuard key: base64 of 32 bytes
+        value = base64.b64encode(secrets.token_bytes(32)).decode()
+        return value, [Secret(value, (value[:42],))]
+    if kind == "kube-key":  # kubeconfig client-key-data: base64 of a PEM key
+        body = _random(B64, 64)
+        value = base64.b64encode(f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n".encode()).decode()
+        return value, [Secret(value, (value[44:],)), Secret(body, (body,))]
     if kind == "entra":
         value = _random(ALNUM, 3) + _random(string.digits, 1) + "Q~" + _random(ALNUM, 34)
         return value, [Secret(value, (value,))]
@@ -253,6 +262,8 @@ def test_every_rule_reports_its_plant(fleet: Fleet, planted_run: Run, os_type: s
             assert outcome == "failed", f"{rule}: {outcome} {text[:300]}"
             assert want["fails"] in text and "persists in image" in text, f"{rule}: {text[:600]}"
             assert any(f"[{rule}] {want['fails']}" in ln and "persists in image" in ln for ln in lines)
+            for also in want.get("also", []):  # compressed, archived, UTF-16, linked, escaped
+                assert any(f"[{rule}] {also}" in ln for ln in lines), f"{rule}: {also} not in {lines}"
         else:
             assert outcome == "passed", f"{rule}: {outcome} {text[:300]}"
         if "removed" in want:
@@ -354,3 +365,59 @@ def test_a_scan_past_its_deadline_errors_every_case(fleet: Fleet, tmp_path: Path
     for rule, case in cases.items():
         assert case["outcome"] == "error" and case["category"] == "timeout", (rule, case)
         assert "deadline passed: scan stopped early" in case["message"], case["message"]
+
+
+def test_what_the_scan_cannot_read_keeps_the_gate_shut_until_waived_by_path(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """lin-unread and win-unread each hold a file past the 8 GiB bound and one that cannot be
+    read: every rule's case errors, naming them, and the run is red. A waiver naming each path
+    (approver, expiry) lets the cases run: what a tmpfs hides on the Linux disk and what a volume
+    mounted in C:\\data holds are found, while the resource disks (Linux /mnt by its device,
+    Windows D: by its LUN) stay out, DATALOSS note on C: or not."""
+    vms = {f"{RG}/lin-unread": ("/var/log/app/huge.log", "/data/app/bad.conf"),
+           f"{RG}/win-unread": ("C:\\logs\\huge.log", "C:\\build\\locked.txt")}  # fmt: skip
+    targets = [arg for vm in vms for arg in ("--vm", vm)]
+    red = fleet.run("checks/test_sensitive_data.py", *targets, SCAN_DEADLINE, report_dir=tmp_path / "red")
+    assert red.returncode == exitcodes.RED_CHECKS, red.output[-3000:]
+    for vm, paths in vms.items():
+        for rule, case in audit_cases(red, vm).items():
+            assert case["outcome"] == "error", (vm, rule, case["outcome"])
+            assert "not scanned" in case["message"] and all(p in case["message"] for p in paths), case
+        assert red.verdict(vm)["status"] == "red"
+    waivers = tmp_path / "waivers.yaml"
+    entries = "".join(
+        f"  - {{check: IR-SCAN, vm: {vm}, path: '{path}', reason: 'rotated log, no secrets (CHG-7)',\n"
+        "     approver: jane.doe@contoso.example, expires: 2099-12-31}\n"
+        for vm, paths in vms.items()
+        for path in paths
+    )
+    waivers.write_text("waivers:\n" + entries)
+    run = fleet.run(
+        "checks/test_sensitive_data.py",
+        *targets,
+        f"--waivers={waivers}",
+        SCAN_DEADLINE,
+        report_dir=tmp_path / "w",
+    )
+    assert run.returncode == exitcodes.RED_CHECKS, run.output[-3000:]  # the findings, now seen
+    expect = fleet.planted.expect
+    for vm, paths in vms.items():
+        cases = audit_cases(run, vm)
+        assert not [r for r, c in cases.items() if c["outcome"] == "error"], vm
+        github = cases["github-token"]
+        want = expect[vm.split("/")[1]]["github-token"]
+        for path in [want["fails"], *want.get("also", [])]:
+            assert any(f"[github-token] {path}" in ln for ln in github["evidence"]), (
+                path,
+                github["evidence"],
+            )
+        listed = " ".join(ln for c in cases.values() for ln in c["evidence"])
+        assert "/mnt/leak.txt" not in listed and "D:\\scratch" not in listed
+        assert all(
+            f"NOT SCANNED {p}" in listed and "WAIVED by jane.doe@contoso.example" in listed for p in paths
+        )
+        applied = run.verdict(vm)["waivers_applied"]
+        assert {w["path"] for w in applied} == set(paths), applied
+    excluded = " ".join(ln for ln in audit_cases(run, f"{RG}/lin-unread")["jwt"]["evidence"])
+    assert "/mnt: the Azure resource disk" in excluded

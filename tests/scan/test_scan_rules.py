@@ -197,7 +197,14 @@ def test_rules_for_an_os() -> None:
 
 def test_globs_compile_to_what_the_guest_matches() -> None:
     home = compile_glob("~/.bash_history", "Linux")
-    assert home == {"path_re": "^@HOME@/\\.bash_history$", "name": ".bash_history"}
+    assert home == {
+        "path_re": "^@HOME@/\\.bash_history$",
+        "name": ".bash_history",
+        "ancestors_re": "^(@HOME@)$",
+    }
+    kube = compile_glob("~/.kube/config", "Linux")
+    assert kube is not None and kube["ancestors_re"] == "^(@HOME@|@HOME@/\\.kube)$"  # links followed there
+    assert "ancestors_re" not in (compile_glob("**/*.p12", "Linux") or {})  # found by name anywhere
     wild = compile_glob("/etc/ssh/ssh_host_*_key", "Linux")
     assert wild is not None and wild["name_glob"] == "ssh_host_*_key"
     assert re.match(wild["path_re"], "/etc/ssh/ssh_host_rsa_key")

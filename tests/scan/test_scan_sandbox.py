@@ -45,10 +45,32 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LinuxGue
     files = [{"path": p, "content": c} for p, c in plants.files.items() if p not in NOT_PLANTED]
     files.append({"path": "/var/tmp/script_4711.sh", "content": "#!/bin/sh\n"})
     files.append({"path": f"/home/{ADMIN}/.bash_history", "content": "sudo -i\n"})
+    files += [{"path": path, "symlink": target} for path, target in plants.links.items()]
+    # what a mount hides, what is too large, what cannot be read, what is not the image
+    hidden, resource, data = (f"ghp_{fake(36)}" for _ in range(3))
+    files.append({"path": "/var/cache/app/left.py", "content": f'T = "{hidden}"\n'})
+    files.append({"path": "/var/log/app/huge.log", "content": "x\n", "size": 9 * 1024**3})
     shadow_hash = f"$6${fake(8)}${fake(86)}"
     spec = {
         "files": files,
         "users": [{"name": "builder", "shell": "/bin/bash", "password_hash": shadow_hash}],
+        "mounts": [
+            {"path": "/var/cache/app", "type": "tmpfs"},
+            {
+                "path": "/mnt",
+                "type": "resource-disk",
+                "files": [{"path": "/leak.txt", "content": f"{resource}\n"}],
+            },
+            {
+                "path": "/data",
+                "type": "data-disk",
+                "files": [
+                    {"path": "/app/ok.txt", "content": f"{data}\n"},
+                    {"path": "/app/bad.conf", "content": "x\n"},
+                ],
+                "unreadable": ["/app/bad.conf"],
+            },
+        ],
     }
     ctx = GuestContext(
         resource_group="rg-scan",
@@ -75,7 +97,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LinuxGue
             connect_timeout=5.0,
             allow_agent=False,
         )
-        yield guest, ssh, [*plants.secrets, shadow_hash]
+        yield guest, ssh, [*plants.secrets, shadow_hash, hidden, resource, data]
     finally:
         if ssh is not None:
             ssh.close()
@@ -111,6 +133,21 @@ def test_every_rule_is_found_on_a_real_guest_and_marked_by_fate(sandbox) -> None
         assert paths, f"{rule.id}: nothing found"
         if plants.expected[rule.id] not in NOT_PLANTED:
             assert plants.expected[rule.id] in paths
+    assert plants.extra <= found, sorted(plants.extra - found)  # archives, UTF-16, links, escapes
+    # a tmpfs over /var/cache/app hides a file on the disk: read through the second mount
+    assert ("github-token", "/var/cache/app/left.py") in found
+    assert not any(path.startswith("/mnt/") for _, path in found)  # the resource disk
+    assert ("github-token", "/data/app/ok.txt") in found  # a data disk is part of the image
+    excluded = {e.path: e.reason for e in result.excluded}
+    assert (
+        excluded["/mnt"].startswith("the Azure resource disk (/dev/loop")
+        and "resource-part1" in excluded["/mnt"]
+    )
+    unread = {n.path: n.reason for n in result.not_scanned}
+    assert unread.keys() == {"/var/log/app/huge.log", "/data/app/bad.conf"}, unread
+    assert unread["/var/log/app/huge.log"].startswith("larger than the 8 GiB bound")
+    assert unread["/data/app/bad.conf"].startswith("I/O error")
+    assert not result.coverage(None, "rg-scan/lin-scan").complete
     fate = {f.path: f for f in result.findings}
     assert fate[f"/home/{ADMIN}/.bash_history"].removed_by_action  # the provisioned user's home
     assert fate["/var/lib/waagent/ovf-env.xml"].removed_by_action

@@ -84,7 +84,7 @@ def windows_plants() -> tuple[dict[str, Any], dict[str, str], list[str]]:
     put("kube-config", f"{USER}\\.kube\\config", "apiVersion: v1\n")
     auth = base64.b64encode(f"builder:{fake(12)}".encode()).decode()
     put(
-        "docker-registry-auth",
+        "container-registry-auth",
         f"{USER}\\.docker\\config.json",
         f'{{"auths": {{"r": {{"auth": "{auth}"}}}}}}',
         auth,
@@ -154,6 +154,7 @@ def windows_plants() -> tuple[dict[str, Any], dict[str, str], list[str]]:
     put(
         "unattend-encoded-password", "C:\\build\\answer.xml", f"<Password>\n<Value>{hidden}</Value>\n", hidden
     )
+    new_rule_plants(put)
     autologon = fake(15)
     expected["autologon-password"] = (
         "HKLM:\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Winlogon\\DefaultPassword"
@@ -161,6 +162,133 @@ def windows_plants() -> tuple[dict[str, Any], dict[str, str], list[str]]:
     secrets.append(autologon)
     spec = {"files": files, "registry": {WINLOGON: {"AutoAdminLogon": "1", "DefaultPassword": autologon}}}
     return spec, expected, secrets
+
+
+def new_rule_plants(put: Any) -> None:
+    psk = fake(12)
+    put(
+        "network-pre-shared-key",
+        "C:\\ProgramData\\Microsoft\\Wlansvc\\Profiles\\Interfaces\\{4A1B}\\{9C2D}.xml",
+        f"<sharedKey>\n<keyType>passPhrase</keyType>\n<protected>false</protected>\n<keyMaterial>{psk}</keyMaterial>",
+        psk,
+    )
+    wg = base64.b64encode(bytes(random.SystemRandom().getrandbits(8) for _ in range(32))).decode()
+    put("wireguard-private-key", "C:\\Program Files\\WireGuard\\Data\\wg0.conf", f"PrivateKey = {wg}\n", wg)
+    static = "\n".join(fake(32, "0123456789abcdef") for _ in range(8))
+    put(
+        "openvpn-static-key",
+        f"{USER}\\OpenVPN\\config\\ta.key",
+        f"-----BEGIN OpenVPN Static key V1-----\n{static}\n-----END OpenVPN Static key V1-----\n",
+        *static.splitlines(),
+    )
+    client = base64.b64encode(f"-----BEGIN RSA PRIVATE KEY-----\n{fake(64)}\n".encode()).decode()
+    put("kubeconfig-client-key", f"{USER}\\.kube\\admin.conf", f"    client-key-data: {client}\n", client)
+    token = fake(40)
+    put(
+        "container-registry-token",
+        f"{USER}\\AppData\\Roaming\\helm\\registry\\config.json",
+        f'{{"auths": {{"r": {{"identitytoken": "{token}"}}}}}}',
+        token,
+    )
+    admin = fake(10) + "!"
+    put(
+        "answer-file-password",
+        "C:\\build\\images\\answer.xml",  # an answer file far from Sysprep and Panther
+        f"<AdministratorPassword>\n  <Value>{admin}</Value>\n"
+        "  <PlainText>true</PlainText>\n</AdministratorPassword>",
+        admin,
+    )
+    xml = fake(12)
+    put(
+        "xml-password-element",
+        "C:\\tools\\FileZilla\\sitemanager.xml",
+        f"<Pass>x</Pass><password>{xml}</password>",
+        xml,
+    )
+    dotnet = fake(9) + "$" + fake(4)
+    put("dotnet-config-password", "C:\\app\\App.config", f'<add key="DbPassword" value="{dotnet}" />', dotnet)
+    secure = fake(12)
+    put(
+        "powershell-plaintext-password",
+        "C:\\build\\setup.ps1",
+        f"$p = ConvertTo-SecureString -String '{secure}' -AsPlainText -Force\n",
+        secure,
+    )
+    account = fake(10) + "#"
+    put(
+        "net-user-password",
+        "C:\\Windows\\Setup\\Scripts\\users.cmd",
+        f"net user builder {account} /add\n",
+        account,
+    )
+
+
+def class_plants() -> tuple[dict[str, Any], set[tuple[str, str]], dict[str, str], list[str]]:
+    """The hiding shapes on Windows: a DATALOSS note dropped on C:, a volume mounted in a folder,
+    D: on the resource disk, an unreadable file, a huge one, gzip/zip/xz, UTF-16, a text file
+    with a binary-looking name, a junction to where a location rule looks."""
+    secrets: list[str] = []
+    found: set[tuple[str, str]] = set()
+    unread: dict[str, str] = {}
+
+    def tok() -> str:
+        value = "ghp_" + fake(36)
+        secrets.append(value)
+        return value
+
+    files = [
+        {"path": "C:\\DATALOSS_WARNING_README.txt", "content": "not a temporary disk\n"},
+        {"path": "C:\\build\\ci.txt", "content": f"token {tok()}\n"},
+        {"path": "C:\\data\\app\\notes.txt", "content": f"token {tok()}\n"},  # folder-mounted volume
+        {"path": "D:\\scratch\\leftover.txt", "content": f"token {tok()}\n"},  # the resource disk: excluded
+        {
+            "path": "E:\\labelled\\notes.txt",
+            "content": f"token {tok()}\n",
+        },  # a data disk labelled Temporary Storage
+        {
+            "path": "C:\\build\\locked.txt",
+            "content": f"token {tok()}\n",
+            "unreadable": "UnauthorizedAccessException",
+        },
+        {"path": "C:\\build\\bad.txt", "content": "x\n", "unreadable": "IOException"},
+        {"path": "C:\\logs\\huge.log", "content": "x\n", "size": 9 * 1024**3},
+        {"path": "C:\\logs\\app.log.1.gz", "content": f"line\n{tok()}\n", "compress": "gzip"},
+        {"path": "C:\\logs\\bundle.zip", "content": f"line\n{tok()}\n", "compress": "zip"},
+        {"path": "C:\\logs\\app.log.2.xz", "content": f"line\n{tok()}\n", "compress": "xz"},
+        {"path": "C:\\build\\notes16.txt", "content": f"line\n{tok()}\n", "encoding": "utf-16le"},
+        {"path": "C:\\build\\settings.dat", "content": f"token {tok()}\n"},
+        {"path": "C:\\AzureData\\setup.bin", "content": f"token {tok()}\n"},
+        {"path": "C:\\secrets\\kube\\config", "content": "apiVersion: v1\n"},
+        {"path": "C:\\Users\\ops\\.kube", "symlink": "C:\\secrets\\kube"},
+    ]
+    found |= {
+        ("github-token", "C:\\build\\ci.txt"),
+        ("github-token", "C:\\data\\app\\notes.txt"),
+        ("github-token", "E:\\labelled\\notes.txt"),
+        ("github-token", "C:\\logs\\app.log.1.gz"),
+        ("github-token", "C:\\logs\\bundle.zip!\\bundle"),
+        ("github-token", "C:\\build\\notes16.txt"),
+        ("github-token", "C:\\build\\settings.dat"),
+        ("github-token", "C:\\AzureData\\setup.bin"),
+        ("kube-config", "C:\\Users\\ops\\.kube\\config"),
+    }
+    unread |= {
+        "C:\\build\\locked.txt": "permission denied",
+        "C:\\build\\bad.txt": "I/O error: IOException",
+        "C:\\logs\\huge.log": "larger than the",
+        "C:\\logs\\app.log.2.xz": "compressed (xz or bzip2)",
+    }
+    spec = {
+        "files": files,
+        "users": [{"name": "ops"}],
+        "volumes": [
+            {"mount": "C:", "disk": "os"},
+            {"mount": "C:\\data", "disk": "data"},
+            {"mount": "D:", "disk": "resource", "label": "Temporary Storage"},
+            {"mount": "E:", "disk": "data", "label": "Temporary Storage"},
+        ],
+    }
+    return spec, found, unread, secrets
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +363,55 @@ def test_scan_guest_over_winrm(boot_windows, winrm_password, scan_handler_plugge
     assert seen and seen[-1].startswith("phase=done")
     for secret in secrets:
         assert all(secret[:12] not in f.summary() for f in result.findings)
+
+
+def scan_model(spec: dict[str, Any]) -> dict[str, Any]:
+    machine = build_machine(parse_spec(spec, "win-vm", ADMIN), ADMIN)
+    view = ScriptView(windows_script(WINDOWS_RULES, KEY, deadline=300))
+    result = ScanScript().run(ScriptCall(view, machine, account="x", is_system=False, via="winrm"))
+    assert result.exit_code == 0, result.errors
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_nothing_is_skipped_in_silence_on_windows() -> None:
+    """The resource disk is left out by where Azure attached it, not by its label or a DATALOSS
+    note (dropped on C: here, and a data disk labelled "Temporary Storage"); a volume mounted in
+    a folder is walked; compressed, UTF-16 and binary-named text is read; a junction shows a
+    location rule its target; what cannot be read is listed with the reason."""
+    spec, expected_found, expected_unread, secrets = class_plants()
+    document = scan_model(spec)
+    found = {(f["rule"], f["path"]) for f in document["findings"]}
+    assert expected_found <= found, sorted(expected_found - found)
+    assert not any(path.startswith("D:\\") for _, path in found)
+    excluded = {e["path"]: e["reason"] for e in document["excluded"]}
+    assert list(excluded) == ["D:\\"]
+    assert "LUN 1 of SCSI controller {f8b3781a-1e82-4818-a1c3-63d806ec15bb}" in excluded["D:\\"]
+    unread = {n["path"]: n["reason"] for n in document["not_scanned"]}
+    for path, reason in expected_unread.items():
+        assert unread.get(path, "").startswith(reason), (path, unread)
+    assert document["not_scanned_total"] == len(unread) == len(expected_unread)
+    link = next(f for f in document["findings"] if f["path"] == "C:\\Users\\ops\\.kube\\config")
+    assert link["detail"] == "via symlink C:\\Users\\ops\\.kube -> C:\\secrets\\kube"
+    result = parse_scan_output(document, "Windows", DeprovisionContext("sysprep"))
+    assert not result.coverage(None, "rg/win").complete
+    text = json.dumps(document)
+    assert all(secret[4:16] not in text for secret in secrets)
+
+
+def test_without_a_resource_disk_d_is_scanned_whatever_it_is_called() -> None:
+    """A VM size without a temporary disk: D: is a data disk, even labelled and with the note."""
+    value = "ghp_" + fake(36)
+    spec = {
+        "volumes": [
+            {"mount": "C:", "disk": "os"},
+            {"mount": "D:", "disk": "data", "label": "Temporary Storage"},
+        ],
+        "files": [
+            {"path": "D:\\DATALOSS_WARNING_README.txt", "content": "WARNING: THIS IS A TEMPORARY DISK.\n"},
+            {"path": "D:\\build\\ci.txt", "content": f"token {value}\n"},
+        ],
+    }
+    document = scan_model(spec)
+    assert document["excluded"] == []
+    assert ("github-token", "D:\\build\\ci.txt") in {(f["rule"], f["path"]) for f in document["findings"]}

@@ -189,7 +189,14 @@ def provisioning_script(
             q = shlex.quote(str(parent))
             chown = f" && chown {shlex.quote(owner)} {q}" if owner else ""
             s.raw(f"[ -d {q} ] || {{ mkdir {q}{chown}; }}")
+        if planted.symlink:
+            s.run("ln", "-sfn", planted.symlink, planted.path)
+            if owner:
+                s.run("chown", "-h", owner, planted.path)
+            continue
         s.write(planted.path, planted.content, planted.mode, owner)
+        if planted.size is not None:
+            s.run("truncate", "-s", str(planted.size), planted.path)  # a hole: no disk space taken
 
     if spec.swap_on_os_disk:
         s.raw("# a swap file on the OS disk; azsim's init lists fstab swap in /proc/swaps")

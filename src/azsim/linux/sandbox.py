@@ -13,6 +13,13 @@ listens on port 22, and 169.254.169.254, where azsim serves the VM's Instance Me
 host's 127.0.0.1 to that sshd (``azsim.linux.netns``). /sys holds the VM's SMBIOS system UUID at
 ``/sys/class/dmi/id/product_uuid`` (root-only, as on Linux), read-only.
 
+Other disks of the VM (the resource disk, data disks: ``azsim.linux.disks``) are image files
+attached as loop devices and mounted inside the same mount namespace; the guest gets a device node
+for each and nothing else of the host's ``/dev``. The guest's root lacks CAP_SYS_ADMIN, so it
+cannot bind-mount its own disk to look beneath ``/proc``, ``/dev``, ``/run``, ``/sys`` and
+``/tmp``; a second read-only mount of the root (``/run/azsim/disk``) is there instead, as a disk
+mounted twice would be.
+
 Stopping signals PID 1 by its host pid (``unshare`` itself ignores SIGTERM while it waits);
 when PID 1 exits the kernel kills everything else in the namespace and the mounts go with it.
 """
@@ -37,11 +44,12 @@ from azsim.linux.netns import Relay, socket_in
 GUEST_SSH_PORT = 22
 
 #: Runs as the host's sh in the new namespaces: $1 lower $2 upper $3 work $4 merged $5 init
-#: $6 the SMBIOS UUID ("" unreadable) $7 "1" when IMDS is reachable.
+#: $6 the SMBIOS UUID ("" unreadable) $7 "1" when IMDS is reachable $8 the other disks, one
+#: "IMAGE MOUNTPOINT DEVICE ROLE" line each (azsim.linux.disks).
 BOOT = r"""
 set -eu
-lower=$1 upper=$2 work=$3 root=$4 init=$5 smbios=$6 imds=$7
-shift 7
+lower=$1 upper=$2 work=$3 root=$4 init=$5 smbios=$6 imds=$7 disks=$8
+shift 8
 # the guest's own network: loopback, and IMDS's address on it when the VM can reach IMDS
 ip link set lo up
 if [ "$imds" = 1 ]; then ip addr add 169.254.169.254/32 dev lo; fi
@@ -67,6 +75,24 @@ if [ -n "$smbios" ]; then
     chmod 400 "$root/sys/devices/virtual/dmi/id/product_uuid"
 fi
 mount -o remount,ro "$root/sys"
+# The guest's root has no CAP_SYS_ADMIN here (a real VM's root has): it cannot bind-mount its
+# own disk to read what /proc, /dev, /run, /sys and /tmp hide. A second read-only mount of the
+# disk (not recursive: the mounts above are not in it) is the way in that it keeps.
+mkdir -p "$root/run/azsim/disk"
+mount --bind "$root" "$root/run/azsim/disk"
+mount -o remount,bind,ro "$root/run/azsim/disk"
+# the resource disk and data disks: loop devices (autoclear) mounted in this namespace only
+printf '%s\n' "$disks" | while read -r image point device role; do
+    [ -n "$image" ] || continue
+    mkdir -p "$root$point"
+    mount -o loop "$image" "$root$point"
+    source=$(findmnt -n -o SOURCE --mountpoint "$root$point")
+    mknod -m 660 "$root/dev/$device" b "$((0x$(stat -c %t "$source")))" "$((0x$(stat -c %T "$source")))"
+    if [ "$role" = resource ]; then  # the link WALinuxAgent's udev rules make for Azure's temp disk
+        mkdir -p "$root/dev/disk/azure"
+        ln -s "../../$device" "$root/dev/disk/azure/resource-part1"
+    fi
+done
 mkdir -p "$root/.azsim-oldroot"
 cd "$root"
 # init lives in the guest's fresh /run (a tmpfs), so ps shows a name, not a script
@@ -89,14 +115,14 @@ DROPPED_CAPS = ",".join(
 )  # fmt: skip
 
 #: The guest's init, run by the guest's sh after pivot_root: $1 port, $2 "1" to provision first
-#: (else "0"), $3 DROPPED_CAPS.
+#: (else "0"), $3 DROPPED_CAPS, $4 directories to mount a tmpfs over once provisioned.
 #: Its first pass (full root) finishes the machine; it then re-runs itself with DROPPED_CAPS
 #: gone ($2 "run") and serves sshd until it is told to power off.
 INIT = r"""
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
-port=$1 stage=$2 caps=${3:-}
+port=$1 stage=$2 caps=${3:-} overmounts=${4:-}
 if [ "$stage" != run ]; then
     umount -l /.azsim-oldroot && rmdir /.azsim-oldroot
     if [ "$stage" = 1 ]; then
@@ -107,6 +133,10 @@ if [ "$stage" != run ]; then
     hostname -F /etc/hostname 2>/dev/null || hostname localhost
     mkdir -p /run/sshd /run/azsim
     chmod 755 /run/sshd
+    for point in $overmounts; do  # over what provisioning planted there: hidden, still on disk
+        mkdir -p "$point"
+        mount -t tmpfs -o mode=755,nosuid,nodev,size=16m azsim-overmount "$point"
+    done
     # Like lxcfs, show this guest's own swap table: its fstab swap files, as if `swapon -a` ran.
     swaps=/run/azsim/swaps
     printf 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n' > "$swaps"
@@ -206,11 +236,23 @@ class Sandbox:
     """One boot of a VM: the ``unshare`` process, its PID 1, the relay from the host's ``port``
     to its sshd, and its IMDS."""
 
-    def __init__(self, disk: Disk, port: int, console: Path, platform: Platform) -> None:
+    def __init__(
+        self,
+        disk: Disk,
+        port: int,
+        console: Path,
+        platform: Platform,
+        *,
+        attached: tuple[str, ...] = (),
+        overmounts: tuple[str, ...] = (),
+    ) -> None:
         self.disk = disk
         self.port = port
         self.console = console
         self.platform = platform
+        #: other disks, as AttachedDisk.record() lines; directories a tmpfs is mounted over
+        self.attached = attached
+        self.overmounts = overmounts
         self.process: subprocess.Popen[bytes] | None = None
         self.init_pid = 0
         self._netns_fd = -1
@@ -242,9 +284,11 @@ class Sandbox:
             INIT,
             self.platform.smbios_uuid() or "",
             "1" if self.platform.imds == "reachable" else "0",
+            "\n".join(self.attached),
             str(GUEST_SSH_PORT),
             "1" if provisioning is not None else "0",
             DROPPED_CAPS,
+            " ".join(self.overmounts),
         ]
         with open(self.console, "ab") as console:
             self.process = subprocess.Popen(

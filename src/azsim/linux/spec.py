@@ -9,11 +9,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from azsim.staging import COMPRESSIONS, compressed
+
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})$")
 _CONF_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _MODE = re.compile(r"^0?[0-7]{3,4}$")
+#: paths the sandbox's sh scripts take as words: no spaces, quotes or shell syntax
+_PLAIN_PATH = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
+ENCODINGS = ("utf-8", "utf-16le", "utf-16be", "utf-32")
+MOUNT_TYPES = ("tmpfs", "resource-disk", "data-disk")
 
 
 class GuestSpecError(ValueError):
@@ -27,6 +33,25 @@ class PlantedFile:
     mode: int = 0o644
     #: "user" or "user:group"; empty: root
     owner: str = ""
+    #: a symbolic link to this target instead of a file (content unused)
+    symlink: str = ""
+    #: the file's size: content first, then a hole up to it (a huge file that takes no space)
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class GuestMount:
+    """A file system mounted in the guest at every boot (inside its own mount namespace)."""
+
+    path: str
+    #: tmpfs: over the directory after provisioning (its planted files stay on the disk beneath);
+    #: resource-disk: an ext4 disk presented as Azure's resource disk (/dev/sdb1 and WALinuxAgent's
+    #: /dev/disk/azure/resource-part1 link); data-disk: an ext4 data disk (/dev/sdcN)
+    type: str
+    files: tuple[PlantedFile, ...] = ()
+    #: data/resource disks: files (relative to the disk) whose inode is damaged: reading or even
+    #: stat() fails with an I/O error, as on a disk with a bad sector
+    unreadable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +84,7 @@ class LinuxGuestSpec:
     client_alive_interval: int | None = None
     remove_packages: tuple[str, ...] = ()
     ovf_env: OvfEnvSpec = OvfEnvSpec()
+    mounts: tuple[GuestMount, ...] = ()
 
 
 _KEYS = {
@@ -70,9 +96,11 @@ _KEYS = {
     "client_alive_interval",
     "remove_packages",
     "ovf_env",
+    "mounts",
 }
 _OVF_KEYS = {"state", "user"}
-_FILE_KEYS = {"path", "content", "mode", "owner"}
+_FILE_KEYS = {"path", "content", "mode", "owner", "symlink", "compress", "encoding", "size"}
+_MOUNT_KEYS = {"path", "type", "files", "unreadable"}
 _USER_KEYS = {"name", "shell", "password_hash"}
 
 
@@ -102,6 +130,7 @@ def parse_spec(raw: dict[str, Any] | None, *, vm_name: str, where: str = "guest"
             _package(p, f"{where}.remove_packages") for p in _list(raw, "remove_packages", where)
         ),
         ovf_env=_ovf_env(raw.get("ovf_env") or {}, f"{where}.ovf_env"),
+        mounts=tuple(_mount(m, f"{where}.mounts[{i}]") for i, m in enumerate(_list(raw, "mounts", where))),
     )
 
 
@@ -147,8 +176,45 @@ def _file(raw: Any, where: str) -> PlantedFile:
     owner = str(raw.get("owner", ""))
     if owner and not all(_USER_NAME.match(part) for part in owner.split(":", 1)):
         raise GuestSpecError(f"{where}.owner: {owner!r} is not user or user:group")
-    data = content.encode() if isinstance(content, str) else content
-    return PlantedFile(path=path, content=data, mode=int(mode, 8), owner=owner)
+    symlink = raw.get("symlink", "")
+    if not isinstance(symlink, str) or "\n" in symlink:
+        raise GuestSpecError(f"{where}.symlink: expected a target path")
+    size = raw.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise GuestSpecError(f"{where}.size: expected a number of bytes")
+    encoding = str(raw.get("encoding", "utf-8"))
+    if encoding not in ENCODINGS:
+        raise GuestSpecError(f"{where}.encoding: one of {', '.join(ENCODINGS)}")
+    if isinstance(content, bytes) or encoding == "utf-8":
+        data = content if isinstance(content, bytes) else content.encode()
+    else:  # with a byte order mark, as Windows tools write it
+        data = ("\ufeff" + content).encode(encoding if encoding != "utf-32" else "utf-32-le")
+    compress = raw.get("compress")
+    if compress is not None:
+        if compress not in COMPRESSIONS:
+            raise GuestSpecError(f"{where}.compress: one of {', '.join(COMPRESSIONS)}")
+        data = compressed(data, str(compress), path.rsplit("/", 1)[-1])
+    return PlantedFile(path=path, content=data, mode=int(mode, 8), owner=owner, symlink=symlink, size=size)
+
+
+def _mount(raw: Any, where: str) -> GuestMount:
+    if not isinstance(raw, dict):
+        raise GuestSpecError(f"{where}: expected a mapping with path and type")
+    _no_unknown(raw, _MOUNT_KEYS, where)
+    path = raw.get("path")
+    if not isinstance(path, str) or not _PLAIN_PATH.match(path) or "/../" in f"{path}/":
+        raise GuestSpecError(f"{where}.path: expected an absolute path of letters, digits and ._+@-")
+    kind = raw.get("type")
+    if kind not in MOUNT_TYPES:
+        raise GuestSpecError(f"{where}.type: one of {', '.join(MOUNT_TYPES)}")
+    files = tuple(_file(f, f"{where}.files[{i}]") for i, f in enumerate(_list(raw, "files", where)))
+    unreadable = tuple(str(u) for u in _list(raw, "unreadable", where))
+    if kind == "tmpfs" and (files or unreadable):
+        raise GuestSpecError(f"{where}: a tmpfs starts empty (plant files under its path instead)")
+    for name in unreadable:
+        if not _PLAIN_PATH.match(name) or name not in {f.path for f in files}:
+            raise GuestSpecError(f"{where}.unreadable: {name!r} is not one of its files")
+    return GuestMount(path=path, type=str(kind), files=files, unreadable=unreadable)
 
 
 def _user(raw: Any, where: str) -> ExtraUser:

@@ -175,3 +175,16 @@ AZURE_CACHED_UNATTEND = """<?xml version="1.0" encoding="utf-8"?>
   </settings>
 </unattend>
 """
+
+#: the note the Azure guest agent leaves at the root of the temporary (resource) disk
+DATALOSS_WARNING = "DATALOSS_WARNING_README.txt"
+DATALOSS_WARNING_TEXT = (
+    "WARNING: THIS IS A TEMPORARY DISK.\r\n\r\nAny data stored on this drive is SUBJECT TO LOSS and "
+    "THERE IS NO WAY TO RECOVER IT.\r\n"
+)
+#: how Azure attaches disks to a generation 2 VM, as Windows sees them: the OS disk at LUN 0 and
+#: the resource disk at LUN 1 of the first synthetic SCSI controller, data disks on the next
+#: one (the VMBus instance ids of WALinuxAgent's 66-azure-storage.rules)
+SCSI_CONTROLLER_0 = "{f8b3781a-1e82-4818-a1c3-63d806ec15bb}"
+SCSI_CONTROLLER_1 = "{f8b3781b-1e82-4818-a1c3-63d806ec15bb}"
+VMBUS_STORAGE_CLASS = "{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}"

@@ -107,6 +107,23 @@ class FileSystem:
         self._files: dict[str, tuple[str, str]] = {}
         self._dirs: dict[str, str] = {}
         self._written: dict[str, float] = {}
+        #: per file (lower case): binary (content is bytes as latin-1), size (the file's length
+        #: when it is not the content's), unreadable (the .NET exception reading it throws),
+        #: link (a symbolic link or junction to this target)
+        self._attrs: dict[str, dict[str, Any]] = {}
+
+    def attrs(self, path: str) -> dict[str, Any]:
+        return dict(self._attrs.get(normalize_path(path).lower(), {}))
+
+    def set_attrs(self, path: str, attrs: dict[str, Any]) -> None:
+        self._attrs[normalize_path(path).lower()] = dict(attrs)
+
+    def data(self, path: str) -> bytes | None:
+        """A file's bytes (text is stored as UTF-8, binary content one character per byte)."""
+        content = self.read(path)
+        if content is None:
+            return None
+        return content.encode("latin-1" if self.attrs(path).get("binary") else "utf-8")
 
     def _mkdirs(self, path: str) -> None:
         parts = normalize_path(path).split("\\")
@@ -156,6 +173,8 @@ class FileSystem:
             self._written.pop(name, None)
         for name in [k for k in self._dirs if k == key or k.startswith(key + "\\")]:
             del self._dirs[name]
+        for name in [k for k in self._attrs if k == key or k.startswith(key + "\\")]:
+            del self._attrs[name]
         return len(gone)
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +182,7 @@ class FileSystem:
             "files": {display: content for display, content in self._files.values()},
             "written": {display: self._written[key] for key, (display, _) in self._files.items()},
             "dirs": sorted(self._dirs.values()),
+            "attrs": dict(self._attrs),
         }
 
     @classmethod
@@ -173,6 +193,7 @@ class FileSystem:
         written = data.get("written", {})
         for path, content in data.get("files", {}).items():
             fs.write(path, content, written=written.get(path))
+        fs._attrs = {str(k): dict(v) for k, v in data.get("attrs", {}).items()}
         return fs
 
 
@@ -231,6 +252,8 @@ class MachineState:
     cmdlet_errors: dict[str, str]
     #: [dll, detail] of external sysprep providers in a failed state
     failed_providers: list[list[str]]
+    #: volumes: mount (C:, D:, C:\\data), disk (os | resource | data), label
+    volumes: list[dict[str, str]] = field(default_factory=list)
 
 
 class WindowsMachine:
@@ -376,6 +399,7 @@ def build_machine(spec: WindowsGuestSpec, admin_user: str) -> WindowsMachine:
         sysprep_seconds=spec.sysprep_seconds,
         cmdlet_errors=dict(spec.cmdlet_errors),
         failed_providers=[[dll, detail] for dll, detail in spec.sysprep_providers_failed],
+        volumes=[asdict(v) for v in spec.volumes],
     )
     registry = Registry()
     registry.create(catalog.CURRENT_VERSION_KEY).update(
@@ -425,8 +449,14 @@ def build_machine(spec: WindowsGuestSpec, admin_user: str) -> WindowsMachine:
             f'<configuration><applicationPools><add name="DefaultAppPool">'
             f'<processModel userName="" {password} /></add></applicationPools></configuration>\r\n',
         )
+    for volume in spec.volumes:
+        if volume.disk == "resource" and len(volume.mount) == 2:
+            # the Azure agent's note on the temporary disk (a file anyone can also write elsewhere)
+            files.write(volume.mount + "\\" + catalog.DATALOSS_WARNING, catalog.DATALOSS_WARNING_TEXT)
     for path, content in spec.files:
         files.write(path, content)
+        if path.lower() in spec.file_attrs:
+            files.set_attrs(path, spec.file_attrs[path.lower()])
     return WindowsMachine(state, registry, files)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from azsim.staging import COMPRESSIONS, compressed
 from azsim.windows import catalog
 
 SYSPREP_OUTCOMES = ("succeed", "fail-appx", "hang")
@@ -49,6 +50,23 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """A volume as Windows mounts it: at a drive letter (``D:``) or in a folder (``C:\\data``),
+    on the OS disk, Azure's resource (temporary) disk, or a data disk."""
+
+    mount: str
+    disk: str = "data"  # os | resource | data
+    label: str = ""
+
+
+#: what Azure gives a VM with a temporary disk: C: on the OS disk, D: on the resource disk
+DEFAULT_VOLUMES = (VolumeSpec("C:", "os", "Windows"), VolumeSpec("D:", "resource", "Temporary Storage"))
+FILE_ENCODINGS = ("utf-8", "utf-16le", "utf-16be", "utf-32")
+FILE_COMPRESSIONS = COMPRESSIONS
+UNREADABLE_ERRORS = ("UnauthorizedAccessException", "IOException")
+
+
+@dataclass(frozen=True)
 class WindowsGuestSpec:
     hostname: str
     version: str = "10.0.20348"
@@ -69,6 +87,10 @@ class WindowsGuestSpec:
     sysprep_providers_failed: tuple[tuple[str, str], ...] = ()
     registry: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: tuple[tuple[str, str], ...] = ()
+    #: per file path (lower case): what else the scenario says about it (see PlantedAttrs)
+    file_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the volumes and where they are mounted (a drive letter or a folder), on which disk
+    volumes: tuple[VolumeSpec, ...] = ()
     users: tuple[str, ...] = ()
     sysprep_outcome: str = "succeed"
     sysprep_seconds: float = 2.0
@@ -100,6 +122,7 @@ _KEYS = {
     "panther",
     "winrm",
     "cmdlet_errors",
+    "volumes",
 }
 _DEFAULT_SERVICES = {
     "RdAgent": ServiceSpec("Running", "Automatic"),
@@ -261,13 +284,7 @@ def parse_spec(raw: dict[str, Any] | None, vm_name: str, admin_user: str) -> Win
     registry: dict[str, dict[str, Any]] = {}
     for key, values in _typed(spec.get("registry", {}), dict, "guest.registry").items():
         registry[str(key)] = dict(_typed(values, dict, f"guest.registry.{key}"))
-    files = []
-    for i, item in enumerate(_typed(spec.get("files", []), list, "guest.files")):
-        entry = _check_keys(item, {"path", "content"}, f"guest.files[{i}]")
-        path = str(_typed(entry.get("path"), str, f"guest.files[{i}].path"))
-        if len(path) < 3 or path[1:3] != ":\\":
-            raise GuestSpecError(f"guest.files[{i}].path: {path!r} is not an absolute Windows path")
-        files.append((path, str(entry.get("content", ""))))
+    files, attrs = _files(spec.get("files", []))
     generalize_count = _typed(spec.get("generalize_count", 1000), int, "guest.generalize_count")
     if generalize_count < 0:
         raise GuestSpecError("guest.generalize_count: must be 0 or more")
@@ -296,6 +313,8 @@ def parse_spec(raw: dict[str, Any] | None, vm_name: str, admin_user: str) -> Win
         sysprep_providers_failed=_providers(spec.get("sysprep_providers_failed", [])),
         registry=registry,
         files=tuple(files),
+        file_attrs=attrs,
+        volumes=_volumes(spec["volumes"]) if "volumes" in spec else DEFAULT_VOLUMES,
         users=users,
         sysprep_outcome=_choice(sysprep.get("outcome", "succeed"), SYSPREP_OUTCOMES, "guest.sysprep.outcome"),
         sysprep_seconds=float(_typed(sysprep.get("seconds", 2), (int, float), "guest.sysprep.seconds")),
@@ -306,3 +325,55 @@ def parse_spec(raw: dict[str, Any] | None, vm_name: str, admin_user: str) -> Win
         ),
         cmdlet_errors=cmdlet_errors,
     )
+
+
+def _files(raw: object) -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]]]:
+    """Planted files; bytes that are not text (compressed, UTF-16) are kept one character per
+    byte (latin-1) with ``binary`` set in their attributes."""
+    files: list[tuple[str, str]] = []
+    attrs: dict[str, dict[str, Any]] = {}
+    keys = {"path", "content", "compress", "encoding", "size", "unreadable", "symlink"}
+    for i, item in enumerate(_typed(raw, list, "guest.files")):
+        where = f"guest.files[{i}]"
+        entry = _check_keys(item, keys, where)
+        path = str(_typed(entry.get("path"), str, f"{where}.path"))
+        if len(path) < 3 or path[1:3] != ":\\":
+            raise GuestSpecError(f"{where}.path: {path!r} is not an absolute Windows path")
+        content = str(entry.get("content", ""))
+        extra: dict[str, Any] = {}
+        encoding = _choice(entry.get("encoding", "utf-8"), FILE_ENCODINGS, f"{where}.encoding")
+        data = (
+            content.encode()
+            if encoding == "utf-8"
+            else ("\ufeff" + content).encode("utf-32-le" if encoding == "utf-32" else encoding)
+        )
+        if "compress" in entry:
+            how = _choice(entry["compress"], FILE_COMPRESSIONS, f"{where}.compress")
+            data = compressed(data, how, path.rsplit("\\", 1)[-1])
+        if data != content.encode():
+            content, extra["binary"] = data.decode("latin-1"), True
+        if "size" in entry:
+            extra["size"] = int(_typed(entry["size"], int, f"{where}.size"))
+        if "unreadable" in entry:
+            extra["unreadable"] = _choice(entry["unreadable"], UNREADABLE_ERRORS, f"{where}.unreadable")
+        if "symlink" in entry:
+            extra["link"] = str(_typed(entry["symlink"], str, f"{where}.symlink"))
+        files.append((path, content))
+        if extra:
+            attrs[path.lower()] = extra
+    return files, attrs
+
+
+def _volumes(raw: object) -> tuple[VolumeSpec, ...]:
+    volumes = []
+    for i, item in enumerate(_typed(raw, list, "guest.volumes")):
+        where = f"guest.volumes[{i}]"
+        entry = _check_keys(item, {"mount", "disk", "label"}, where)
+        mount = str(_typed(entry.get("mount"), str, f"{where}.mount")).rstrip("\\")
+        if len(mount) < 2 or mount[1] != ":" or (len(mount) > 2 and mount[2] != "\\"):
+            raise GuestSpecError(f"{where}.mount: {mount!r} is not a drive (D:) or a folder (C:\\data)")
+        disk = _choice(entry.get("disk", "data"), ("os", "resource", "data"), f"{where}.disk")
+        volumes.append(VolumeSpec(mount, disk, str(entry.get("label", ""))))
+    if not any(v.mount.upper() == "C:" and v.disk == "os" for v in volumes):
+        raise GuestSpecError("guest.volumes: C: on the os disk is required")
+    return tuple(volumes)

@@ -176,6 +176,12 @@ def _deprovision_and_prove(actions: VmActions, guest: Any, user: str, context: A
             + ("; ".join(result.errors) or "deadline")
             + "): the image is not proven clean"
         )
+    coverage = result.coverage(actions.waivers, actions.vm.key)
+    if not coverage.complete:
+        raise StepFailed(
+            f"the sensitive-data re-scan after waagent is incomplete, {coverage.reason()}: the image is "
+            "not proven clean (fix or waive each path)"
+        )
     persisting = actions_waived(result.findings, actions)
     evidence["scan"] = {
         "files": result.stats.get("files"),
