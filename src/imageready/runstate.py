@@ -19,12 +19,14 @@ import pytest
 from imageready import __version__
 from imageready.facts import FactsProvider, VmFacts
 from imageready.gate import (
+    RED_OUTCOMES,
     STEP_TAG,
     Resume,
     VerdictDecision,
     VerdictError,
     VmGate,
     WaiverBook,
+    describe_outcome,
     judge_verdict,
     load_verdicts,
     parse_step_tag,
@@ -164,15 +166,24 @@ class RunState:
             decision = GateDecision(True, (resume.reason,), "resume")
         elif resume is not None:
             decision = GateDecision(False, (resume.reason, *blockers), "resume")
+        elif self.verdict_paths:
+            # the verdict covers the cases this run left out; what this run judged red (a case
+            # whose facts changed since the verdict, run again) blocks as well
+            verdict = self._judge_verdict(vm)
+            judged_red = tuple(
+                f"{c.case_id}: {describe_outcome(c)}"
+                for c in sorted(gate.cases.values(), key=lambda c: c.case_id)
+                if c.outcome in RED_OUTCOMES
+            )
+            if verdict.accepted and status != "red":
+                decision = GateDecision(True, (verdict.reason,), "verdict")
+            elif verdict.accepted:
+                why = f"this run judged check cases of {vm.key} red after verdict {verdict.source}"
+                decision = GateDecision(False, (why, *judged_red), "verdict")
+            else:
+                decision = GateDecision(False, (verdict.reason, *judged_red), "verdict")
         elif status == "red":
             decision = GateDecision(False, blockers, "checks")
-        elif self.verdict_paths:
-            verdict = self._judge_verdict(vm)
-            if verdict.accepted:
-                decision = GateDecision(True, (verdict.reason,), "verdict")
-            else:
-                extra = blockers if status == "incomplete" else ()
-                decision = GateDecision(False, (verdict.reason, *extra), "verdict")
         elif status == "green":
             decision = GateDecision(True, (f"all {len(gate.cases)} check cases of {vm.key} green",), "checks")
         elif status == "absent":

@@ -152,9 +152,9 @@ def test_swapped_addresses_in_one_apply_run(azsim: Azsim, tmp_path: Path) -> Non
 
 def test_a_swap_after_a_green_checks_stage_changes_nothing(azsim: Azsim, tmp_path: Path) -> None:
     """The checks stage saw the right guest; the actions stage's map leads elsewhere (a stale port
-    forward). The actions stage gathers its own facts: the guest is refused, so the checks it
-    expects of the VM now are not those the verdict covers, and the gate stays shut before the
-    lease. (Had it opened, the guest step's session would refuse the guest itself:
+    forward). The actions stage gathers its own facts: the guest is refused, so what the checks
+    read differs from what the verdict recorded, those checks run again and error (guest identity),
+    and the gate stays shut before the lease. (Had it opened, the guest step's session would refuse the guest itself:
     tests/guests/test_guest_identity.py.)"""
     correct = tmp_path / "addresses.json"
     correct.write_text(json.dumps(true_addresses(azsim)))
@@ -179,7 +179,10 @@ def test_a_swap_after_a_green_checks_stage_changes_nothing(azsim: Azsim, tmp_pat
         f"--verdict={checks.report_dir / 'verdicts'}",
         report_dir=tmp_path / "actions",
     )
-    assert actions.returncode == exitcodes.ACTIONS_BLOCKED, actions.output[-4000:]
+    # the facts gathered again differ from those the verdict recorded, so the changed checks run
+    # again here: they error on the refused guest (its own category, exit 12), and the gate stays
+    # shut before the lease
+    assert actions.returncode == exitcodes.INFRASTRUCTURE_ERROR, actions.output[-4000:]
     assert "BLOCKED by the gate of rg-id/lin-a" in actions.output and "refused" in actions.output
     (vm_record,) = actions.audit()["vms"]
     assert vm_record["identity"]["guest"]["identity"] == "refused"
