@@ -23,7 +23,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 AZSIM = [sys.executable, "-m", "azsim"]
 
-pytestmark = [pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root]
+#: what every test under tests/e2e/ is (a ``pytestmark`` in a conftest marks nothing: pytest reads
+#: it from test modules only, so the marks are added to the items collected here)
+E2E_MARKS = (pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            for mark in E2E_MARKS:
+                item.add_marker(mark)
 
 
 @dataclass
