@@ -154,8 +154,8 @@ def test_a_swap_after_a_green_checks_stage_changes_nothing(azsim: Azsim, tmp_pat
     """The checks stage saw the right guest; the actions stage's map leads elsewhere (a stale port
     forward). The actions stage gathers its own facts: the guest is refused, so what the checks
     read differs from what the verdict recorded, those checks run again and error (guest identity),
-    and the gate stays shut before the lease. (Had it opened, the guest step's session would refuse the guest itself:
-    tests/guests/test_guest_identity.py.)"""
+    and the gate stays shut before the lease. (Had it opened, the guest step's session would
+    refuse the guest itself: tests/guests/test_guest_identity.py.)"""
     correct = tmp_path / "addresses.json"
     correct.write_text(json.dumps(true_addresses(azsim)))
     checks = harness(
