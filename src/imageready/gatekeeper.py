@@ -11,7 +11,7 @@ import fnmatch
 import inspect
 import json
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ SEVERITIES = ("critical", "high", "medium", "low")
 OS_VALUES = ("Linux", "Windows", "any")
 USER_PROPERTY = "imageready"
 STEP_PROPERTY = "imageready-step"
+#: the JUnit property (and report attribute) that says a case is green only under a waiver
+STATUS_PROPERTY = "imageready-status"
+WAIVED = "waived"
 STEP_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
 
 # how bad a phase outcome is; a case's outcome is the worst of its phases
@@ -341,6 +344,10 @@ class GateKeeper:
             phases["category"] = str(getattr(exc, "category", "") or "")
         if outcome == "passed" and report.when == "call" and item.stash.get(CASE_WAIVERS, None):
             outcome = "waived"  # it passed only because findings in it were waived
+        if outcome == "waived":
+            # green for the gate and the exit code, but never a plain pass: the terminal shows
+            # WAIVED (pytest_report_teststatus), JUnit and Allure carry the status
+            setattr(report, STATUS_PROPERTY.replace("-", "_"), WAIVED)
         if _RANK[outcome] >= _RANK.get(phases.get("outcome", "passed"), 0):
             phases["outcome"] = outcome
         if report.failed and report.longrepr is not None:
@@ -364,9 +371,20 @@ class GateKeeper:
             if info.kind == "check":
                 record.update(self._facts_read(item, info))
             report.user_properties.append((USER_PROPERTY, json.dumps(record)))
+            if record["outcome"] == WAIVED:
+                report.user_properties.append((STATUS_PROPERTY, WAIVED))
             for step in item.stash.get(STEP_RECORDS, []):
                 report.user_properties.append((STEP_PROPERTY, json.dumps(step)))
         return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(
+        self, report: pytest.TestReport
+    ) -> tuple[str, str, tuple[str, Mapping[str, bool]]] | None:
+        """A waived case is counted and shown as WAIVED (W), not as passed."""
+        if report.when == "call" and getattr(report, STATUS_PROPERTY.replace("-", "_"), "") == WAIVED:
+            return WAIVED, "W", ("WAIVED", {"yellow": True})
+        return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Update the gate from finished cases, on the worker that ran them and the controller."""

@@ -4,6 +4,7 @@ expired waiver is ignored, loudly."""
 from __future__ import annotations
 
 import datetime as dt
+import xml.etree.ElementTree as ET
 
 from imageready import exitcodes
 
@@ -41,9 +42,17 @@ def waiver_file(project: Project, expires: str, suffix: str = "yaml", **extra: s
 def test_waived_failure_passes_with_waiver_and_is_named(project: Project) -> None:
     waivers = waiver_file(project, FUTURE)
     result = project.run("--vm", "rg/bad", "--apply", "--waivers", waivers)
-    result.assert_outcomes(passed=4, skipped=1)
+    # green for the gate and the exit code, yet never a plain pass: WAIVED in the terminal's
+    # line and counts, and a JUnit property on the case
+    assert result.parseoutcomes() == {"passed": 3, "skipped": 1, "waived": 1}
     assert result.ret == exitcodes.GREEN
     assert project.acted("bad")
+    result.stdout.fnmatch_lines(["*1 waived*"])
+    junit = project.root / "reports" / "out" / "junit.xml"
+    case = next(c for c in ET.parse(junit).iter("testcase") if c.get("name") == "test_not_bad[rg/bad]")
+    properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert properties["imageready-status"] == "waived"
+    assert case.find("failure") is None and case.find("error") is None
     result.stdout.fnmatch_lines(
         ["*waiver applied: checks/test_basic.py::test_not_bad[[]rg/bad[]] by jane.doe@example.com*"]
     )
