@@ -108,6 +108,10 @@ CATEGORIES: list[dict[str, Any]] = [
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Before allure-pytest and junitxml configure themselves: default their output paths."""
+    from imageready.plugin import wanted
+
+    if not wanted(config):
+        return  # imageready is dormant in this session: allure-pytest stays as its user set it
     option = config.option
     is_worker = hasattr(config, "workerinput")
     if is_worker and getattr(option, "clean_alluredir", False):

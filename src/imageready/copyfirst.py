@@ -324,7 +324,9 @@ class Copier:
 
     def _nested_argv(self, originals: list[VmRef]) -> list[str]:
         config = self.config
-        checks = config.rootpath / str(config.getini("imageready_checks_dir"))
+        from imageready.plugin import checks_dir_name
+
+        checks = config.rootpath / checks_dir_name(config)
         argv = [
             sys.executable,
             "-m",

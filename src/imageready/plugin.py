@@ -23,13 +23,12 @@ from imageready.gatekeeper import RUN, GateKeeper, Sorter, run_state
 from imageready.runstate import RunState
 from imageready.target import TargetError, VmRef, parse_vms
 
-# the fixtures checks and actions request, and the item sources their `each=` names
-pytest_plugins = [
-    "imageready.fixtures",
-    "imageready.action_fixtures",
-    "imageready.facts.items",
-    "imageready.allure_support",
-]
+# Allure's defaults must be set before allure-pytest configures itself, so that module is loaded
+# with this one; its hooks do nothing in a session imageready is not asked into (``wanted``).
+pytest_plugins = ["imageready.allure_support"]
+#: the fixtures checks and actions request, and the item sources their `each=` names: registered
+#: only in a session imageready is asked into
+SESSION_PLUGINS = ("imageready.fixtures", "imageready.action_fixtures", "imageready.facts.items")
 
 MARKERS = (
     "check(id, title, severity, os, doc, each=None): an imageready pre-flight check. id: stable "
@@ -223,8 +222,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "imageready_checks_dir",
         "directory (relative to rootdir) holding the policy: every check module in it must "
-        "run for a VM's gate to open",
-        default="checks",
+        "run for a VM's gate to open (default: checks). Setting it marks the rootdir as an "
+        "imageready policy directory: imageready is active even without --vm",
+        default="",
     )
 
 
@@ -253,9 +253,27 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         )
 
 
+def wanted(config: pytest.Config) -> bool:
+    """Whether this session is an imageready run. Installed in a virtualenv, the plugin stays
+    dormant (as junitxml does without --junitxml) unless the run targets VMs (``--vm``) or the
+    pytest configuration file names a policy directory (``imageready_checks_dir``, as this
+    project's pytest.ini does): a ``checks/`` directory alone proves nothing, another project may
+    have one. Dormant, it registers no marker, fixture, hook object or signal handler."""
+    return bool(config.getoption("vm", None)) or bool(config.getini("imageready_checks_dir"))
+
+
+def checks_dir_name(config: pytest.Config) -> str:
+    """The policy directory's name, relative to the rootdir."""
+    return str(config.getini("imageready_checks_dir") or "checks")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if not wanted(config):
+        return
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    for name in SESSION_PLUGINS:
+        config.pluginmanager.import_plugin(name)
     try:
         vms = parse_vms(config.getoption("vm"), config.getoption("subscription"))
     except TargetError as exc:
@@ -320,7 +338,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ):
         raise pytest.UsageError("--cloud custom needs --arm-endpoint URL (or $IMAGEREADY_ARM_ENDPOINT)")
     report_dir = config.getoption("report_dir") or Path("reports") / "out"
-    checks_dir = config.rootpath / config.getini("imageready_checks_dir")
+    checks_dir = config.rootpath / checks_dir_name(config)
     if vms and not checks_dir.is_dir():
         raise pytest.UsageError(
             f"no {checks_dir.name}/ under pytest's rootdir {config.rootpath}: run from the imageready "
@@ -408,6 +426,8 @@ def policy_paths(checks_dir: Path, config: pytest.Config | None = None) -> list[
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """xdist controller: gather facts once and ship them, so every worker collects the same."""
+    if RUN not in node.config.stash:
+        return  # dormant
     state = run_state(node.config)
     facts = {vm.key: state.facts(vm).to_json() for vm in state.vms}
     node.workerinput["imageready_facts"] = json.dumps(facts)
@@ -446,7 +466,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize checks and actions by VM and, for ``each=...`` checks, by what they examine."""
     check = metafunc.definition.get_closest_marker("check")
     action = metafunc.definition.get_closest_marker("action")
-    if check is None and action is None:
+    if (check is None and action is None) or RUN not in metafunc.config.stash:
         return
     if "vm" not in metafunc.fixturenames:
         raise pytest.UsageError(

@@ -154,6 +154,7 @@ def project(pytester: pytest.Pytester) -> Project:
         [pytest]
         testpaths = checks actions
         addopts = --strict-markers
+        imageready_checks_dir = checks
         """
     )
     proj = Project(pytester)

@@ -49,7 +49,7 @@ def test_waived_failure_passes_with_waiver_and_is_named(project: Project) -> Non
     assert project.acted("bad")
     result.stdout.fnmatch_lines(["*1 waived*"])
     junit = project.root / "reports" / "out" / "junit.xml"
-    case = next(c for c in ET.parse(junit).iter("testcase") if c.get("name") == "test_not_bad[rg/bad]")
+    case = next(c for c in ET.parse(junit).iter("testcase") if c.get("name") == "test_not_bad[rg/bad]")  # noqa: S314
     properties = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert properties["imageready-status"] == "waived"
     assert case.find("failure") is None and case.find("error") is None
