@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from imageready.facts import FactsUnavailable, VmFacts
@@ -44,3 +46,27 @@ def guest_facts(facts: VmFacts) -> FactsView:
 def waivers(request: pytest.FixtureRequest) -> WaiverBook:
     """The run's waivers, for checks that waive single findings (e.g. by fingerprint)."""
     return run_state(request.config).waivers
+
+
+@pytest.fixture
+def host(request: pytest.FixtureRequest, vm: VmRef, facts: VmFacts) -> Any:
+    """pytest-testinfra's ``Host`` on ``vm``'s guest, for checks of your own on Linux VMs:
+    ``host.file(path)``, ``host.package(name)``, ``host.service(name)``, ``host.run(cmd)``.
+    Commands run as the guest user the harness logs in as; ``with host.sudo():`` runs them as root
+    through ``sudo -n``, as the harness's own root commands do. It is the run's own SSH connection,
+    bound to the VM's identity like every guest session, and each command has a deadline. Errors
+    ("guest unreachable") when the guest could not be reached or is not reached over SSH (a
+    Windows VM, ``--transport run-command``). Replaces testinfra's ``--hosts`` fixture of the same
+    name in imageready runs: the host is always the VM of the case."""
+    facts.require_guest()  # the facts round trip reached the guest and it proved its identity
+    opener = getattr(run_state(request.config).provider, "guest", None)
+    if opener is None:  # a facts provider of a conftest's own (e.g. replayed facts)
+        raise FactsUnavailable(f"{vm.key}: this run's facts provider opens no guest", "guest unreachable")
+    guest = opener(vm)
+    if not hasattr(guest, "testinfra_host"):
+        raise FactsUnavailable(
+            f"{vm.key}: the host fixture (testinfra) needs a guest reached over SSH; this one is "
+            f"reached through {guest.transport}",
+            "guest unreachable",
+        )
+    return guest.testinfra_host

@@ -22,14 +22,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root]
 
 GUIDE = REPO / "docs" / "writing-checks.md"
 EXAMPLE = "checks/test_org_policy.py"
+TESTINFRA_EXAMPLE = "checks/test_org_ssh.py"  # the guide's example of the `host` fixture
 LINUX, WINDOWS = "rg-custom/lin-builder", "rg-custom/win-untagged"
 
 
-def example_module() -> str:
-    """The python block that follows the guide's `<!-- example module: ... -->` marker."""
+def example_module(name: str = EXAMPLE) -> str:
+    """The python block that follows the guide's `<!-- example module: NAME -->` marker."""
     text = GUIDE.read_text(encoding="utf-8")
-    found = re.search(rf"<!-- example module: {re.escape(EXAMPLE)} -->\n```python\n(.*?)```", text, re.S)
-    assert found, f"{GUIDE.name} has no example module block for {EXAMPLE}"
+    found = re.search(rf"<!-- example module: {re.escape(name)} -->\n```python\n(.*?)```", text, re.S)
+    assert found, f"{GUIDE.name} has no example module block for {name}"
     return found.group(1)
 
 
@@ -41,7 +42,8 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pytest.ini", "conftest.py"):
         shutil.copy(REPO / name, root / name)
-    (root / EXAMPLE).write_text(example_module(), encoding="utf-8")
+    for name in (EXAMPLE, TESTINFRA_EXAMPLE):
+        (root / name).write_text(example_module(name), encoding="utf-8")
     return root
 
 
@@ -76,6 +78,10 @@ def test_the_example_runs_beside_the_builtin_checks_and_shuts_the_gate(
     assert outcomes[f"{accounts}[{WINDOWS}]"] == "skipped"  # not applicable: a Linux-only check
     assert outcomes[f"{tagged}[{LINUX}]"] == "passed"
     assert outcomes[f"{tagged}[{WINDOWS}]"] == "failed"
+    # the testinfra example: Debian's sshd refuses root passwords; not applicable on Windows
+    sshd = f"{TESTINFRA_EXAMPLE}::test_sshd_refuses_root_password_login"
+    assert outcomes[f"{sshd}[{LINUX}]"] == "passed"
+    assert outcomes[f"{sshd}[{WINDOWS}]"] == "skipped"
 
     # the example's findings are the only thing keeping each gate shut, in the verdict as in the audit
     linux, windows = run.verdict(LINUX), run.verdict(WINDOWS)
@@ -130,9 +136,41 @@ def test_the_example_is_clean_code(policy: Path) -> None:
     ruff = Path(sys.executable).with_name("ruff")
     for command in (["check"], ["format", "--check"]):
         done = subprocess.run(
-            [str(ruff), *command, "--config", str(REPO / "pyproject.toml"), str(policy / EXAMPLE)],
+            [
+                str(ruff),
+                *command,
+                "--config",
+                str(REPO / "pyproject.toml"),
+                str(policy / EXAMPLE),
+                str(policy / TESTINFRA_EXAMPLE),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_testinfra_example_reads_the_guest_through_host(
+    azsim: Azsim, policy: Path, tmp_path: Path
+) -> None:
+    """The `host` fixture's commands reach the VM of the case, as root under host.sudo(): a
+    drop-in that lets root in with a password (written by hand over our own SSH login) turns the
+    example's case red with the guest's own answer as evidence."""
+    address = next(
+        endpoints["ssh"]
+        for key, vm in azsim.status().items()
+        if key.lower() == LINUX and (endpoints := (vm.get("guest") or {}).get("endpoints") or {})
+    )
+    drop_in = "/etc/ssh/sshd_config.d/99-root.conf"
+    azsim.admin_run(address, LINUX, f"printf 'PermitRootLogin yes\\n' > {drop_in}")
+    try:
+        run = run_policy(azsim, policy, TESTINFRA_EXAMPLE, "--vm", LINUX, report_dir=tmp_path)
+    finally:
+        azsim.admin_run(address, LINUX, f"rm -f {drop_in}")
+    sshd = f"{TESTINFRA_EXAMPLE}::test_sshd_refuses_root_password_login[{LINUX}]"
+    assert run.outcomes()[sshd] == "failed", run.output[-3000:]
+    case = next(c for c in run.verdict(LINUX)["checks"] if c["check_id"] == "ORG-LNX-002")
+    assert case["message"] == f"sshd on {LINUX} lets root log in with a password"
+    audited = {c["case_id"]: c for vm in run.audit()["vms"] for c in vm["checks"]}
+    assert audited[sshd]["evidence"] == [f"{LINUX}: sshd PermitRootLogin yes"]

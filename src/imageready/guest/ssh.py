@@ -125,6 +125,13 @@ class _Backend(ParamikoBackend):  # type: ignore[misc]  # testinfra is untyped
         result = self._guest._exec(command, timeout=TESTINFRA_TIMEOUT, purpose="testinfra command")
         return result.exit_code, result.stdout, result.stderr
 
+    def get_sudo_command(self, command: str, sudo_user: str | None) -> str:
+        """``host.sudo()`` as the harness's own root commands run: ``sudo -n``, so a sudo that
+        wants a password fails at once instead of waiting for one until the deadline."""
+        if sudo_user is None:
+            return str(self.quote("sudo -n /bin/sh -c %s", command))
+        return str(self.quote("sudo -n -u %s /bin/sh -c %s", sudo_user, command))
+
 
 class SshGuest(Guest):
     """One Linux guest over SSH; the connection opens on first use and is reused."""
