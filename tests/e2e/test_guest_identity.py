@@ -14,6 +14,8 @@ the VMs' power and OS state, what is on the guests' disks), not only from the ha
 from __future__ import annotations
 
 import json
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,44 @@ def test_a_swap_after_a_green_checks_stage_changes_nothing(azsim: Azsim, tmp_pat
     )
     assert azsim.mutations(seq) == []
     assert {vm: guest_state(azsim, vm) for vm in (LIN_A, LIN_B)} == before
+
+
+def test_a_secret_planted_after_a_green_checks_stage_stops_the_actions(azsim: Azsim, tmp_path: Path) -> None:
+    """Not an identity case, but this scenario's clean Linux copy with the stages split: the
+    sensitive-data scan reads the guest live (nothing in the verdict proves the disk unchanged),
+    so the actions stage scans again; a key planted after the approval keeps the gate shut before
+    the lease, and nothing changes."""
+    correct = tmp_path / "addresses.json"
+    correct.write_text(json.dumps(true_addresses(azsim)))
+    env = {"IMAGEREADY_GUEST_ADDRESSES": str(correct)}
+    checks = harness(azsim, "checks", "--vm", LIN_A, report_dir=tmp_path / "checks", env=env)
+    assert checks.returncode == exitcodes.GREEN, checks.output[-4000:]
+    key = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+    planted = "/opt/app/settings.ini"
+    address = true_addresses(azsim)[LIN_A]
+    azsim.admin_run(address, LIN_A, f"mkdir -p /opt/app && printf 'aws_access_key_id = {key}\\n' > {planted}")
+    try:
+        before = guest_state(azsim, LIN_A)
+        seq = azsim.last_seq()
+        actions = harness(
+            azsim,
+            "actions",
+            "--vm",
+            LIN_A,
+            "--apply",
+            f"--verdict={checks.report_dir / 'verdicts'}",
+            report_dir=tmp_path / "actions",
+            env=env,
+        )
+        assert actions.returncode == exitcodes.RED_CHECKS, actions.output[-4000:]
+        failed = [c for c in actions.verdict(LIN_A)["checks"] if c["outcome"] == "failed"]
+        assert [c["check_id"] for c in failed] == ["IR-SCAN"], failed
+        assert planted in json.dumps(actions.audit()), "the audit names the planted file"
+        assert key not in actions.output and key not in json.dumps(actions.audit())
+        assert azsim.mutations(seq) == []
+        assert guest_state(azsim, LIN_A) == before
+    finally:
+        azsim.admin_run(address, LIN_A, f"rm -f {planted}")
 
 
 def test_a_guest_that_cannot_prove_its_identity_or_names_another(azsim: Azsim, tmp_path: Path) -> None:

@@ -142,3 +142,45 @@ def test_the_changed_cases_are_named_in_the_verdict_of_the_actions_stage_audit(f
     outcomes = {c["check_id"]: c["outcome"] for c in audit["vms"][0]["checks"]}
     assert outcomes == {"F-001": "failed", "F-002": "deselected"}
     assert SUB in audit["vms"][0]["identity"]["resource_id"]
+
+
+LIVE_CHECK = """
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.check(id="F-003", title="no secret on the disk", severity="critical", os="any", doc="https://x")
+def test_disk_has_no_secret(vm, request):
+    # reads the guest live (as the sensitive-data scan does), not through the facts
+    disk = Path(request.config.rootpath, "disk", vm.name)
+    assert "secret" not in disk.read_text(), "a secret on the disk"
+"""
+
+
+@pytest.fixture
+def live(project: Project) -> Project:
+    project.write("conftest.py", project.root.joinpath("conftest.py").read_text() + CONFTEST)
+    project.write("checks/test_basic.py", CHECKS)
+    project.write("checks/test_more.py", LIVE_CHECK)
+    project.write("disk/good", "nothing to see\n")
+    project.fleet(good={"vmId": "vmid-good", "guest": guest()})
+    result = project.run("checks", "--vm", "rg/good")
+    assert result.ret == exitcodes.GREEN, result.stdout.str()
+    case = next(c for c in project.verdict("good")["checks"] if c["check_id"] == "F-003")
+    assert case["facts_read"] == []  # nothing on record proves it unchanged later
+    return project
+
+
+def test_a_case_that_read_live_runs_again_in_the_actions_stage(live: Project) -> None:
+    result = live.run("actions", "--vm", "rg/good", "--apply", "--verdict", VERDICTS)
+    result.assert_outcomes(passed=2, deselected=2)  # the live case and the action
+    assert live.acted("good")
+
+
+def test_a_secret_planted_after_the_checks_stage_stops_the_actions(live: Project) -> None:
+    live.write("disk/good", "api_secret=planted after the approval\n")
+    result = live.run("actions", "--vm", "rg/good", "--apply", "--verdict", VERDICTS)
+    assert not live.acted("good") and not live.fixture_ran("good")
+    result.stdout.fnmatch_lines(["*test_disk_has_no_secret[[]rg/good[]]*a secret on the disk*"])
+    assert result.ret != exitcodes.GREEN
