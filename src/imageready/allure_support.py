@@ -23,6 +23,7 @@ import pytest
 from imageready.gatekeeper import CASE_WAIVERS, RUN, item_info
 from imageready.redact import one_line, redact
 from imageready.runstate import ItemInfo, RunState
+from imageready.text import printable
 
 EPIC = "imageready"
 FEATURES = {"check": "pre-flight checks", "action": "actions"}
@@ -253,20 +254,26 @@ def _redact_result(result: Any) -> None:
         current = items.pop()
         details = getattr(current, "statusDetails", None)
         if details is not None:
-            details.message = redact(details.message) if details.message else details.message
-            details.trace = redact(details.trace) if details.trace else details.trace
+            details.message = _text(details.message) if details.message else details.message
+            details.trace = _text(details.trace) if details.trace else details.trace
         for parameter in getattr(current, "parameters", None) or []:
-            parameter.value = redact(str(parameter.value))
+            parameter.value = printable(redact(str(parameter.value)))
         if getattr(current, "name", None):
-            current.name = redact(str(current.name))
+            current.name = printable(redact(str(current.name)))
         items.extend(getattr(current, "steps", None) or [])
+
+
+def _text(text: str) -> str:
+    """A multi-line text for Allure: redacted, and escaped (control and bidi characters, and lone
+    surrogates, which would also make allure-pytest's UTF-8 writer fail)."""
+    return printable(redact(text), multiline=True)
 
 
 def _attach_captured(report: pytest.TestReport) -> None:
     allure = _allure()
     for name, text in (("log", report.caplog), ("stdout", report.capstdout), ("stderr", report.capstderr)):
         if text:
-            allure.attach(redact(text), name=name, attachment_type=allure.attachment_type.TEXT)
+            allure.attach(_text(text), name=name, attachment_type=allure.attachment_type.TEXT)
 
 
 # --- helpers for checks and actions ------------------------------------------------------------
@@ -281,9 +288,9 @@ def step(title: str) -> Iterator[None]:
 
 
 def attach_text(name: str, text: str) -> None:
-    """Attach ``text`` (a log, a command's output) to the running case, redacted."""
+    """Attach ``text`` (a log, a command's output) to the running case, redacted and escaped."""
     allure = _allure()
-    allure.attach(redact(text), name=one_line(name, limit=120), attachment_type=allure.attachment_type.TEXT)
+    allure.attach(_text(text), name=one_line(name, limit=120), attachment_type=allure.attachment_type.TEXT)
 
 
 # --- once per run ----------------------------------------------------------------------------

@@ -9,22 +9,24 @@ from typing import Any, NoReturn
 import pytest
 
 from imageready.redact import redact
+from imageready.text import printable
 
 EVIDENCE = pytest.StashKey[list[tuple[str, str]]]()
 
 
 def finding(problem: str, *, where: str, fix: str, doc: str) -> NoReturn:
-    """Fail the current check. The first line (``problem``) is what the gate and the audit show."""
-    pytest.fail(
-        redact(f"{problem}\n  where: {where}\n  fix:   {fix}\n  doc:   {doc}"),
-        pytrace=False,
-    )
+    """Fail the current check. The first line (``problem``) is what the gate and the audit show.
+    Each part is one line: a guest-controlled name with a line break in it is escaped, never
+    allowed to cut the problem short or to forge a line of its own."""
+    problem, where, fix, doc = (printable(redact(part)) for part in (problem, where, fix, doc))
+    pytest.fail(f"{problem}\n  where: {where}\n  fix:   {fix}\n  doc:   {doc}", pytrace=False)
 
 
 def evidence(request: pytest.FixtureRequest, summary: str, data: Any = None) -> None:
     """Record what a check saw: a one-line ``summary`` for the audit and, when given, ``data``
-    (JSON-able) as an Allure attachment. Both are redacted."""
-    text = redact(summary)
+    (JSON-able) as an Allure attachment. Both are redacted; the summary is escaped to one line
+    (the data stays exact: JSON escapes what it must)."""
+    text = printable(redact(summary))
     request.node.stash.setdefault(EVIDENCE, []).append(("summary", text))
     try:
         import allure

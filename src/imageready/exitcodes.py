@@ -27,7 +27,24 @@ INFRA_CATEGORIES = frozenset({"Azure API error", "guest unreachable", "guest aut
 def classify(exitstatus: int, state: RunState) -> int:
     """Refine pytest's "tests failed" into the imageready code that names the cause. A run whose
     checks of some VM are incomplete (deselected, not collected) never exits green: that VM's
-    verdict is not green, whatever the cases that did run say."""
+    verdict is not green, whatever the cases that did run say. A run that may have changed a VM
+    (an action step started with --apply) and then crashed, or could not write its record where
+    it belongs, ends ACTION_FAILED: the audit (or the journal) says what happened, and a re-run
+    resumes. Without a change, a record that could not be written is an infrastructure error."""
+    from imageready import recording, reportdir
+
+    acted = recording.acted(state.config) or (
+        state.apply and any(o not in ("blocked", "skipped") for o in state.action_outcomes.values())
+    )
+    if exitstatus == INTERNAL_ERROR and acted:
+        return ACTION_FAILED
+    refined = _refine(exitstatus, state)
+    if reportdir.failures() and refined in (GREEN, RED_CHECKS, ACTIONS_BLOCKED, INFRASTRUCTURE_ERROR):
+        return ACTION_FAILED if acted else INFRASTRUCTURE_ERROR
+    return refined
+
+
+def _refine(exitstatus: int, state: RunState) -> int:
     if exitstatus == 0 and any(gate.status == "incomplete" for gate in state.gates.values()):
         return RED_CHECKS
     if exitstatus != 1:

@@ -28,6 +28,7 @@ pytest_plugins = [
     "imageready.action_fixtures",
     "imageready.facts.items",
     "imageready.allure_support",
+    "imageready.recording",
 ]
 
 MARKERS = (
@@ -94,6 +95,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="24h",
         metavar="AGE",
         help="refuse --verdict files older than this (e.g. 24h, 90m; default 24h).",
+    )
+    group.addoption(
+        "--accept-unsigned-verdicts",
+        action="store_true",
+        default=False,
+        help="trust --verdict files that carry no signature (a pipeline without a verdict key; "
+        "docs/gate.md). Without it, a verdict must be signed with $IMAGEREADY_VERDICT_KEY; a "
+        "signature that does not match is refused either way.",
     )
     group.addoption(
         "--waivers",
@@ -255,6 +264,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    _guard_credentials(config)
     try:
         vms = parse_vms(config.getoption("vm"), config.getoption("subscription"))
     except TargetError as exc:
@@ -299,6 +309,13 @@ def pytest_configure(config: pytest.Config) -> None:
     for path in config.getoption("verdict"):
         if not path.exists():
             raise pytest.UsageError(f"--verdict {path}: no such file or directory")
+    if vms:
+        from imageready.signing import SigningKeyError, verdict_key
+
+        try:
+            verdict_key()
+        except SigningKeyError as exc:
+            raise pytest.UsageError(str(exc)) from None
     book = WaiverBook()
     waiver_file = config.getoption("waivers")
     if waiver_file is not None:
@@ -326,6 +343,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "directory; write path options as --option=PATH (pytest takes a bare existing "
             "directory argument such as '--report-dir DIR' for its rootdir)"
         )
+    if vms and not hasattr(config, "workerinput") and not config.option.collectonly:
+        _check_report_dir(report_dir.absolute(), len(vms))
     from imageready.copyfirst import copy_first
 
     # last of the configuration: it may run checks and make copies, once the options are sound
@@ -340,7 +359,9 @@ def pytest_configure(config: pytest.Config) -> None:
         change_ticket=config.getoption("change_ticket"),
         report_dir=report_dir.absolute(),
         checks_dir=checks_dir,
-        policy_paths=policy_paths(checks_dir, config) + ([scan_rules] if scan_rules is not None else []),
+        policy_paths=policy_paths(checks_dir, config)
+        + ([scan_rules] if scan_rules is not None else [])
+        + ([waiver_file] if waiver_file is not None else []),
     )
     state.lease_ttl = lease_ttl
     workerinput = getattr(config, "workerinput", None)
@@ -378,6 +399,42 @@ def _refuse_policy_narrowing(config: pytest.Config) -> None:
         raise pytest.UsageError("--pyargs cannot be combined with --vm: name checks and actions by path")
 
 
+def _guard_credentials(config: pytest.Config) -> None:
+    """No credential in a URL: Azure Resource Manager and Entra ID take tokens, never a
+    user:password in the endpoint, so one there is a mistake that would otherwise print the
+    password wherever the endpoint is named. Any URL credential in an option or the environment
+    (a proxy's, say) is masked in every sink from now on."""
+    from imageready.redact import redact, register_credentials, url_credentials
+
+    values = [str(v) for v in vars(config.option).values() if isinstance(v, str | Path)]
+    values += [str(item) for v in vars(config.option).values() if isinstance(v, list) for item in v]
+    register_credentials(values)
+    register_credentials(os.environ.values())
+    endpoints = [
+        ("--arm-endpoint", config.getoption("arm_endpoint")),
+        ("IMAGEREADY_ARM_ENDPOINT", os.environ.get("IMAGEREADY_ARM_ENDPOINT")),
+        ("AZURE_AUTHORITY_HOST", os.environ.get("AZURE_AUTHORITY_HOST")),
+    ]
+    for source, value in endpoints if config.getoption("vm") else []:
+        if value and url_credentials(str(value)):
+            raise pytest.UsageError(
+                f"{source} {redact(str(value))}: a URL with user:password@ is refused (Azure "
+                "authenticates with tokens; credentials come from the environment, an agent or a "
+                "key file, never from an endpoint)"
+            )
+
+
+def _check_report_dir(report_dir: Path, vm_count: int) -> None:
+    """The record must have somewhere to go before anything connects: a usage error otherwise."""
+    from imageready import reportdir
+
+    reportdir.reset()
+    try:
+        reportdir.check_report_dir(report_dir, need=reportdir.reserve_bytes(vm_count))
+    except reportdir.ReportDirError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 
@@ -393,10 +450,11 @@ def _handle_sigterm(config: pytest.Config) -> None:
 
 
 def policy_paths(checks_dir: Path, config: pytest.Config | None = None) -> list[Path]:
-    """What the policy digest covers: the checks directory, the packaged rule data, and the
-    pytest configuration that decides how the policy is collected (the ini file and the root
-    conftest.py)."""
-    paths = [checks_dir, Path(__file__).parent / "policy"]
+    """What the policy digest covers: the checks directory, the harness's own code and packaged
+    rule data (the whole ``imageready`` package: the same checks run by other code may decide
+    otherwise), and the pytest configuration that decides how the policy is collected (the ini
+    file and the root conftest.py). The run adds its --scan-rules and --waivers files."""
+    paths = [checks_dir, Path(__file__).parent]
     if config is not None:
         if config.inipath is not None:
             paths.append(Path(config.inipath))

@@ -28,6 +28,7 @@ import yaml
 
 from imageready.guest.base import Guest, GuestError
 from imageready.redact import one_line, redact, register_secret
+from imageready.text import decode_guest, guest_json
 
 RULES_FILE = Path(__file__).with_name("policy") / "scan_rules.yaml"
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
@@ -813,10 +814,11 @@ def scan_guest(
 
 
 def _last_json(stdout: bytes) -> dict[str, Any] | None:
-    for line in reversed(stdout.decode("utf-8", errors="replace").strip().splitlines()):
+    # a file name that is not UTF-8 comes back escaped (\xff), never as a lone surrogate
+    for line in reversed(decode_guest(stdout).strip().splitlines()):
         if line.startswith("{"):
             try:
-                document = json.loads(line)
+                document = guest_json(line)
             except ValueError:
                 return None
             return document if isinstance(document, dict) else None

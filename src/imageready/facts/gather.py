@@ -24,6 +24,7 @@ from imageready.facts.azure_view import lineage_kind, source_id
 from imageready.guest.base import Guest, GuestError, GuestUnreachable
 from imageready.redact import one_line
 from imageready.target import VmRef
+from imageready.text import decode_guest
 
 NIC_API = "2024-05-01"
 #: how far the OS disk's lineage is followed (disk -> snapshot -> disk -> ...)
@@ -286,7 +287,7 @@ class AzureFactsProvider:
             script, parse, elevated = _facts_script(facts.os_type)
             result = guest.run(script, timeout=self.guest_timeout, elevated=elevated)
             if not result.ok and not result.stdout.strip():
-                why = one_line(result.stderr.decode("utf-8", "replace"))
+                why = one_line(decode_guest(result.stderr))
                 raise GuestError(f"{vm.key}: facts script exited {result.exit_code}: {why}")
             facts.guest = parse(result.stdout)
         except GuestError as exc:
