@@ -120,6 +120,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("vm", None):
         return  # not an imageready run (e.g. the project's own tests): no default paths
     report_dir = Path(config.getoption("report_dir", None) or Path("reports") / "out").absolute()
+    if not is_worker and not option.collectonly:
+        # before allure-pytest and junitxml create anything in it: the record needs a directory
+        # that can take it, or the run stops here, before anything connects
+        from imageready import reportdir
+
+        reportdir.reset()
+        try:
+            reportdir.check_report_dir(report_dir, need=reportdir.reserve_bytes(len(config.getoption("vm"))))
+        except reportdir.ReportDirError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if hasattr(option, "allure_report_dir") and not option.allure_report_dir:
         option.allure_report_dir = str(report_dir / "allure-results")
         option.clean_alluredir = not is_worker and not option.collectonly

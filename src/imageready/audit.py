@@ -118,7 +118,25 @@ def run_header(state: Any) -> dict[str, Any]:
         "apply": state.apply,
         "vms": [vm.key for vm in state.vms],
         "expired_waivers_ignored": [w.as_record() for w in state.waivers.expired()],
+        "scan_rules_disabled": _disabled_rules(state),
     }
+
+
+def _disabled_rules(state: Any) -> list[dict[str, str]]:
+    """The built-in scan rules this run's --scan-rules file switched off, with their approvals
+    (shown like waivers: a policy change someone approved)."""
+    path = state.config.getoption("scan_rules", None)
+    if path is None:
+        return []
+    import yaml
+
+    from imageready.scan import ScanRulesError, approved_disables
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return list(approved_disables(list(data.get("disable") or []), f"--scan-rules {path}").values())
+    except (OSError, ValueError, yaml.YAMLError, ScanRulesError, AttributeError):
+        return []  # configure time refused a file that fails here
 
 
 def vm_entry(state: Any, vm: Any) -> dict[str, Any]:
@@ -193,6 +211,7 @@ def from_journal(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "policy_digest": run.get("policy_digest"),
         "apply": run.get("apply", False),
         "expired_waivers_ignored": run.get("expired_waivers_ignored", []),
+        "scan_rules_disabled": run.get("scan_rules_disabled", []),
     }
     if end is None:
         fields["incomplete"] = (
@@ -365,6 +384,11 @@ def _vm_page(vm: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def _approval(entry: Mapping[str, Any]) -> str:
+    until = str(entry.get("expires"))[:10]
+    return f"{entry.get('rule')} by {entry.get('approver')} until {until}: {entry.get('reason')}"
+
+
 def render_html(record: Mapping[str, Any], digest: str) -> str:
     operator = record.get("operator") or {}
     who = operator.get("upn") or operator.get("appid") or operator.get("oid") or operator.get("local_user")
@@ -383,6 +407,10 @@ def render_html(record: Mapping[str, Any], digest: str) -> str:
             ("Harness version", record.get("harness_version")),
             ("Policy digest", record.get("policy_digest")),
             ("Expired waivers ignored", len(record.get("expired_waivers_ignored") or [])),
+            (
+                "Built-in scan rules disabled",
+                "; ".join(_approval(d) for d in record.get("scan_rules_disabled") or []) or "none",
+            ),
             ("SHA-256 of audit.json", digest),
             *([("Incomplete", record["incomplete"])] if record.get("incomplete") else []),
         ]

@@ -219,6 +219,8 @@ def load_waivers(path: Path) -> list[Waiver]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise WaiverError(f"--waivers {path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise WaiverError(f"--waivers {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -397,6 +399,8 @@ def load_verdicts(paths: Iterable[Path]) -> dict[str, tuple[Path, dict[str, Any]
                 document = json.loads(file.read_text(encoding="utf-8"))
             except OSError as exc:
                 raise VerdictError(f"--verdict {file}: cannot read: {exc.strerror}") from None
+            except UnicodeDecodeError as exc:
+                raise VerdictError(f"--verdict {file}: not UTF-8 text (byte {exc.start})") from None
             except json.JSONDecodeError as exc:
                 raise VerdictError(f"--verdict {file}: not JSON ({exc.msg}, line {exc.lineno})") from None
             if not isinstance(document, dict) or document.get("kind") != "imageready-verdict":

@@ -532,9 +532,13 @@ def _action_info(item: pytest.Item, mark: pytest.Mark | None, vm: VmRef) -> Item
 def _case_parameter(item: pytest.Item, vm: VmRef) -> str:
     callspec = getattr(item, "callspec", None)
     ident = str(callspec.id) if callspec is not None else ""
-    if ident == vm.key:
-        return ""
-    return ident[len(vm.key) + 1 :] if ident.startswith(vm.key + "-") else ident
+    # pytest writes a test id in ASCII (non-ASCII escaped): a Unicode resource group's key too
+    for key in dict.fromkeys((vm.key, vm.key.encode("unicode_escape").decode("ascii"))):
+        if ident == key:
+            return ""
+        if ident.startswith(key + "-"):
+            return ident[len(key) + 1 :]
+    return ident
 
 
 def check_functions(module: Any) -> list[str]:

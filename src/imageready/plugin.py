@@ -301,6 +301,8 @@ def pytest_configure(config: pytest.Config) -> None:
             load_rules(scan_rules)
         except ScanRulesError as exc:
             raise pytest.UsageError(str(exc)) from None
+        except UnicodeDecodeError as exc:
+            raise pytest.UsageError(f"--scan-rules {scan_rules}: not UTF-8 text (byte {exc.start})") from None
         SCAN_RULES["extra"] = scan_rules
     else:
         from imageready.facts.items import SCAN_RULES
@@ -335,6 +337,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("arm_endpoint") or os.environ.get("IMAGEREADY_ARM_ENDPOINT")
     ):
         raise pytest.UsageError("--cloud custom needs --arm-endpoint URL (or $IMAGEREADY_ARM_ENDPOINT)")
+    if vms:
+        _check_azure_settings(config)
     report_dir = config.getoption("report_dir") or Path("reports") / "out"
     checks_dir = config.rootpath / config.getini("imageready_checks_dir")
     if vms and not checks_dir.is_dir():
@@ -343,8 +347,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "directory; write path options as --option=PATH (pytest takes a bare existing "
             "directory argument such as '--report-dir DIR' for its rootdir)"
         )
-    if vms and not hasattr(config, "workerinput") and not config.option.collectonly:
-        _check_report_dir(report_dir.absolute(), len(vms))
+
     from imageready.copyfirst import copy_first
 
     # last of the configuration: it may run checks and make copies, once the options are sound
@@ -424,14 +427,15 @@ def _guard_credentials(config: pytest.Config) -> None:
             )
 
 
-def _check_report_dir(report_dir: Path, vm_count: int) -> None:
-    """The record must have somewhere to go before anything connects: a usage error otherwise."""
-    from imageready import reportdir
+def _check_azure_settings(config: pytest.Config) -> None:
+    """The cloud, its endpoints and the CA bundle, found unusable before anything connects (a
+    usage error) rather than by every check of every VM."""
+    from imageready.azure import AzureError, resolve_ca_bundle, resolve_cloud
 
-    reportdir.reset()
     try:
-        reportdir.check_report_dir(report_dir, need=reportdir.reserve_bytes(vm_count))
-    except reportdir.ReportDirError as exc:
+        resolve_cloud(config.getoption("cloud"), config.getoption("arm_endpoint"))
+        resolve_ca_bundle(config.getoption("ca_bundle"))
+    except AzureError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 

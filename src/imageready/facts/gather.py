@@ -50,6 +50,8 @@ def parse_guest_addresses(values: list[str], env_value: str | None) -> dict[str,
                 text = Path(text).read_text(encoding="utf-8")
             except OSError as exc:
                 raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES {env_value}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES {env_value}: not UTF-8 text") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
