@@ -69,6 +69,8 @@ class GuestContext:
     on_guest_shutdown: Callable[[], None] = lambda: None
     #: the OS disk's content directory (``CONTENT_PATHS``); None: ``state_dir``
     disk_dir: Path | None = None
+    #: the faults of the network path to this guest (``azsim.guestnet.GuestNetwork``); None: none
+    network: Any = None
 
     @property
     def content_dir(self) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from imageready import exitcodes
 from imageready.redact import redact
 from imageready.text import printable
 
@@ -191,6 +192,7 @@ def from_journal(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             {
                 "vm": key,
                 "verdict": vm_verdict(status, seen.get("gate"), steps),
+                "exit_code": exitcodes.for_vm(seen.get("checks", []), steps, seen.get("gate"), status),
                 "identity": seen.get("identity") or {"key": key},
                 "checks_status": status,
                 "gate": seen.get("gate"),
@@ -320,6 +322,7 @@ def _vm_page(vm: Mapping[str, Any]) -> str:
                 ("OS disk provenance", chain or "unknown"),
                 ("Guest endpoint", json.dumps(ident.get("guest") or {}, sort_keys=True)),
                 ("Checks", vm.get("checks_status")),
+                ("Exit code (this VM alone)", vm.get("exit_code")),
                 ("Gate", "; ".join((vm.get("gate") or {}).get("reasons") or []) or "not evaluated"),
             ]
         )

@@ -21,7 +21,7 @@ from imageready.azure import AzureSession, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts import VM_STATE, VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
-from imageready.guest.base import Guest, GuestError, GuestUnreachable
+from imageready.guest.base import Guest, GuestDisconnected, GuestError, GuestUnreachable
 from imageready.redact import one_line
 from imageready.target import VmRef
 from imageready.text import decode_guest
@@ -33,6 +33,8 @@ LINEAGE_HOPS = 8
 LINEAGE_API = {"disk": "2024-03-02", "snapshot": "2024-03-02", "disk restore point": "2024-03-02"}
 DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
 NOT_RUNNING = VM_STATE  # the VM's state, not broken infrastructure
+#: how many times the (read-only) facts script is run when its connection drops under it
+FACTS_ATTEMPTS = 2
 
 
 class GuestConfigError(ValueError):
@@ -284,10 +286,20 @@ class AzureFactsProvider:
             facts.guest_error_category = NOT_RUNNING
             return
         try:
-            guest = self.guest(vm, facts.vm_model)
-            facts.guest_identity = _identity(guest)
             script, parse, elevated = _facts_script(facts.os_type)
-            result = guest.run(script, timeout=self.guest_timeout, elevated=elevated)
+            for attempt in range(1, FACTS_ATTEMPTS + 1):
+                guest = self.guest(vm, facts.vm_model)
+                facts.guest_identity = _identity(guest)
+                try:
+                    result = guest.run(script, timeout=self.guest_timeout, elevated=elevated)
+                    break
+                except GuestDisconnected as exc:
+                    # the facts script only reads: a connection lost under it (an idle-timeout
+                    # reset, a network blip) is read again on a new one, a bounded number of times
+                    self.drop_guest(vm)
+                    if attempt == FACTS_ATTEMPTS:
+                        raise
+                    progress.emit(f"{vm.key}: {exc}; reading the facts again on a new connection")
             if not result.ok and not result.stdout.strip():
                 why = one_line(decode_guest(result.stderr))
                 raise GuestError(f"{vm.key}: facts script exited {result.exit_code}: {why}")
