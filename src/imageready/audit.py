@@ -252,9 +252,9 @@ def write(record: Mapping[str, Any], directory: Path, *, stem: str = "audit") ->
     except OSError as exc:
         if reportdir.full_disk(exc):
             raise
-        stem = f"audit-{record.get('run_id') or 'run'}"
+        wanted, stem = stem, f"audit-{record.get('run_id') or 'run'}"
         reportdir.note_failure(
-            f"{stem}.json could not be written in {directory} ({exc.strerror or exc}): the audit is "
+            f"{wanted}.json could not be written in {directory} ({exc.strerror or exc}): the audit is "
             f"{stem}.json"
         )
         reportdir.write_durably(directory / f"{stem}.json", body)

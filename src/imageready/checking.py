@@ -16,9 +16,12 @@ EVIDENCE = pytest.StashKey[list[tuple[str, str]]]()
 
 def finding(problem: str, *, where: str, fix: str, doc: str) -> NoReturn:
     """Fail the current check. The first line (``problem``) is what the gate and the audit show.
-    Each part is one line: a guest-controlled name with a line break in it is escaped, never
-    allowed to cut the problem short or to forge a line of its own."""
-    problem, where, fix, doc = (printable(redact(part)) for part in (problem, where, fix, doc))
+    Control and bidi characters are escaped; ``where``, ``fix`` and ``doc`` are one line each (a
+    line break a guest-controlled name carries is escaped too); ``problem`` keeps its line breaks
+    (it may list findings, each on its line, whose names are escaped at their source:
+    ``Finding.summary``)."""
+    where, fix, doc = (printable(redact(part)) for part in (where, fix, doc))  # one line each
+    problem = printable(redact(problem), multiline=True)
     pytest.fail(f"{problem}\n  where: {where}\n  fix:   {fix}\n  doc:   {doc}", pytrace=False)
 
 
@@ -42,4 +45,6 @@ def evidence(request: pytest.FixtureRequest, summary: str, data: Any = None) -> 
 
 
 def evidence_summaries(item: pytest.Item) -> list[str]:
-    return [text for _, text in item.stash.get(EVIDENCE, [])]
+    """The one-line summaries of what ``item`` saw, escaped: a check may stash a line quoting a
+    guest-controlled name, and the audit takes it from here."""
+    return [printable(text) for _, text in item.stash.get(EVIDENCE, [])]

@@ -150,21 +150,29 @@ def _guard_allure_writer() -> None:
     except ImportError:  # pragma: no cover - allure-pytest is a dependency
         return
     commons: Any = allure_commons
-    found: list[Any] = [p for p in commons.plugin_manager.get_plugins() if isinstance(p, AllureFileLogger)]
-    for plugin in found:
-        if not getattr(plugin, "_imageready_guarded", False):
-            plugin._report_item = _guarded(functools.partial(_report_item, plugin))
-            original_data = plugin.report_attached_data
-            original_file = plugin.report_attached_file
+    manager = commons.plugin_manager
+    loggers: list[Any] = [p for p in manager.get_plugins() if isinstance(p, AllureFileLogger)]
+    for plugin in loggers:
+        if getattr(plugin, "_imageready_guarded", False):
+            continue
+        # report_result and friends call this one: strings escaped on the way out
+        plugin._report_item = functools.partial(_report_item, plugin)
+        # the hook implementations were bound at registration: wrap them where pluggy holds them
+        for name in ("report_result", "report_container", "report_globals", "report_attached_file"):
+            for impl in getattr(manager.hook, name).get_hookimpls():
+                if impl.plugin is plugin:
+                    impl.function = _guarded(impl.function)
+        for impl in manager.hook.report_attached_data.get_hookimpls():
+            if impl.plugin is plugin:
+                impl.function = _guarded(_escaping_body(impl.function))
+        plugin._imageready_guarded = True
 
-            def attached_data(body: Any, file_name: str, _original: Any = original_data) -> None:
-                if isinstance(body, str):
-                    body = printable(body, multiline=True)
-                _guarded(_original)(body, file_name)
 
-            plugin.report_attached_data = attached_data
-            plugin.report_attached_file = _guarded(original_file)
-            plugin._imageready_guarded = True
+def _escaping_body(write: Any) -> Any:
+    def call(body: Any, file_name: str) -> None:
+        write(printable(body, multiline=True) if isinstance(body, str) else body, file_name)
+
+    return call
 
 
 def _guarded(write: Any) -> Any:

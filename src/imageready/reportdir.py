@@ -192,6 +192,9 @@ def with_room(write: Callable[[], T]) -> T:
     except OSError as exc:
         if not full_disk(exc) or not release_reserve():
             raise
+    from imageready import progress
+
+    progress.emit("the report directory's disk is full: the room reserved for the record is in use now")
     return write()
 
 

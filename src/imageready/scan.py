@@ -28,7 +28,7 @@ import yaml
 
 from imageready.guest.base import Guest, GuestError
 from imageready.redact import one_line, redact, register_secret
-from imageready.text import decode_guest, guest_json
+from imageready.text import decode_guest, guest_json, printable
 
 RULES_FILE = Path(__file__).with_name("policy") / "scan_rules.yaml"
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
@@ -608,7 +608,8 @@ class Finding:
         if self.detail:
             shape.append(self.detail)
         fate = f"removed: {self.removal_note}" if self.removed_by_action else "persists in image"
-        return f"[{self.rule_id}] {where} ({', '.join([*shape, f'fp {self.fingerprint}'])}) {fate}"
+        line = f"[{self.rule_id}] {where} ({', '.join([*shape, f'fp {self.fingerprint}'])}) {fate}"
+        return printable(line)  # a file name is the guest's: a line break in it stays one line
 
 
 @dataclass

@@ -22,7 +22,7 @@ from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts import VM_STATE, VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
 from imageready.guest.base import Guest, GuestDisconnected, GuestError, GuestUnreachable
-from imageready.redact import one_line
+from imageready.redact import one_line, redact, register_secret
 from imageready.target import VmRef
 from imageready.text import decode_guest
 
@@ -64,8 +64,18 @@ def parse_guest_addresses(values: list[str], env_value: str | None) -> dict[str,
     for value in values:
         key, sep, address = value.partition("=")
         if not sep or "/" not in key or not address.strip():
-            raise GuestConfigError(f"--guest-address {value!r}: expected RG/NAME=HOST[:PORT]")
+            raise GuestConfigError(f"--guest-address {redact(value)!r}: expected RG/NAME=HOST[:PORT]")
         found[key.strip().lower()] = address.strip()
+    for key, address in found.items():
+        if "@" in address or any(c.isspace() for c in address.strip()):
+            # a user:password@ here would travel to every message that names the address
+            userinfo, _, host = address.rpartition("@")
+            register_secret(userinfo)
+            shown = f"***@{host}" if userinfo else redact(address)
+            raise GuestConfigError(
+                f"guest address of {key}: {shown!r} is not HOST[:PORT] (an address carries no "
+                "user or credentials: they come from the environment, an agent or a key file)"
+            )
     return found
 
 
