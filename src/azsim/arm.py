@@ -197,7 +197,7 @@ class Simulator:
         for fault in scenario.faults:
             self.faults.add(copy.copy(fault))
         self.ops = Operations(self.store.lock)
-        self.guests = Guests(guest_settings if scenario.guests else None, self.on_guest_shutdown)
+        self.guests = Guests(guest_settings if scenario.guests else None, self.on_guest_shutdown, self.faults)
         self.log = RequestLog()
         #: set by the server once guests have booted (or failed to)
         self.ready = threading.Event()
@@ -315,7 +315,7 @@ class Simulator:
         fault = self.faults.lro_outcome(kind, vm_key)
         outcome = Outcome()
         if fault is not None and fault.kind == "lro_never_ends":
-            outcome = Outcome(never_ends=True)
+            outcome = Outcome(never_ends=True, released=fault.released)
         elif fault is not None:
             outcome = Outcome(
                 failed=(fault.code or DEFAULT_LRO_ERROR[0], fault.message or DEFAULT_LRO_ERROR[1])

@@ -37,7 +37,11 @@ _KIND_KEYS: dict[str, set[str]] = {
     "delete_vm": {"vm", "after_requests", "after_seconds"},
     "token_expiry": {"after_seconds"},
     "forbidden": {"action", "vm", "method", "path", "count"},
+    "guest_unreachable": {"vm", "count"},
+    "guest_drop": {"vm", "count", "idle"},
 }
+#: faults on the network path to a guest (azsim.guestnet), not on ARM requests
+GUEST_KINDS = ("guest_unreachable", "guest_drop")
 _ERROR_STATUSES = (500, 502, 503, 504)
 
 
@@ -68,6 +72,8 @@ class Fault:
     #: requests seen since the fault was added (delete_vm's after_requests)
     seen: int = 0
     fired: bool = False
+    #: set when the fault is removed: operations an lro_never_ends fault held then end normally
+    released: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         shown = {
@@ -87,6 +93,7 @@ class Fault:
             "after_seconds": self.after_seconds,
             "remaining": self.remaining,
             "fired": self.fired if self.kind in ("delete_vm", "token_expiry") else None,
+            "idle": self.seconds if self.kind == "guest_drop" else None,
         }
         return {key: value for key, value in shown.items() if value is not None}
 
@@ -169,6 +176,12 @@ def parse_fault(data: Any, where: str = "fault") -> Fault:
         fault.after_seconds = _number(data.get("after_seconds", 0), f"{where}.after_seconds")
     if kind == "forbidden":
         fault.action = _text(data.get("action"), f"{where}.action")
+    if kind in GUEST_KINDS and fault.vm is None:
+        raise FaultError(f"{where}.vm: required for a {kind} fault")
+    if kind == "guest_drop":
+        fault.seconds = _number(data.get("idle", 0.5), f"{where}.idle", minimum=0.05)
+        if fault.remaining is None:
+            fault.remaining = 1  # one connection reset unless told otherwise
     return fault
 
 
@@ -195,6 +208,7 @@ class FaultSet:
         with self._lock:
             fault.id = f"f{self._next_id}"
             fault.added = time.time()
+            fault.released = threading.Event()  # a scenario's fault, added once per instance
             self._next_id += 1
             self._faults.append(fault)
             return fault.id
@@ -202,12 +216,17 @@ class FaultSet:
     def clear(self) -> int:
         with self._lock:
             count = len(self._faults)
+            for fault in self._faults:
+                fault.released.set()
             self._faults.clear()
             return count
 
     def remove(self, fault_id: str) -> bool:
         with self._lock:
             kept = [f for f in self._faults if f.id != fault_id]
+            for fault in self._faults:
+                if fault.id == fault_id:
+                    fault.released.set()
             removed = len(kept) != len(self._faults)
             self._faults = kept
             return removed
@@ -274,6 +293,29 @@ class FaultSet:
                     self._consume(fault)
                     return fault
         return None
+
+    def guest_fault(self, kind: str, vm: str, *, consume: bool) -> Fault | None:
+        """The first live ``kind`` fault (guest_unreachable, guest_drop) of ``vm`` (rg/name)."""
+        with self._lock:
+            for fault in self._faults:
+                if (
+                    fault.kind == kind
+                    and fault.remaining != 0
+                    and fault.vm is not None
+                    and fault.vm.lower() == vm.lower()
+                ):
+                    if consume:
+                        self._consume(fault)
+                    return fault
+        return None
+
+    def consume_guest_fault(self, fault: Fault) -> bool:
+        """Use one count of ``fault`` if it has one left (two connections may race for it)."""
+        with self._lock:
+            if fault.remaining == 0 or not any(f is fault for f in self._faults):
+                return False
+            self._consume(fault)
+            return True
 
     def due_deletions(self) -> list[str]:
         """Count one ARM request; return the VMs (rg/name) whose delete_vm fault fires now."""

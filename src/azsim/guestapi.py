@@ -143,6 +143,8 @@ class GuestContext:
     on_guest_shutdown: Callable[[], None] = lambda: None
     #: the OS disk's content directory (``CONTENT_PATHS``); None: ``state_dir``
     disk_dir: Path | None = None
+    #: the faults of the network path to this guest (``azsim.guestnet.GuestNetwork``); None: none
+    network: Any = None
     #: what the platform shows the guest about its VM (IMDS, SMBIOS); None: a fresh one
     platform: Platform | None = None
 

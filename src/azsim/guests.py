@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from azsim.faults import FaultSet
 from azsim.guestapi import CONTENT_PATHS, GuestContext, GuestController, Platform, guest_home
+from azsim.guestnet import GuestNetwork, Relay
 
 GUEST_CLASSES = {
     "Linux": "azsim.linuxguest:LinuxGuest",
@@ -107,13 +109,21 @@ class GuestSettings:
 class Guests:
     """The guest controllers of every VM, keyed by ``rg/name`` (lower case)."""
 
-    def __init__(self, settings: GuestSettings | None, on_guest_shutdown: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        settings: GuestSettings | None,
+        on_guest_shutdown: Callable[[str], None],
+        faults: FaultSet | None = None,
+    ) -> None:
         #: None: guests disabled
         self.settings = settings
         self._on_guest_shutdown = on_guest_shutdown
+        self._faults = faults
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._guests: dict[str, GuestController] = {}
+        #: the network path to each guest (azsim.guestnet): what guest-addresses.json names
+        self._relays: dict[str, Relay] = {}
         self.errors: dict[str, str] = {}
 
     @property
@@ -156,13 +166,43 @@ class Guests:
             tls_key=self.settings.tls_key,
             ssh_public_key=self.settings.ssh_public_key,
             admin_password=self.settings.admin_password,
-            on_guest_shutdown=lambda: self._on_guest_shutdown(key),
+            on_guest_shutdown=lambda: self._went_down(key),
             disk_dir=self.content_dir(disk_home),
             platform=platform,
+            network=GuestNetwork(key, self._faults),
         )
         guest = cls(ctx)
+        relay = Relay(ctx.network, lambda: self._endpoint(key))
         with self._lock:
             self._guests[key.lower()] = guest
+            old = self._relays.pop(key.lower(), None)
+            self._relays[key.lower()] = relay
+        if old is not None:
+            old.close()
+
+    def _endpoint(self, key: str) -> tuple[str, int] | None:
+        """Where the running guest of ``key`` listens (its SSH or WinRM HTTPS port)."""
+        guest = self._get(key)
+        if guest is None or not guest.running:
+            return None
+        endpoints = guest.endpoints()
+        address = endpoints.get("ssh") or endpoints.get("winrm_https")
+        if not address:
+            return None
+        host, _, port = address.rpartition(":")
+        return host, int(port)
+
+    def _relay(self, key: str) -> Relay | None:
+        with self._lock:
+            return self._relays.get(key.lower())
+
+    def _went_down(self, key: str) -> None:
+        """The guest powered itself off: its network path goes with it (clients are refused)."""
+        relay = self._relay(key)
+        if relay is not None:
+            # not in the guest's own thread: closing joins the relay's connection threads
+            threading.Thread(target=relay.close, daemon=True, name="relay-close").start()
+        self._on_guest_shutdown(key)
 
     def content_dir(self, home: str | None) -> Path | None:
         """The directory of a disk's guest content (``Disk.content_home``); None when guests
@@ -187,11 +227,17 @@ class Guests:
         guest = self._get(key)
         if guest is not None:
             guest.start()
+            relay = self._relay(key)
+            if relay is not None:
+                relay.open()
             self.write_addresses()
 
     def stop(self, key: str) -> None:
         guest = self._get(key)
         if guest is not None:
+            relay = self._relay(key)
+            if relay is not None:
+                relay.close()
             guest.stop()
             self.write_addresses()
 
@@ -222,6 +268,9 @@ class Guests:
         """Stop and release a deleted VM's guest."""
         with self._lock:
             guest = self._guests.pop(key.lower(), None)
+            relay = self._relays.pop(key.lower(), None)
+        if relay is not None:
+            relay.close()
         if guest is not None:
             try:
                 guest.stop()
@@ -243,17 +292,20 @@ class Guests:
         return info
 
     def addresses(self) -> dict[str, str]:
-        """``rg/name -> 127.0.0.1:PORT`` of each running guest's ssh or winrm-https endpoint."""
+        """``rg/name -> 127.0.0.1:PORT`` of each running guest's ssh or winrm-https endpoint, as
+        a client reaches it: through its relay (azsim.guestnet), where guest faults act."""
         with self._lock:
             guests = dict(self._guests)
+            relays = dict(self._relays)
         found: dict[str, str] = {}
         for key, guest in sorted(guests.items()):
             if not guest.running:
                 continue
-            endpoints = guest.endpoints()
-            address = endpoints.get("ssh") or endpoints.get("winrm_https")
-            if address:
-                found[key] = address
+            relay = relays.get(key)
+            if relay is not None and not relay.listening:
+                relay.open()
+            if relay is not None:
+                found[key] = relay.address
         return found
 
     def write_addresses(self) -> None:
@@ -275,6 +327,10 @@ class Guests:
         with self._lock:
             guests = list(self._guests.values())
             self._guests.clear()
+            relays = list(self._relays.values())
+            self._relays.clear()
+        for relay in relays:
+            relay.close()
 
         def shut(guest: GuestController) -> None:
             try:

@@ -65,6 +65,9 @@ class Outcome:
 
     failed: tuple[str, str] | None = None  # (code, message)
     never_ends: bool = False
+    #: set when the fault that holds a never-ending operation is removed: it then ends normally
+    #: (Azure's operations do reach a terminal state; azsim holds one only while told to)
+    released: threading.Event | None = None
 
 
 class Operations:
@@ -127,8 +130,10 @@ class Operations:
     ) -> None:
         deadline = op.started + duration
         if outcome.never_ends:
-            self._stopping.wait()
-            return
+            while not (outcome.released is not None and outcome.released.is_set()):
+                if self._stopping.wait(0.1):
+                    return
+            deadline = time.time() + duration
         try:
             if outcome.failed is not None:
                 raise OperationError(*outcome.failed)

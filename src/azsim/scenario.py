@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,21 @@ DEFAULT_TIMINGS = {
 }
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.()\-]{1,90}$")
+#: Char.IsLetterOrDigit: the Unicode letter categories and decimal digits
+_LETTER_OR_DIGIT = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd"})
+
+
+def valid_resource_group_name(name: str) -> bool:
+    """Microsoft, "Naming rules and restrictions for Azure resources" (resourcegroups): 1-90
+    underscores, hyphens, periods, parentheses, and letters or digits as defined by
+    Char.IsLetterOrDigit; can't end with a period."""
+    return (
+        0 < len(name) <= 90
+        and not name.endswith(".")
+        and all(c in "_-.()" or unicodedata.category(c) in _LETTER_OR_DIGIT for c in name)
+    )
+
+
 _CREATE_OPTIONS = ("Copy", "Restore", "Import", "FromImage", "Empty", "Attach")
 
 
@@ -97,6 +113,13 @@ class _Reader:
         value = self.text(key)
         if not _NAME.match(value) or value.endswith("."):
             raise ScenarioError(f"{self.where(key)}: {value!r} is not a valid Azure resource name")
+        return value
+
+    def rg_name(self, key: str = "name") -> str:
+        """A resource group's name: Unicode letters and digits too (docs/azsim-rules.md, NAME-1)."""
+        value = self.text(key)
+        if not valid_resource_group_name(value):
+            raise ScenarioError(f"{self.where(key)}: {value!r} is not a valid resource group name")
         return value
 
     def number(self, key: str, default: float, *, minimum: float = 0) -> float:
@@ -502,7 +525,7 @@ def _gallery(data: Any, where: str) -> GallerySpec:
 
 def _resource_group(data: Any, where: str) -> ResourceGroupSpec:
     r = _Reader(data, where)
-    name = r.name()
+    name = r.rg_name()
     location = r.text("location", "westeurope")
     vms = tuple(_vm(item, f"{r.where('vms')}[{i}]", location) for i, item in enumerate(r.items("vms")))
     disks = tuple(

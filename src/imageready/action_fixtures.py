@@ -89,22 +89,33 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def _step(request: pytest.FixtureRequest, actions: VmActions, name: str, body: Any) -> StepRecord:
     import allure
 
+    # imported here: a plugin module imported early by another is not assertion-rewritten
+    from imageready.allure_support import attach_text
+    from imageready.recording import journal_step
+
+    config = request.config
+    apply = actions.options.apply
+
+    def journaled() -> Outcome:
+        # journal first: the step's start is on disk before it does anything (JournalError
+        # fails the step here, before acting)
+        journal_step(config, actions.records[name].as_dict(), apply=apply)
+        return body()  # type: ignore[no-any-return]
+
     with allure.step(f"{name}: {actions.vm.key}"):
         try:
-            return actions.run(name, body)
+            return actions.run(name, journaled)
         finally:
-            # done or failed: the first case to run a step reports it (audit and Allure)
             record = actions.records.get(name)
+            if record is not None and record.status != "running":
+                journal_step(config, record.as_dict(), apply=apply)
+            # done or failed: the first case to run a step reports it (audit and Allure)
             if record is not None and name not in actions.reported:
                 actions.reported.add(name)
                 record_step(request.node, record.as_dict())
-                allure.attach(
-                    f"{record.status}: {record.detail}",
-                    name=f"step {name}",
-                    attachment_type=allure.attachment_type.TEXT,
-                )
+                attach_text(f"step {name}", f"{record.status}: {record.detail}")
                 for title, text in record.attachments.items():
-                    allure.attach(text, name=title, attachment_type=allure.attachment_type.TEXT)
+                    attach_text(title, text)
 
 
 def step_outcome(record: StepRecord) -> None:

@@ -23,6 +23,7 @@ import pytest
 from imageready.gatekeeper import CASE_WAIVERS, RUN, item_info
 from imageready.redact import one_line, redact
 from imageready.runstate import ItemInfo, RunState
+from imageready.text import printable
 
 EPIC = "imageready"
 FEATURES = {"check": "pre-flight checks", "action": "actions"}
@@ -123,6 +124,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("vm", None):
         return  # not an imageready run (e.g. the project's own tests): no default paths
     report_dir = Path(config.getoption("report_dir", None) or Path("reports") / "out").absolute()
+    if not is_worker and not option.collectonly:
+        # before allure-pytest and junitxml create anything in it: the record needs a directory
+        # that can take it, or the run stops here, before anything connects
+        from imageready import reportdir
+
+        reportdir.reset()
+        try:
+            reportdir.check_report_dir(report_dir, need=reportdir.reserve_bytes(len(config.getoption("vm"))))
+        except reportdir.ReportDirError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if hasattr(option, "allure_report_dir") and not option.allure_report_dir:
         option.allure_report_dir = str(report_dir / "allure-results")
         option.clean_alluredir = not is_worker and not option.collectonly
@@ -257,20 +268,26 @@ def _redact_result(result: Any) -> None:
         current = items.pop()
         details = getattr(current, "statusDetails", None)
         if details is not None:
-            details.message = redact(details.message) if details.message else details.message
-            details.trace = redact(details.trace) if details.trace else details.trace
+            details.message = _text(details.message) if details.message else details.message
+            details.trace = _text(details.trace) if details.trace else details.trace
         for parameter in getattr(current, "parameters", None) or []:
-            parameter.value = redact(str(parameter.value))
+            parameter.value = printable(redact(str(parameter.value)))
         if getattr(current, "name", None):
-            current.name = redact(str(current.name))
+            current.name = printable(redact(str(current.name)))
         items.extend(getattr(current, "steps", None) or [])
+
+
+def _text(text: str) -> str:
+    """A multi-line text for Allure: redacted, and escaped (control and bidi characters, and lone
+    surrogates, which would also make allure-pytest's UTF-8 writer fail)."""
+    return printable(redact(text), multiline=True)
 
 
 def _attach_captured(report: pytest.TestReport) -> None:
     allure = _allure()
     for name, text in (("log", report.caplog), ("stdout", report.capstdout), ("stderr", report.capstderr)):
         if text:
-            allure.attach(redact(text), name=name, attachment_type=allure.attachment_type.TEXT)
+            allure.attach(_text(text), name=name, attachment_type=allure.attachment_type.TEXT)
 
 
 # --- helpers for checks and actions ------------------------------------------------------------
@@ -285,9 +302,9 @@ def step(title: str) -> Iterator[None]:
 
 
 def attach_text(name: str, text: str) -> None:
-    """Attach ``text`` (a log, a command's output) to the running case, redacted."""
+    """Attach ``text`` (a log, a command's output) to the running case, redacted and escaped."""
     allure = _allure()
-    allure.attach(redact(text), name=one_line(name, limit=120), attachment_type=allure.attachment_type.TEXT)
+    allure.attach(_text(text), name=one_line(name, limit=120), attachment_type=allure.attachment_type.TEXT)
 
 
 # --- once per run ----------------------------------------------------------------------------

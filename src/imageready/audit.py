@@ -18,7 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from imageready import exitcodes
 from imageready.redact import redact
+from imageready.text import printable
 
 AUDIT_SCHEMA = 1
 
@@ -105,64 +107,161 @@ def _identity(vm: Any, facts: Any) -> dict[str, Any]:
     return identity
 
 
-def from_run_state(
-    state: Any, steps: Mapping[str, list[dict[str, Any]]], final_states: Mapping[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """Assemble the record from a finished run (controller side)."""
-
-    vms = []
-    for vm in state.vms:
-        gate = state.gates.get(vm.key)
-        cases = sorted(gate.cases.values(), key=lambda c: c.case_id) if gate is not None else []
-        decision = state.decisions.get(vm.key)
-        facts = state.facts_cache.get(vm.key)
-        identity = _identity(vm, facts)
-        vm_steps = list(steps.get(vm.key, []))
-        status = gate.status if gate is not None else "absent"
-        decision_dict = asdict(decision) if decision is not None else None
-        vms.append(
-            {
-                "vm": vm.key,
-                "verdict": vm_verdict(status, decision_dict, vm_steps),
-                "identity": identity,
-                "checks_status": status,
-                "gate": decision_dict,
-                "blockers": gate.blockers() if gate is not None else [],
-                "checks": [asdict(c) for c in cases],
-                "waivers": [
-                    {"case": case_id, **w.as_record()}
-                    for case_id, w in state.waivers.applied
-                    if any(c.case_id == case_id for c in cases)
-                ],
-                "actions": vm_steps,
-                "final_state": final_states.get(vm.key, {}),
-            }
-        )
-    run = {
+def run_header(state: Any) -> dict[str, Any]:
+    """The run-level fields of the record, as the journal's ``run`` entry carries them."""
+    return {
         "run_id": state.run_id,
         "started_at": _utc(state.started_at),
-        "finished_at": _utc(dt.datetime.now(dt.UTC)),
         "change_ticket": state.change_ticket,
         "operator": state.operator(),
         "harness_version": state.harness_version,
         "policy_digest": state.digest,
         "apply": state.apply,
+        "vms": [vm.key for vm in state.vms],
         "expired_waivers_ignored": [w.as_record() for w in state.waivers.expired()],
+        "scan_rules_disabled": _disabled_rules(state),
     }
-    return build_record(run=run, vms=vms)
 
 
-def write(record: Mapping[str, Any], directory: Path) -> tuple[Path, Path, str]:
-    """Write audit.json, its .sha256 and audit.html; return (json path, html path, sha256)."""
+def _disabled_rules(state: Any) -> list[dict[str, str]]:
+    """The built-in scan rules this run's --scan-rules file switched off, with their approvals
+    (shown like waivers: a policy change someone approved)."""
+    path = state.config.getoption("scan_rules", None)
+    if path is None:
+        return []
+    import yaml
+
+    from imageready.scan import ScanRulesError, approved_disables
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return list(approved_disables(list(data.get("disable") or []), f"--scan-rules {path}").values())
+    except (OSError, ValueError, yaml.YAMLError, ScanRulesError, AttributeError):
+        return []  # configure time refused a file that fails here
+
+
+def vm_entry(state: Any, vm: Any) -> dict[str, Any]:
+    """What the gate knows of ``vm`` now, as the journal's ``vm`` entry carries it."""
+    gate = state.gates.get(vm.key)
+    cases = sorted(gate.cases.values(), key=lambda c: c.case_id) if gate is not None else []
+    decision = state.decisions.get(vm.key)
+    return {
+        "kind": "vm",
+        "vm": vm.key,
+        "identity": _identity(vm, state.facts_cache.get(vm.key)),
+        "checks_status": gate.status if gate is not None else "absent",
+        "gate": asdict(decision) if decision is not None else None,
+        "blockers": gate.blockers() if gate is not None else [],
+        "checks": [asdict(c) for c in cases],
+        "waivers": [
+            {"case": case_id, **w.as_record()}
+            for case_id, w in state.waivers.applied
+            if any(c.case_id == case_id for c in cases)
+        ],
+    }
+
+
+def run_entries(
+    state: Any, steps: Mapping[str, list[dict[str, Any]]], final_states: Mapping[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The end of a run as journal entries: every VM as the gate saw it, every step this process
+    knows of, the final states read back, and the end."""
+    entries: list[dict[str, Any]] = [{"kind": "run", **run_header(state)}]
+    entries += [vm_entry(state, vm) for vm in state.vms]
+    for key, records in steps.items():
+        entries += [{"kind": "step", "vm": key, "step": r.get("step"), "record": r} for r in records]
+    entries += [{"kind": "final", "vm": key, "state": value} for key, value in final_states.items()]
+    entries.append({"kind": "end", "finished_at": _utc(dt.datetime.now(dt.UTC))})
+    return entries
+
+
+def from_journal(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The audit record from journal entries (``imageready.journal``): what the end of a run
+    writes, and what ``imageready-report --from-journal`` rebuilds after a crash."""
+    from imageready.journal import fold
+
+    folded = fold(entries)
+    run, end = folded["run"], folded["end"]
+    keys = list(dict.fromkeys([*run.get("vms", []), *folded["vms"], *folded["steps"]]))
+    vms = []
+    for key in keys:
+        seen = folded["vms"].get(key) or {}
+        steps = folded["steps"].get(key, [])
+        status = seen.get("checks_status", "absent")
+        vms.append(
+            {
+                "vm": key,
+                "verdict": vm_verdict(status, seen.get("gate"), steps),
+                "exit_code": exitcodes.for_vm(seen.get("checks", []), steps, seen.get("gate"), status),
+                "identity": seen.get("identity") or {"key": key},
+                "checks_status": status,
+                "gate": seen.get("gate"),
+                "blockers": seen.get("blockers", []),
+                "checks": seen.get("checks", []),
+                "waivers": seen.get("waivers", []),
+                "actions": steps,
+                "final_state": folded["finals"].get(key, {}),
+            }
+        )
+    fields = {
+        "run_id": run.get("run_id"),
+        "started_at": run.get("started_at"),
+        "finished_at": (end or {}).get("finished_at") or _short(folded["last_at"]),
+        "change_ticket": run.get("change_ticket"),
+        "operator": run.get("operator") or {},
+        "harness_version": run.get("harness_version"),
+        "policy_digest": run.get("policy_digest"),
+        "apply": run.get("apply", False),
+        "expired_waivers_ignored": run.get("expired_waivers_ignored", []),
+        "scan_rules_disabled": run.get("scan_rules_disabled", []),
+    }
+    if end is None:
+        fields["incomplete"] = (
+            "rebuilt from the journal: the run did not finish (killed or crashed); a step it never "
+            "saw end is shown interrupted, and the final state was not read back"
+        )
+    return build_record(run=fields, vms=vms)
+
+
+def _short(moment: str) -> str:
+    """A journal time (microseconds) as the record's times are (seconds)."""
+    return moment.split(".", 1)[0] + "Z" if "." in moment else moment
+
+
+def from_run_state(
+    state: Any, steps: Mapping[str, list[dict[str, Any]]], final_states: Mapping[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Assemble the record from a finished run (controller side), the way the journal would."""
+    return from_journal(run_entries(state, steps, final_states))
+
+
+def write(record: Mapping[str, Any], directory: Path, *, stem: str = "audit") -> tuple[Path, Path, str]:
+    """Write audit.json, its .sha256 and audit.html (each atomically, fsynced, with the report
+    directory's reserve on a full disk); return (json path, html path, sha256). If
+    ``audit.json`` cannot be written under its name (something else took it: a directory), the
+    three go to ``audit-<run id>.*`` instead and the failure is noted: the record is never lost
+    for the name."""
+    from imageready import reportdir
+
     directory.mkdir(parents=True, exist_ok=True)
     body = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()
-    json_path = directory / "audit.json"
-    json_path.write_bytes(body)
-    (directory / "audit.json.sha256").write_text(f"{digest}  audit.json\n", encoding="utf-8")
-    html_path = directory / "audit.html"
-    html_path.write_text(render_html(record, digest), encoding="utf-8")
-    return json_path, html_path, digest
+    html_text = render_html(record, digest).encode("utf-8")
+    try:
+        reportdir.write_durably(directory / f"{stem}.json", body)
+    except OSError as exc:
+        if reportdir.full_disk(exc):
+            raise
+        wanted, stem = stem, f"audit-{record.get('run_id') or 'run'}"
+        reportdir.note_failure(
+            f"{wanted}.json could not be written in {directory} ({exc.strerror or exc}): the audit is "
+            f"{stem}.json"
+        )
+        reportdir.write_durably(directory / f"{stem}.json", body)
+    reportdir.write_durably(directory / f"{stem}.json.sha256", f"{digest}  {stem}.json\n".encode())
+    html_path = directory / f"{stem}.html"
+    reportdir.write_durably(html_path, html_text)
+    return directory / f"{stem}.json", html_path, digest
 
 
 # --- HTML ------------------------------------------------------------------------------------
@@ -189,7 +288,9 @@ _WARN = {"READY (PLAN ONLY)", "INCOMPLETE", "BLOCKED", "INTERRUPTED"}
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value if value is not None else ""))
+    """Text for the page: escaped for HTML, and control and bidi characters shown as escapes (a
+    U+202E in a file name would otherwise reorder what the change board reads)."""
+    return html.escape(printable(str(value if value is not None else "")))
 
 
 def _badge(verdict: str) -> str:
@@ -221,6 +322,7 @@ def _vm_page(vm: Mapping[str, Any]) -> str:
                 ("OS disk provenance", chain or "unknown"),
                 ("Guest endpoint", json.dumps(ident.get("guest") or {}, sort_keys=True)),
                 ("Checks", vm.get("checks_status")),
+                ("Exit code (this VM alone)", vm.get("exit_code")),
                 ("Gate", "; ".join((vm.get("gate") or {}).get("reasons") or []) or "not evaluated"),
             ]
         )
@@ -285,6 +387,11 @@ def _vm_page(vm: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def _approval(entry: Mapping[str, Any]) -> str:
+    until = str(entry.get("expires"))[:10]
+    return f"{entry.get('rule')} by {entry.get('approver')} until {until}: {entry.get('reason')}"
+
+
 def render_html(record: Mapping[str, Any], digest: str) -> str:
     operator = record.get("operator") or {}
     who = operator.get("upn") or operator.get("appid") or operator.get("oid") or operator.get("local_user")
@@ -303,7 +410,12 @@ def render_html(record: Mapping[str, Any], digest: str) -> str:
             ("Harness version", record.get("harness_version")),
             ("Policy digest", record.get("policy_digest")),
             ("Expired waivers ignored", len(record.get("expired_waivers_ignored") or [])),
+            (
+                "Built-in scan rules disabled",
+                "; ".join(_approval(d) for d in record.get("scan_rules_disabled") or []) or "none",
+            ),
             ("SHA-256 of audit.json", digest),
+            *([("Incomplete", record["incomplete"])] if record.get("incomplete") else []),
         ]
     )
     summary = "".join(
@@ -321,16 +433,31 @@ def render_html(record: Mapping[str, Any], digest: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """imageready-report: re-render audit.html from an audit.json (and check its SHA-256)."""
+    """imageready-report: re-render audit.html from an audit.json (and check its SHA-256), or
+    rebuild the audit from the run's journal (--from-journal) when the run could not write it."""
     parser = argparse.ArgumentParser(prog="imageready-report", description=main.__doc__)
     parser.add_argument("report_dir", type=Path, nargs="?", default=Path("reports/out"))
+    parser.add_argument(
+        "--from-journal",
+        nargs="?",
+        const="",
+        metavar="RUN_ID",
+        help="rebuild audit.json, its .sha256 and audit.html from the journal of RUN_ID (default: "
+        "the run that wrote last) in REPORT_DIR/journal; an audit.json of another run is kept and "
+        "the rebuilt one is named audit-RUN_ID.json",
+    )
     args = parser.parse_args(argv)
+    if args.from_journal is not None:
+        return _rebuild(args.report_dir, args.from_journal or None)
     path = args.report_dir / "audit.json"
     try:
         body = path.read_bytes()
         record = json.loads(body)
     except (OSError, json.JSONDecodeError) as exc:
-        print(f"imageready-report: cannot read {path}: {exc}", file=sys.stderr)
+        why = exc.strerror if isinstance(exc, OSError) else f"not JSON ({exc.msg})"
+        print(f"imageready-report: cannot read {path}: {why}", file=sys.stderr)
+        if (args.report_dir / "journal").is_dir():
+            print("imageready-report: rebuild it from the run's journal: --from-journal", file=sys.stderr)
         return 2
     digest = hashlib.sha256(body).hexdigest()
     recorded = args.report_dir / "audit.json.sha256"
@@ -339,4 +466,38 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     (args.report_dir / "audit.html").write_text(render_html(record, digest), encoding="utf-8")
     print(f"{args.report_dir / 'audit.html'} (audit.json sha256 {digest})")
+    return 0
+
+
+def _rebuild(report_dir: Path, run_id: str | None) -> int:
+    from imageready.journal import journal_files, read_entries
+
+    files = journal_files(report_dir, run_id)
+    if not files:
+        which = f"of run {run_id} " if run_id else ""
+        print(f"imageready-report: no journal {which}in {report_dir / 'journal'}", file=sys.stderr)
+        return 2
+    record = from_journal(read_entries(files))
+    stem = "audit"
+    try:
+        existing = json.loads((report_dir / "audit.json").read_bytes())
+        if existing.get("run_id") != record.get("run_id"):
+            stem = f"audit-{record.get('run_id')}"
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        json_path, html_path, digest = write(record, report_dir, stem=stem)
+    except OSError as exc:
+        print(
+            f"imageready-report: cannot write the audit in {report_dir}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
+    note = (
+        " (the run did not finish: steps it never saw end are interrupted)"
+        if record.get("incomplete")
+        else ""
+    )
+    print(f"{json_path} rebuilt from {len(files)} journal file(s) of run {record.get('run_id')}{note}")
+    print(f"{html_path} (sha256 {digest})")
     return 0

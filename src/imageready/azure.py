@@ -210,7 +210,61 @@ class _CallRecorder(SansIOHTTPPolicy[Any, Any]):
 
 
 class _DeadlinePassed(Exception):
-    """Raised inside the poller thread when an operation's deadline passes."""
+    """Raised inside the pipeline (or the poller thread) when a call's deadline passes. Not an
+    azure-core error, so the retry policy lets it through instead of retrying."""
+
+
+#: the deadline (``time.monotonic()``) of the call the current thread is making, if any
+_call_deadline = threading.local()
+#: the per-call option an LRO's polls carry their deadline in (they run in the poller's thread)
+DEADLINE_OPTION = "imageready_deadline"
+#: how long one connection attempt may take, at most
+CONNECT_TIMEOUT = 15.0
+
+
+class _DeadlinePolicy(SansIOHTTPPolicy[Any, Any]):
+    """Every HTTP attempt of a call gets at most the time left before the call's deadline, as its
+    connection and read timeouts; an attempt that would start past it ends the call. Without this
+    a synchronous call (``generalize``) answered late waits the transport's read timeout, whatever
+    the operation's deadline says. Sits after the retry policy: it sees each attempt."""
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        options = request.context.options
+        carried = options.pop(DEADLINE_OPTION, None)
+        if carried is not None:
+            request.context[DEADLINE_OPTION] = carried
+        deadline = request.context.get(DEADLINE_OPTION) or getattr(_call_deadline, "value", None)
+        if deadline is None:
+            return
+        left = float(deadline) - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed
+        options["read_timeout"] = max(0.1, left)
+        options["connection_timeout"] = max(0.1, min(CONNECT_TIMEOUT, left))
+
+
+class _Deadline:
+    """``with _Deadline(seconds):`` the calls this thread makes inside end by then (an outer,
+    nearer deadline stays)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.moment = time.monotonic() + seconds
+        self._outer: float | None = None
+
+    def __enter__(self) -> _Deadline:
+        self._outer = getattr(_call_deadline, "value", None)
+        if self._outer is not None:
+            self.moment = min(self.moment, self._outer)
+        _call_deadline.value = self.moment
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _call_deadline.value = self._outer
+
+    @property
+    def passed(self) -> bool:
+        # a read timeout fires a little before the moment itself
+        return time.monotonic() >= self.moment - 0.5
 
 
 class _WatchedPolling(ARMPolling):
@@ -311,6 +365,7 @@ class AzureSession:
         retry_total: int = 4,
         retry_backoff: float = 0.8,
         read_timeout: float = 120,
+        read_deadline: float = 120,
     ) -> None:
         _quiet_sdk_fallback_logging()
         if ca_bundle is not None and not os.path.isfile(ca_bundle):
@@ -322,6 +377,8 @@ class AzureSession:
         self.progress = progress
         self.progress_interval = progress_interval
         self.retry_total = retry_total
+        #: how long one read (a GET, retries and Retry-After waits included) may take
+        self.read_deadline = read_deadline
         self.calls: list[AzureCall] = []
         transport: dict[str, Any] = {"connection_verify": ca_bundle} if ca_bundle else {}
         self._owns_credential = credential is None
@@ -345,6 +402,7 @@ class AzureSession:
             connection_timeout=15,
             read_timeout=read_timeout,
             custom_hook_policy=self._recorder,
+            per_retry_policies=[_DeadlinePolicy()],
             # CAE: a token revoked (or expired early) mid-run is answered by a claims
             # challenge, which this policy meets with a fresh token instead of failing
             authentication_policy=ARMChallengeAuthenticationPolicy(credential, cloud.scope, enable_cae=True),
@@ -381,9 +439,18 @@ class AzureSession:
         )
 
     def _read(self, what: str, target: str, fetch: Callable[[], T], not_found: str | None = None) -> T:
+        deadline = _Deadline(self.read_deadline)
+        late = (
+            f"{what} {target}: no answer from Azure within the {self.read_deadline:.0f} s deadline of a read"
+        )
         try:
-            return fetch()
+            with deadline:
+                return fetch()
+        except _DeadlinePassed:
+            raise AzureTimeout(late) from None
         except Exception as err:  # every SDK failure becomes one AzureError line
+            if deadline.passed:
+                raise AzureTimeout(late) from None
             raise self._fail(err, what, target, not_found) from None
 
     def _vm_missing(self, ref: VmRef) -> str:
@@ -406,6 +473,7 @@ class AzureSession:
         self._recorder.track(call)
         headers = {"x-ms-correlation-request-id": call.correlation_id}
         label = f"{operation} {target}"
+        deadline = _Deadline(self.lro_deadline)
         polling = _WatchedPolling(
             self.poll_interval,
             label=label,
@@ -415,9 +483,14 @@ class AzureSession:
             progress_every=self.progress_interval,
             path_format_arguments={"endpoint": self.cloud.arm_endpoint.rstrip("/")},
             headers=headers,
+            # the polls run in the poller's own thread: they carry the deadline with them
+            **{DEADLINE_OPTION: deadline.moment},
         )
         try:
-            result = run({"headers": dict(headers)}, polling)
+            # every request of the call (synchronous ones such as generalize included) ends by the
+            # deadline, not by the transport's read timeout
+            with deadline:
+                result = run({"headers": dict(headers)}, polling)
             call.status = "Succeeded"
             return result, call
         except _DeadlinePassed:
@@ -429,6 +502,14 @@ class AzureSession:
             call.error = str(error)
             raise error from None
         except Exception as err:  # mapped to one line, recorded, re-raised
+            if deadline.passed:
+                call.status = "TimedOut"
+                error = AzureTimeout(
+                    f"{label}: no answer within the {self.lro_deadline:.0f} s deadline; the operation may "
+                    f"still complete in Azure (correlation id {call.correlation_id})"
+                )
+                call.error = str(error)
+                raise error from None
             call.status = "Failed"
             error = self._fail(err, operation, target, not_found)
             call.error = str(error)

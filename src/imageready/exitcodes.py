@@ -6,7 +6,8 @@ when tests failed (pytest's 1), the cause is named more precisely so a pipeline 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from imageready.runstate import RunState
@@ -21,22 +22,75 @@ ACTIONS_BLOCKED = 10  # checks passed in this run, but an action's gate stayed s
 ACTION_FAILED = 11  # an action step started and failed: the VM may be half-done; re-run to resume
 INFRASTRUCTURE_ERROR = 12  # Azure API, guest unreachable or timeout: not a verdict on the VM
 
+#: error categories that say the environment failed, not the VM (docs/ci/exit-codes.md lists them)
 INFRA_CATEGORIES = frozenset(
     {
         "Azure API error",
+        "Azure permission",
+        "Azure authentication",
+        "Azure unreachable",
         "guest unreachable",
         "guest authentication",
+        "guest host key",
         # the guest at the address is not (or cannot prove it is) the VM Azure describes
         "guest identity",
+        "guest facts",
         "timeout",
     }
 )
+#: case outcomes that make a check run red
+RED_OUTCOMES = frozenset({"failed", "error", "xfailed", "xpassed", "skipped"})
+#: the order in which codes win when several apply (docs/ci/exit-codes.md)
+PRECEDENCE = (ACTION_FAILED, INFRASTRUCTURE_ERROR, RED_CHECKS, ACTIONS_BLOCKED, GREEN)
+
+
+def for_vm(
+    cases: Iterable[Mapping[str, Any]],
+    steps: Iterable[Mapping[str, Any]],
+    gate: Mapping[str, Any] | None,
+    checks_status: str = "green",
+) -> int:
+    """The code a run of this VM alone ends with, from its record (the audit's ``vms[]``): what a
+    fleet pipeline branches on per VM. A run's own code is the first of its VMs' codes in
+    ``PRECEDENCE`` (run-level causes aside: interrupted, usage, a record that could not be kept)."""
+    if any(step.get("status") in ("failed", "interrupted") for step in steps):
+        return ACTION_FAILED
+    cases = list(cases)
+    if any(c.get("outcome") == "error" and c.get("category") in INFRA_CATEGORIES for c in cases):
+        return INFRASTRUCTURE_ERROR
+    if any(c.get("outcome") in RED_OUTCOMES for c in cases) or checks_status == "incomplete":
+        return RED_CHECKS
+    if gate is not None and not gate.get("open"):
+        return ACTIONS_BLOCKED
+    return GREEN
+
+
+def most_severe(codes: Iterable[int]) -> int:
+    found = set(codes)
+    return next((code for code in PRECEDENCE if code in found), GREEN)
 
 
 def classify(exitstatus: int, state: RunState) -> int:
     """Refine pytest's "tests failed" into the imageready code that names the cause. A run whose
     checks of some VM are incomplete (deselected, not collected) never exits green: that VM's
-    verdict is not green, whatever the cases that did run say."""
+    verdict is not green, whatever the cases that did run say. A run that may have changed a VM
+    (an action step started with --apply) and then crashed, or could not write its record where
+    it belongs, ends ACTION_FAILED: the audit (or the journal) says what happened, and a re-run
+    resumes. Without a change, a record that could not be written is an infrastructure error."""
+    from imageready import recording, reportdir
+
+    acted = recording.acted(state.config) or (
+        state.apply and any(o not in ("blocked", "skipped") for o in state.action_outcomes.values())
+    )
+    if exitstatus == INTERNAL_ERROR and acted:
+        return ACTION_FAILED
+    refined = _refine(exitstatus, state)
+    if reportdir.failures() and refined in (GREEN, RED_CHECKS, ACTIONS_BLOCKED, INFRASTRUCTURE_ERROR):
+        return ACTION_FAILED if acted else INFRASTRUCTURE_ERROR
+    return refined
+
+
+def _refine(exitstatus: int, state: RunState) -> int:
     if exitstatus == 0 and any(gate.status == "incomplete" for gate in state.gates.values()):
         return RED_CHECKS
     if exitstatus != 1:

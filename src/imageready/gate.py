@@ -229,6 +229,8 @@ def load_waivers(path: Path) -> list[Waiver]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise WaiverError(f"--waivers {path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise WaiverError(f"--waivers {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -338,10 +340,13 @@ def path_matches(glob: str, path: str) -> bool:
 _POLICY_SUFFIXES = {".py", ".yaml", ".yml", ".json", ".toml", ".ps1", ".sh", ".txt", ".md"}
 
 
-def policy_digest(paths: Iterable[Path]) -> str:
-    """SHA-256 over the policy: every file under the given directories (or the files), by
-    relative path and content. Byte-identical policy gives the same digest on any machine."""
+def policy_digest(paths: Iterable[Path], *, salt: str = "") -> str:
+    """SHA-256 over the policy: ``salt`` (the harness version), then every file under the given
+    directories (or the files), by relative path and content. Byte-identical policy gives the same
+    digest on any machine."""
     hasher = hashlib.sha256()
+    if salt:
+        hasher.update(salt.encode("utf-8") + b"\0")
     # ordered by name, not absolute path: the same policy gives the same digest on any machine
     for base in sorted({Path(p) for p in paths}, key=lambda p: (p.name, str(p))):
         if base.is_file():
@@ -415,7 +420,11 @@ def verdict_filename(vm: VmRef) -> str:
 
 
 def write_verdict(directory: Path, document: Mapping[str, Any]) -> Path:
-    """Write atomically (a reader never sees half a verdict)."""
+    """Write atomically (a reader never sees half a verdict), signed with the pipeline's verdict
+    key when there is one (``imageready.signing``)."""
+    from imageready.signing import sign_verdict
+
+    document = sign_verdict(document)
     directory.mkdir(parents=True, exist_ok=True)
     vm = document["vm"]
     rg, _, name = str(vm).partition("/")
@@ -442,6 +451,8 @@ def load_verdicts(paths: Iterable[Path]) -> dict[str, tuple[Path, dict[str, Any]
                 document = json.loads(file.read_text(encoding="utf-8"))
             except OSError as exc:
                 raise VerdictError(f"--verdict {file}: cannot read: {exc.strerror}") from None
+            except UnicodeDecodeError as exc:
+                raise VerdictError(f"--verdict {file}: not UTF-8 text (byte {exc.start})") from None
             except json.JSONDecodeError as exc:
                 raise VerdictError(f"--verdict {file}: not JSON ({exc.msg}, line {exc.lineno})") from None
             if not isinstance(document, dict) or document.get("kind") != "imageready-verdict":
@@ -509,11 +520,16 @@ def judge_verdict(
     max_age: dt.timedelta,
     expected: Iterable[str] | None,
     now: dt.datetime | None = None,
+    key: bytes | None = None,
+    accept_unsigned: bool = False,
 ) -> VerdictDecision:
-    """Accept a verdict only if it is consistent, green, complete, fresh, for this very VM, from
-    this policy and harness version, and covers exactly the case set this run expects of the VM
+    """Accept a verdict only if it is signed with the pipeline's verdict ``key`` (unsigned only
+    with ``accept_unsigned``), consistent, green, complete, fresh, for this very VM, from this
+    policy and harness version, and covers exactly the case set this run expects of the VM
     (``expected``; None only when resuming a VM whose guest is already generalized, so that
     its checks can no longer be enumerated)."""
+    from imageready.signing import check as check_signature
+
     moment = now or dt.datetime.now(dt.UTC)
     where = str(source)
 
@@ -522,6 +538,10 @@ def judge_verdict(
 
     if document.get("schema") != VERDICT_SCHEMA:
         return refuse(f"schema {document.get('schema')!r}, expected {VERDICT_SCHEMA}")
+    # first: nothing else a verdict says can be trusted before its signature is
+    unsigned = check_signature(document, key, accept_unsigned=accept_unsigned)
+    if unsigned is not None:
+        return refuse(unsigned)
     if str(document.get("resource_id", "")).lower() != vm.id.lower():
         return refuse(f"it is for {document.get('resource_id')}, not {vm.id}")
     inconsistent = verdict_inconsistency(document)

@@ -35,6 +35,7 @@ from imageready.redact import one_line, redact
 from imageready.runstate import GateDecision, ItemInfo, RunState
 from imageready.selection import Selector, covers, parse_selection, split
 from imageready.target import VmRef
+from imageready.text import printable
 
 RUN = pytest.StashKey[RunState]()
 INFO = pytest.StashKey[ItemInfo]()
@@ -281,13 +282,40 @@ class GateKeeper:
         except VerdictError as exc:
             decision = GateDecision(False, (str(exc),), "verdict")
             self.state.decisions[info.vm.key] = decision
+        if decision.open and info.vm.key not in self.state.record_kept:
+            why_not = self._keep_record(item.config, info.vm, decision)
+            if why_not is not None:
+                decision = GateDecision(False, (why_not,), decision.via)
+                self.state.decisions[info.vm.key] = decision
         if decision.open:
-            if decision.via == "checks" and info.vm.key not in self.state.verdict_kept:
-                write_verdict_now(self.state, info.vm)
-                self.state.verdict_kept.add(info.vm.key)
             return None
         _report_blocked(item, nextitem, decision)
         return True
+
+    def _keep_record(self, config: pytest.Config, vm: VmRef, decision: GateDecision) -> str | None:
+        """Before the first action of ``vm``: with --apply, the report directory can take the
+        record and room is reserved; the green verdict (so that a run killed mid-way can be
+        resumed) and the VM as the gate sees it (the journal) are on disk. None when done, else
+        why the action must not start (one line)."""
+        from imageready import recording
+
+        state = self.state
+        state.record_kept.add(vm.key)
+        if state.apply:
+            why_not = recording.ready_for_actions(config, state)
+            if why_not is not None:
+                return why_not
+        if decision.via == "checks" and vm.key not in state.verdict_kept:
+            try:
+                write_verdict_now(state, vm)
+            except OSError as exc:
+                if state.apply:
+                    return (
+                        f"the verdict of {vm.key} cannot be written before its actions: {exc.strerror or exc}"
+                    )
+            state.verdict_kept.add(vm.key)
+        why_not = recording.journal_vm(config, state, vm)
+        return why_not if state.apply else None
 
     @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_makereport")
     def pytest_runtest_makereport_one_line(
@@ -360,11 +388,15 @@ class GateKeeper:
         if _RANK[outcome] >= _RANK.get(phases.get("outcome", "passed"), 0):
             phases["outcome"] = outcome
         if report.failed and report.longrepr is not None:
-            # the terminal and JUnit print this text: mask anything secret-shaped in it
+            # the terminal and JUnit print this text: mask anything secret-shaped in it, and escape
+            # control and bidi characters a guest-controlled name may carry
             text = report.longreprtext
-            masked = redact(text)
+            masked = printable(redact(text), multiline=True)
             if masked != text:
                 report.longrepr = masked
+        report.sections = [
+            (name, printable(redact(content), multiline=True)) for name, content in report.sections
+        ]
         if report.when == "teardown":
             record = {
                 "kind": info.kind,
@@ -466,9 +498,20 @@ class GateKeeper:
             workeroutput: dict[str, Any] = session.config.workeroutput  # type: ignore[attr-defined]
             workeroutput["imageready_gates"] = json.dumps(state.export_gates())
             return
-        session.config.stash[VERDICTS_WRITTEN] = write_verdicts(state)
+        from imageready import reportdir
+
+        try:
+            session.config.stash[VERDICTS_WRITTEN] = write_verdicts(state)
+        except OSError as exc:
+            reportdir.note_failure(f"verdicts could not be written: {exc.strerror or exc}")
         if state.vms:
-            session.config.stash[AUDIT_WRITTEN] = write_audit(state)
+            try:
+                session.config.stash[AUDIT_WRITTEN] = write_audit(state)
+            except OSError as exc:
+                reportdir.note_failure(
+                    f"the audit could not be written in {state.report_dir} ({exc.strerror or exc}); "
+                    f"rebuild it from the journal: imageready-report {state.report_dir} --from-journal"
+                )
         session.exitstatus = exitcodes.classify(int(session.exitstatus), state)
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
@@ -476,46 +519,51 @@ class GateKeeper:
         if not state.vms or state.is_worker or config.option.collectonly:
             return
         tr = terminalreporter
+
+        def line(text: str, **markup: bool) -> None:
+            # reasons and messages quote names Azure and the guest control: escaped, redacted
+            tr.line(printable(redact(text)), **markup)
+
         tr.section("imageready gate")
         for vm in state.vms:
             gate = state.gates.get(vm.key)
             status = gate.status if gate is not None else "absent"
             decision = state.decisions.get(vm.key)
             if decision is None:
-                tr.line(f"{vm.key}: checks {status}", green=status == "green", red=status != "green")
+                line(f"{vm.key}: checks {status}", green=status == "green", red=status != "green")
                 reasons = gate.blockers() if gate is not None else []
             else:
                 word = "OPEN" if decision.open else "SHUT"
-                tr.line(
+                line(
                     f"{vm.key}: checks {status}; gate {word} (via {decision.via})",
                     green=decision.open,
                     red=not decision.open,
                 )
                 reasons = list(decision.reasons)
             for reason in reasons[:25]:
-                tr.line(f"    {reason}")
+                line(f"    {reason}")
             if len(reasons) > 25:
-                tr.line(f"    ... and {len(reasons) - 25} more")
+                line(f"    ... and {len(reasons) - 25} more")
         for case_id, waiver in state.waivers.applied:
-            tr.line(
+            line(
                 f"waiver applied: {case_id} by {waiver.approver} until {waiver.expires:%Y-%m-%d}: "
                 f"{waiver.reason}",
                 yellow=True,
             )
         for waiver in state.waivers.expired():
-            tr.line(
+            line(
                 f"EXPIRED waiver ignored: {waiver.check} [{waiver.vm} {waiver.parameter}] by "
                 f"{waiver.approver}, expired {waiver.expires:%Y-%m-%d}",
                 red=True,
             )
         for path in config.stash.get(VERDICTS_WRITTEN, []):
-            tr.line(f"verdict written: {os.path.relpath(path)}")
+            line(f"verdict written: {os.path.relpath(path)}")
         audit_files = config.stash.get(AUDIT_WRITTEN, None)
         if audit_files is not None:
             json_path, html_path, digest = audit_files
-            tr.line(f"audit: {os.path.relpath(html_path)} ({os.path.relpath(json_path)} sha256 {digest})")
+            line(f"audit: {os.path.relpath(html_path)} ({os.path.relpath(json_path)} sha256 {digest})")
         if not state.apply and any(o != "blocked" for o in state.action_outcomes.values()):
-            tr.line("actions ran as a PLAN only (no --apply): nothing was changed", yellow=True)
+            line("actions ran as a PLAN only (no --apply): nothing was changed", yellow=True)
 
 
 class Sorter:
@@ -576,9 +624,13 @@ def _action_info(item: pytest.Item, mark: pytest.Mark | None, vm: VmRef) -> Item
 def _case_parameter(item: pytest.Item, vm: VmRef) -> str:
     callspec = getattr(item, "callspec", None)
     ident = str(callspec.id) if callspec is not None else ""
-    if ident == vm.key:
-        return ""
-    return ident[len(vm.key) + 1 :] if ident.startswith(vm.key + "-") else ident
+    # pytest writes a test id in ASCII (non-ASCII escaped): a Unicode resource group's key too
+    for key in dict.fromkeys((vm.key, vm.key.encode("unicode_escape").decode("ascii"))):
+        if ident == key:
+            return ""
+        if ident.startswith(key + "-"):
+            return ident[len(key) + 1 :]
+    return ident
 
 
 def check_functions(module: Any) -> list[str]:
@@ -748,5 +800,20 @@ def write_audit(state: RunState) -> tuple[Path, Path, str]:
             final_states[vm.key] = dict(reader(vm))
         except Exception as exc:  # the audit records why, one line
             final_states[vm.key] = {"error": one_line(str(exc)) or type(exc).__name__}
-    record = audit.from_run_state(state, state.step_records, final_states)
+    from imageready import recording
+    from imageready.journal import JournalError, journal_files, read_entries
+
+    ended = audit.run_entries(state, state.step_records, final_states)
+    journal = recording.journal_of(state.config)
+    entries: list[dict[str, Any]] = []
+    if journal is not None:
+        journal.set_header(ended[0])
+        for entry in ended[1:]:
+            try:
+                journal.append(entry)
+            except JournalError:
+                break  # noted; what this process knows is added below all the same
+        # every process's journal of this run (xdist workers journal the steps they ran)
+        entries = read_entries(journal_files(state.report_dir, state.run_id))
+    record = audit.from_journal([*entries, *ended])
     return audit.write(record, state.report_dir)

@@ -23,9 +23,10 @@ from imageready.gatekeeper import RUN, GateKeeper, Sorter, run_state
 from imageready.runstate import RunState
 from imageready.target import TargetError, VmRef, parse_vms
 
-# Allure's defaults must be set before allure-pytest configures itself, so that module is loaded
-# with this one; its hooks do nothing in a session imageready is not asked into (``wanted``).
-pytest_plugins = ["imageready.allure_support"]
+# Allure's defaults must be set before allure-pytest configures itself, and the record's guard
+# after the run's state is built (trylast), so those modules are loaded with this one; their hooks
+# do nothing in a session imageready is not asked into (``wanted``).
+pytest_plugins = ["imageready.allure_support", "imageready.recording"]
 #: the fixtures checks and actions request, and the item sources their `each=` names: registered
 #: only in a session imageready is asked into
 SESSION_PLUGINS = ("imageready.fixtures", "imageready.action_fixtures", "imageready.facts.items")
@@ -94,6 +95,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="24h",
         metavar="AGE",
         help="refuse --verdict files older than this (e.g. 24h, 90m; default 24h).",
+    )
+    group.addoption(
+        "--accept-unsigned-verdicts",
+        action="store_true",
+        default=False,
+        help="trust --verdict files that carry no signature (a pipeline without a verdict key; "
+        "docs/gate.md). Without it, a verdict must be signed with $IMAGEREADY_VERDICT_KEY; a "
+        "signature that does not match is refused either way.",
     )
     group.addoption(
         "--waivers",
@@ -274,6 +283,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     for name in SESSION_PLUGINS:
         config.pluginmanager.import_plugin(name)
+    _guard_credentials(config)
     try:
         vms = parse_vms(config.getoption("vm"), config.getoption("subscription"))
     except TargetError as exc:
@@ -310,6 +320,8 @@ def pytest_configure(config: pytest.Config) -> None:
             load_rules(scan_rules)
         except ScanRulesError as exc:
             raise pytest.UsageError(str(exc)) from None
+        except UnicodeDecodeError as exc:
+            raise pytest.UsageError(f"--scan-rules {scan_rules}: not UTF-8 text (byte {exc.start})") from None
         SCAN_RULES["extra"] = scan_rules
     else:
         from imageready.facts.items import SCAN_RULES
@@ -318,6 +330,13 @@ def pytest_configure(config: pytest.Config) -> None:
     for path in config.getoption("verdict"):
         if not path.exists():
             raise pytest.UsageError(f"--verdict {path}: no such file or directory")
+    if vms:
+        from imageready.signing import SigningKeyError, verdict_key
+
+        try:
+            verdict_key()
+        except SigningKeyError as exc:
+            raise pytest.UsageError(str(exc)) from None
     book = WaiverBook()
     waiver_file = config.getoption("waivers")
     if waiver_file is not None:
@@ -337,6 +356,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("arm_endpoint") or os.environ.get("IMAGEREADY_ARM_ENDPOINT")
     ):
         raise pytest.UsageError("--cloud custom needs --arm-endpoint URL (or $IMAGEREADY_ARM_ENDPOINT)")
+    if vms:
+        _check_azure_settings(config)
     report_dir = config.getoption("report_dir") or Path("reports") / "out"
     checks_dir = config.rootpath / checks_dir_name(config)
     if vms and not checks_dir.is_dir():
@@ -345,6 +366,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "directory; write path options as --option=PATH (pytest takes a bare existing "
             "directory argument such as '--report-dir DIR' for its rootdir)"
         )
+
     from imageready.copyfirst import copy_first
 
     # last of the configuration: it may run checks and make copies, once the options are sound
@@ -359,7 +381,9 @@ def pytest_configure(config: pytest.Config) -> None:
         change_ticket=config.getoption("change_ticket"),
         report_dir=report_dir.absolute(),
         checks_dir=checks_dir,
-        policy_paths=policy_paths(checks_dir, config) + ([scan_rules] if scan_rules is not None else []),
+        policy_paths=policy_paths(checks_dir, config)
+        + ([scan_rules] if scan_rules is not None else [])
+        + ([waiver_file] if waiver_file is not None else []),
     )
     state.lease_ttl = lease_ttl
     workerinput = getattr(config, "workerinput", None)
@@ -397,6 +421,43 @@ def _refuse_policy_narrowing(config: pytest.Config) -> None:
         raise pytest.UsageError("--pyargs cannot be combined with --vm: name checks and actions by path")
 
 
+def _guard_credentials(config: pytest.Config) -> None:
+    """No credential in a URL: Azure Resource Manager and Entra ID take tokens, never a
+    user:password in the endpoint, so one there is a mistake that would otherwise print the
+    password wherever the endpoint is named. Any URL credential in an option or the environment
+    (a proxy's, say) is masked in every sink from now on."""
+    from imageready.redact import redact, register_credentials, url_credentials
+
+    values = [str(v) for v in vars(config.option).values() if isinstance(v, str | Path)]
+    values += [str(item) for v in vars(config.option).values() if isinstance(v, list) for item in v]
+    register_credentials(values)
+    register_credentials(os.environ.values())
+    endpoints = [
+        ("--arm-endpoint", config.getoption("arm_endpoint")),
+        ("IMAGEREADY_ARM_ENDPOINT", os.environ.get("IMAGEREADY_ARM_ENDPOINT")),
+        ("AZURE_AUTHORITY_HOST", os.environ.get("AZURE_AUTHORITY_HOST")),
+    ]
+    for source, value in endpoints if config.getoption("vm") else []:
+        if value and url_credentials(str(value)):
+            raise pytest.UsageError(
+                f"{source} {redact(str(value))}: a URL with user:password@ is refused (Azure "
+                "authenticates with tokens; credentials come from the environment, an agent or a "
+                "key file, never from an endpoint)"
+            )
+
+
+def _check_azure_settings(config: pytest.Config) -> None:
+    """The cloud, its endpoints and the CA bundle, found unusable before anything connects (a
+    usage error) rather than by every check of every VM."""
+    from imageready.azure import AzureError, resolve_ca_bundle, resolve_cloud
+
+    try:
+        resolve_cloud(config.getoption("cloud"), config.getoption("arm_endpoint"))
+        resolve_ca_bundle(config.getoption("ca_bundle"))
+    except AzureError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 
@@ -412,10 +473,11 @@ def _handle_sigterm(config: pytest.Config) -> None:
 
 
 def policy_paths(checks_dir: Path, config: pytest.Config | None = None) -> list[Path]:
-    """What the policy digest covers: the checks directory, the packaged rule data, and the
-    pytest configuration that decides how the policy is collected (the ini file and the root
-    conftest.py)."""
-    paths = [checks_dir, Path(__file__).parent / "policy"]
+    """What the policy digest covers: the checks directory, the harness's own code and packaged
+    rule data (the whole ``imageready`` package: the same checks run by other code may decide
+    otherwise), and the pytest configuration that decides how the policy is collected (the ini
+    file and the root conftest.py). The run adds its --scan-rules and --waivers files."""
+    paths = [checks_dir, Path(__file__).parent]
     if config is not None:
         if config.inipath is not None:
             paths.append(Path(config.inipath))

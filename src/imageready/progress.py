@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from imageready.redact import redact
+from imageready.text import printable
 
 _lock = threading.Lock()
 _sink: Callable[[str], None] | None = None
@@ -25,7 +26,7 @@ def set_sink(sink: Callable[[str], None] | None) -> None:
 
 
 def emit(message: str) -> None:
-    line = f"[imageready {time.strftime('%H:%M:%S')}] {redact(message)}"
+    line = f"[imageready {time.strftime('%H:%M:%S')}] {printable(redact(message))}"
     with _lock:
         if _sink is not None:
             _sink(line)

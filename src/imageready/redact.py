@@ -1,9 +1,11 @@
 """One masking function for every sink: logs, failure messages, attachments, reports.
 
-Known secret values (from the environment variables the harness reads credentials from, and any
-value registered at run time) are replaced wherever they appear; common credential shapes are
-masked by pattern as a second line of defence. Scan findings never carry a secret in the first
-place (they are masked on the guest); this guards everything else.
+Known secret values (from the environment variables the harness reads credentials from, from any
+environment variable whose name says it holds a credential, from the user:password part of any URL
+in an option or the environment, and any value registered at run time) are replaced wherever they
+appear; common credential shapes (bearer tokens, JWTs, ``password=...``, a URL's
+``user:password@``) are masked by pattern as a second line of defence. Scan findings never carry a
+secret in the first place (they are masked on the guest); this guards everything else.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
+
+from imageready.text import printable
 
 MASK = "***"
 
@@ -22,9 +28,23 @@ SECRET_ENV_VARS = (
     "IMAGEREADY_WINRM_PASSWORD",
     "IMAGEREADY_SSH_PASSWORD",
     "IMAGEREADY_FINGERPRINT_KEY",
+    "IMAGEREADY_VERDICT_KEY",
     "AZSIM_ADMIN_TOKEN",
     "ARM_CLIENT_SECRET",
+    # App Service / Functions managed identity: the header value that proves the caller
+    "IDENTITY_HEADER",
 )
+
+#: any other environment variable whose name says it holds a credential (CI systems add their
+#: own: SYSTEM_ACCESSTOKEN, ACTIONS_ID_TOKEN_REQUEST_TOKEN, a proxy password ...)
+_CREDENTIAL_NAME = re.compile(
+    r"(?i)(SECRET|PASSWORD|PASSWD|PASSPHRASE|TOKEN|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY"
+    r"|_KEY$|SAS$|SAS_|CONNECTION_?STRING|_PWD$)"
+)
+#: names that match the pattern above but never hold a secret
+_NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
+#: a URL's user:password@ (or token@) part
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]+(?=@)")
 
 _PATTERNS = [
     # bearer tokens and JWTs
@@ -35,6 +55,8 @@ _PATTERNS = [
         r"(?i)((?:password|passwd|pwd|secret|client_secret|accountkey|sharedaccesskey|sig|token)"
         r"\s*[=:]\s*)(?!\*\*\*)[^\s;&\"',]{4,}"
     ),
+    # credentials in a URL: scheme://user:password@host
+    _URL_USERINFO,
 ]
 
 _lock = threading.Lock()
@@ -48,13 +70,55 @@ def register_secret(value: str | None) -> None:
             _registered.add(value)
 
 
+def url_credentials(text: str) -> list[str]:
+    """The user:password parts of every URL in ``text`` (percent-decoded forms too)."""
+    found = []
+    for match in re.finditer(r"(?i)\b[a-z][a-z0-9+.\-]*://\S+", text):
+        try:
+            parts = urlsplit(match.group())
+        except ValueError:
+            continue
+        for value in (parts.password, parts.username if parts.password is None else None):
+            if value:
+                found += [value, unquote(value)]
+        if "@" in parts.netloc:
+            found.append(parts.netloc.rpartition("@")[0])
+    return found
+
+
+def register_credentials(values: Iterable[str]) -> None:
+    """Register the URL credentials found in ``values`` (option values, say) as secrets."""
+    for value in values:
+        for secret in url_credentials(value):
+            register_secret(secret)
+
+
+def _is_path(value: str) -> bool:
+    return value.startswith(("/", "./", "~")) and os.path.exists(os.path.expanduser(value))
+
+
+def environment_secrets(environ: dict[str, str] | None = None) -> set[str]:
+    """Values of the environment that are credentials: the known variables, any variable named
+    like a credential (unless its value is an existing file: a key *file* path is not the key),
+    and the user:password part of any URL (a proxy's, say)."""
+    env = dict(os.environ if environ is None else environ)
+    values: set[str] = set()
+    for name, value in env.items():
+        if not value or len(value) < 6:
+            continue
+        if name in SECRET_ENV_VARS or (
+            name not in _NOT_SECRET_NAMES and _CREDENTIAL_NAME.search(name) and not _is_path(value)
+        ):
+            values.add(value)
+        if "://" in value:
+            values.update(v for v in url_credentials(value) if len(v) >= 6)
+    return values
+
+
 def _known_values() -> list[str]:
     with _lock:
         values = set(_registered)
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 6:
-            values.add(value)
+    values |= environment_secrets()
     # longest first, so a secret containing another is masked whole
     return sorted(values, key=len, reverse=True)
 
@@ -70,10 +134,13 @@ def redact(text: str) -> str:
 
 
 def one_line(text: str, limit: int = 400) -> str:
-    """The first meaningful line of ``text``, redacted and bounded."""
-    for line in str(text).splitlines():
+    """The first meaningful line of ``text``, redacted, escaped (no control or bidi character
+    reaches a one-line sink) and bounded."""
+    # split on line feeds only: str.splitlines() would also cut at U+2028, U+0085 and other
+    # separators a guest-controlled name may carry; those are escaped below instead
+    for line in str(text).split("\n"):
         line = line.strip()
         if line:
-            line = redact(line)
+            line = printable(redact(line))
             return line if len(line) <= limit else line[: limit - 3] + "..."
     return ""

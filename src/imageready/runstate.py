@@ -78,6 +78,8 @@ class RunState:
     resumes: dict[str, Resume | None] = field(default_factory=dict)
     #: VMs whose verdict was written before their actions (not rewritten at the end)
     verdict_kept: set[str] = field(default_factory=set)
+    #: VMs whose record (report directory ready, verdict, journal) was kept before their actions
+    record_kept: set[str] = field(default_factory=set)
     blocked_actions: list[str] = field(default_factory=list)
     #: VMs some of whose check cases the command line selected (an actions-only stage selects
     #: none: it judges nothing and writes no verdict)
@@ -126,7 +128,9 @@ class RunState:
     @property
     def digest(self) -> str:
         if self._digest is None:
-            self._digest = policy_digest(self.policy_paths)
+            # the harness's version and code are part of the policy: the same checks run by other
+            # code may decide otherwise (policy_paths has the package's own directory)
+            self._digest = policy_digest(self.policy_paths, salt=f"imageready {self.harness_version}")
         return self._digest
 
     def gate(self, vm: VmRef) -> VmGate:
@@ -243,6 +247,7 @@ class RunState:
             policy=self.digest,
             harness_version=self.harness_version,
             max_age=dt.timedelta(days=3650),  # the guest was generalized under it already
+            **self.verdict_trust(),
             # the guest is generalized: its checks cannot be enumerated again, the verdict's own
             # expected set (checked for consistency) stands
             expected=None,
@@ -285,6 +290,7 @@ class RunState:
             harness_version=self.harness_version,
             max_age=self.verdict_max_age,
             expected=expected,
+            **self.verdict_trust(),
         )
         if not judged.accepted:
             return judged
@@ -306,6 +312,16 @@ class RunState:
                 True, f"{judged.reason}; {changed} case(s) whose facts changed passed again", judged.source
             )
         return judged
+
+    def verdict_trust(self) -> dict[str, Any]:
+        """The verdict key of this run (validated at configure time) and whether unsigned verdicts
+        are accepted (``--accept-unsigned-verdicts``)."""
+        from imageready.signing import verdict_key
+
+        return {
+            "key": verdict_key(),
+            "accept_unsigned": bool(self.config.getoption("accept_unsigned_verdicts", False)),
+        }
 
     def expected_cases(self, vm: VmRef) -> list[str] | None:
         """Every check case the whole policy generates for ``vm`` in this run (the gate collects

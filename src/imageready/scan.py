@@ -34,6 +34,7 @@ import yaml
 from imageready.gate import Waiver, WaiverBook
 from imageready.guest.base import Guest, GuestError
 from imageready.redact import one_line, redact, register_secret
+from imageready.text import decode_guest, guest_json, printable
 
 RULES_FILE = Path(__file__).with_name("policy") / "scan_rules.yaml"
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
@@ -129,13 +130,62 @@ def load_rules(extra_file: Path | None = None) -> list[Rule]:
                     f"--scan-rules {extra_file}: rule {rule.id!r} already exists; "
                     "disable the built-in one (disable: [id]) and give yours another id"
                 )
-        unknown = sorted(set(disabled) - known)
+        approved = approved_disables(disabled, f"--scan-rules {extra_file}")
+        unknown = sorted(set(approved) - known)
         if unknown:
             raise ScanRulesError(f"--scan-rules {extra_file}: disable: no rule {unknown[0]!r}")
-        rules = [r for r in rules if r.id not in disabled] + extra
+        rules = [r for r in rules if r.id not in approved] + extra
         examples += extra_examples
     ordered = tuple(dict.fromkeys(examples))
     return [_replace(r, examples=ordered) if r.mode != "presence" else r for r in rules]
+
+
+DISABLE_KEYS = ("rule", "reason", "approver", "expires")
+
+
+def approved_disables(entries: list[Any], where: str) -> dict[str, dict[str, str]]:
+    """The built-in rules a rule file switches off, each with its approval: switching a rule off
+    is a change of policy, so, like a waiver, it names a reason, an approver and an expiry
+    (``{rule, reason, approver, expires}``). A bare id, or an approval past its expiry, is refused:
+    the rule stays on until someone approves again."""
+    import datetime as dt
+
+    from imageready.gate import WaiverError, parse_expiry
+
+    approved: dict[str, dict[str, str]] = {}
+    now = dt.datetime.now(dt.UTC)
+    for index, entry in enumerate(entries, 1):
+        at = f"{where}: disable {index}"
+        if isinstance(entry, str):
+            raise ScanRulesError(
+                f"{at}: {entry!r} needs an approval: write {{rule: {entry}, reason: ..., approver: ..., "
+                "expires: YYYY-MM-DD}} (switching a built-in rule off is a policy change, like a waiver)"
+            )
+        if not isinstance(entry, dict):
+            raise ScanRulesError(f"{at}: expected {{rule, reason, approver, expires}}")
+        unknown = sorted(set(entry) - set(DISABLE_KEYS))
+        if unknown:
+            raise ScanRulesError(f"{at}: unknown key {unknown[0]!r}")
+        for key in ("rule", "reason", "approver"):
+            if not str(entry.get(key) or "").strip():
+                raise ScanRulesError(f"{at}: {key!r} is required")
+        try:
+            expires = parse_expiry(entry.get("expires"), at)
+        except WaiverError as exc:
+            raise ScanRulesError(str(exc)) from None
+        rule = str(entry["rule"]).strip()
+        if now >= expires:
+            raise ScanRulesError(
+                f"{at}: the approval to disable {rule!r} by {str(entry['approver']).strip()} expired "
+                f"{expires:%Y-%m-%d}: renew it or remove the entry (the rule stays on)"
+            )
+        approved[rule] = {
+            "rule": rule,
+            "reason": str(entry["reason"]).strip(),
+            "approver": str(entry["approver"]).strip(),
+            "expires": expires.isoformat(),
+        }
+    return approved
 
 
 def rules_for(os_type: str, rules: Iterable[Rule]) -> list[Rule]:
@@ -177,8 +227,8 @@ def _read_rule_file(path: Path, origin: str) -> tuple[list[Rule], list[str], lis
             raise ScanRulesError(f"{where}: known_examples {index}: value of 16+ characters needed")
         examples.append(value)
     disabled = data.get("disable") or []
-    if not isinstance(disabled, list) or not all(isinstance(d, str) for d in disabled):
-        raise ScanRulesError(f"{where}: disable: expected a list of rule ids")
+    if not isinstance(disabled, list):
+        raise ScanRulesError(f"{where}: disable: expected a list of approved rule ids")
     rules: list[Rule] = []
     for index, entry in enumerate(data.get("rules") or [], 1):
         rule = _parse_rule(entry, f"{where}: rule {index}", origin)
@@ -603,7 +653,8 @@ class Finding:
         if self.detail:
             shape.append(self.detail)
         fate = f"removed: {self.removal_note}" if self.removed_by_action else "persists in image"
-        return f"[{self.rule_id}] {where} ({', '.join([*shape, f'fp {self.fingerprint}'])}) {fate}"
+        line = f"[{self.rule_id}] {where} ({', '.join([*shape, f'fp {self.fingerprint}'])}) {fate}"
+        return printable(line)  # a file name is the guest's: a line break in it stays one line
 
 
 @dataclass(frozen=True)
@@ -948,10 +999,11 @@ def scan_guest(
 
 
 def _last_json(stdout: bytes) -> dict[str, Any] | None:
-    for line in reversed(stdout.decode("utf-8", errors="replace").strip().splitlines()):
+    # a file name that is not UTF-8 comes back escaped (\xff), never as a lone surrogate
+    for line in reversed(decode_guest(stdout).strip().splitlines()):
         if line.startswith("{"):
             try:
-                document = json.loads(line)
+                document = guest_json(line)
             except ValueError:
                 return None
             return document if isinstance(document, dict) else None

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 
 VM_FORMS = "RG/NAME or /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/NAME"
 
-# Azure's own naming rules, loosely: resource group names allow letters, digits, '_', '-', '.',
-# '(' and ')' (not ending in '.'); VM names allow letters, digits, '_', '-' and '.' (1-64).
-_RG = r"[A-Za-z0-9_.()\-]{1,90}"
+# Azure's naming rules (Microsoft, "Naming rules and restrictions for Azure resources",
+# Microsoft.Resources/resourcegroups): a resource group name is 1-90 "underscores, hyphens, periods,
+# parentheses, and letters or digits as defined by the Char.IsLetterOrDigit function" (Unicode
+# letters included), and "can't end with period" (``valid_resource_group``). VM names here allow
+# letters, digits, '_', '-' and '.' (1-64).
+_RG = r"[^/\s]{1,90}"
 _NAME = r"[A-Za-z0-9_.\-]{1,64}"
 _SUB = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 _SHORT = re.compile(rf"^(?P<rg>{_RG})/(?P<name>{_NAME})$")
@@ -50,17 +54,37 @@ class VmRef:
         return self.key
 
 
+#: Char.IsLetterOrDigit: the Unicode letter categories and decimal digits
+_LETTER_OR_DIGIT = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd"})
+
+
+def valid_resource_group(name: str) -> bool:
+    """Azure's rule for a resource group name (see above)."""
+    return (
+        0 < len(name) <= 90
+        and not name.endswith(".")
+        and all(c in "_-.()" or unicodedata.category(c) in _LETTER_OR_DIGIT for c in name)
+    )
+
+
 def parse_vm(value: str, default_subscription: str | None) -> VmRef:
     """Parse one ``--vm`` value. Raises TargetError naming the expected forms."""
-    text = value.strip()
+    text = unicodedata.normalize("NFC", value.strip())
     if text.rstrip("/").endswith(".") or not text:
         raise TargetError(f"--vm {value!r}: expected {VM_FORMS}")
     full = _FULL.match(text)
     if full:
+        if not valid_resource_group(full["rg"]):
+            raise TargetError(f"--vm {value!r}: {full['rg']!r} is not a valid resource group name")
         return VmRef(full["sub"].lower(), full["rg"], full["name"])
     short = _SHORT.match(text)
     if not short:
         raise TargetError(f"--vm {value!r}: expected {VM_FORMS}")
+    if not valid_resource_group(short["rg"]):
+        raise TargetError(
+            f"--vm {value!r}: {short['rg']!r} is not a valid resource group name (letters or digits, "
+            "'_', '-', '.', '(' and ')', up to 90, not ending in '.')"
+        )
     if not default_subscription:
         raise TargetError(
             f"--vm {value!r}: no subscription; pass --subscription or set AZURE_SUBSCRIPTION_ID, "

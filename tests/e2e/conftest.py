@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -127,6 +128,8 @@ def start_azsim(scenario: Path, state_dir: Path) -> Azsim:
         timeout=600,
     )
     env.update(parse_env_file(state_dir / "env"))
+    # the pipeline's verdict key (docs/gate.md): every stage of a test holds it, as CI would
+    env["IMAGEREADY_VERDICT_KEY"] = secrets.token_hex(32)
     return Azsim(state_dir, env)
 
 

@@ -347,7 +347,8 @@ def test_a_scan_past_its_deadline_errors_every_case(fleet: Fleet, tmp_path: Path
         for n in range(4)
     )
     rules = tmp_path / "slow.yaml"
-    rules.write_text(f"disable: [tmp-leftovers]\nrules:\n{probes}")
+    approval = "{rule: tmp-leftovers, reason: test, approver: cab@contoso.example, expires: 2099-12-31}"
+    rules.write_text(f"disable:\n  - {approval}\nrules:\n{probes}")
     vm = f"{RG}/lin-clean"
     started = time.monotonic()
     run = fleet.run(

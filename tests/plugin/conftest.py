@@ -147,8 +147,13 @@ class Project:
         return data
 
 
+#: the pipeline's verdict key (docs/gate.md): both stages of a project hold it, as CI would
+VERDICT_KEY = "k" * 8 + "0123456789abcdef0123456789abcdef"
+
+
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> Project:
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.setenv("IMAGEREADY_VERDICT_KEY", VERDICT_KEY)
     pytester.makeini(
         """
         [pytest]
@@ -167,3 +172,12 @@ def project(pytester: pytest.Pytester) -> Project:
 
 
 RunFn = Callable[..., pytest.RunResult]
+
+
+def write_signed(path: Path, document: dict[str, Any]) -> None:
+    """Write a verdict signed with the project's key: what a holder of the key could write. Tests
+    of the gate's rules beneath the signature (freshness, consistency, coverage) edit verdicts
+    this way; tests/reliability shows an edit without the key refused."""
+    from imageready.signing import sign
+
+    path.write_text(json.dumps(sign(document, VERDICT_KEY.encode())))

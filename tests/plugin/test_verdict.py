@@ -8,7 +8,7 @@ import json
 
 from imageready import exitcodes
 
-from .conftest import SUB, Project
+from .conftest import SUB, Project, write_signed
 
 VERDICTS = "reports/out/verdicts"
 
@@ -65,7 +65,7 @@ def test_stale_verdict_is_refused(project: Project) -> None:
     data = json.loads(path.read_text())
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)
     data["created_at"] = old.isoformat().replace("+00:00", "Z")
-    path.write_text(json.dumps(data))
+    write_signed(path, data)  # a verdict 30 h old, as its checks stage signed it
     result = project.run("actions", "--vm", "rg/good", "--apply", "--verdict", str(path))
     assert not project.acted("good")
     result.stdout.fnmatch_lines(["*refused: stale: created 30.0 h ago, the limit is 24.0 h*"])

@@ -150,7 +150,8 @@ rules:
     keywords: ["ctso_"]
     rationale: Contoso keys grant tenant access.
     source: Contoso security team
-disable: [cloud-init-user-data]
+disable:
+  - {rule: cloud-init-user-data, reason: no cloud-init, approver: cab@contoso.example, expires: 2099-12-31}
 known_examples:
   - value: ctso_00000000000000000000000000000000
 """
@@ -175,7 +176,11 @@ def test_a_user_file_adds_rules_and_disables_built_ins(tmp_path: Path) -> None:
         (USER_RULE.replace('    keywords: ["ctso_"]\n', ""), "needs 'keywords'"),
         (USER_RULE.replace('"ctso_[A-Za-z0-9]{32}"', r"'ctso_\w{32}'"), r"pattern: escape \\w"),
         (USER_RULE.replace("severity: high", "severity: urgent"), "severity must be one of"),
-        (USER_RULE.replace("[cloud-init-user-data]", "[nope]"), "disable: no rule 'nope'"),
+        (USER_RULE.replace("rule: cloud-init-user-data", "rule: nope"), "disable: no rule 'nope'"),
+        # switching a built-in rule off is a policy change: approved, like a waiver, and live
+        (USER_RULE.split("disable:")[0] + "disable: [cloud-init-user-data]\n", "needs an approval"),
+        (USER_RULE.replace(" approver: cab@contoso.example,", ""), "'approver' is required"),
+        (USER_RULE.replace("2099-12-31", "2020-01-31"), "expired 2020-01-31: renew it"),
         (USER_RULE.replace("kind: content", "kind: location"), "needs 'paths'"),
     ],
 )

@@ -19,6 +19,7 @@ from typing import Any
 
 from spnego.channel_bindings import GssChannelBindings
 
+from azsim.guestnet import reset
 from azsim.windows.auth import (
     ENCRYPTED_CONTENT_TYPE,
     Authenticator,
@@ -26,7 +27,7 @@ from azsim.windows.auth import (
     EncryptionError,
     NegotiateSession,
 )
-from azsim.windows.wsman import MAX_REQUEST_ENVELOPE, ServiceStopped, WsmanService
+from azsim.windows.wsman import MAX_REQUEST_ENVELOPE, ConnectionDropped, ServiceStopped, WsmanService
 
 #: an idle keep-alive connection is closed after this long (HTTP.sys closes after 120 s)
 IDLE_SECONDS = 120.0
@@ -154,6 +155,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except ServiceStopped:
             self.close_connection = True
+            return
+        except ConnectionDropped:
+            self.close_connection = True
+            reset(self.connection)
             return
         if sealed and self.negotiate is not None:
             self._reply(

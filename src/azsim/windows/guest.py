@@ -54,6 +54,12 @@ _RUN_COMMAND_ENVELOPE = re.compile(
 )
 
 
+def _drop_now(network: Any) -> bool:
+    """A ``guest_drop`` fault of this VM fires now (consumed): the WinRM connection is reset."""
+    fault = network.drop()
+    return fault is not None and bool(network.consume(fault))
+
+
 class WindowsGuest:
     """One Windows VM's guest: WinRM endpoints over a machine model."""
 
@@ -72,6 +78,9 @@ class WindowsGuest:
         self.machine.platform = ctx.platform
         self.handlers = HandlerRegistry([*handlers, *default_handlers()])
         self.service = WsmanService(self.machine.hostname, self._start_command, self.machine.close_shell)
+        network = ctx.network
+        if network is not None:
+            self.service.drop_receive = lambda: _drop_now(network)
         auth = Authenticator(
             user=ctx.admin_user,
             password=ctx.admin_password,

@@ -59,6 +59,10 @@ class WsmanFault(Exception):
         self.sender = sender
 
 
+class ConnectionDropped(Exception):
+    """The connection carrying this request is to be reset, no answer sent (a guest_drop fault)."""
+
+
 class ServiceStopped(Exception):
     """The machine went down mid-request: drop the connection without an answer."""
 
@@ -218,6 +222,9 @@ class WsmanService:
         self._stopped = threading.Event()
         #: counters tests read (e.g. how many Receive long polls timed out)
         self.stats: dict[str, int] = {"receive_timeouts": 0, "requests": 0}
+        #: asked at a Receive of a command whose output has not all reached the client: True
+        #: resets the connection instead of answering (azsim.guestnet, guest_drop)
+        self.drop_receive: Callable[[], bool] | None = None
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -369,6 +376,9 @@ class WsmanService:
         shell = self._shell(request, owner)
         desired = request.body.find("rsp:Receive/rsp:DesiredStream", NS)
         command = self._command_of(shell, desired.get("CommandId") if desired is not None else None)
+        if self.drop_receive is not None and self.drop_receive():
+            # the command goes on in its shell; only the connection waiting for its output is lost
+            raise ConnectionDropped
         budget = max(1024, (request.max_envelope - 2048) * 3 // 4)
         with command.cond:
 

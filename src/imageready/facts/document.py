@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from imageready.text import decode_guest, guest_json
+
 SCHEMA_VERSION = 1
 
 #: key -> the JSON types it may hold (None: null, for a probe that failed)
@@ -24,11 +26,11 @@ def parse_document(
 ) -> dict[str, Any]:
     """Decode (UTF-8, a BOM tolerated) and validate one facts document of ``os_family``.
     ``normalize`` may repair the object in place before it is checked."""
-    text = stdout.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+    text = decode_guest(stdout).lstrip("\ufeff").strip()
     if not text:
         raise FactsError(f"the {os_family} facts script printed nothing")
     try:
-        facts = json.loads(text)
+        facts = guest_json(text)
     except json.JSONDecodeError as err:
         raise FactsError(f"the {os_family} facts script did not print one JSON object: {err}") from None
     if not isinstance(facts, dict):

@@ -21,10 +21,11 @@ from imageready.azure import AzureSession, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts import VM_STATE, VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
-from imageready.guest.base import CommandResult, Guest, GuestError, GuestUnreachable
+from imageready.guest.base import CommandResult, Guest, GuestDisconnected, GuestError, GuestUnreachable
 from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins
-from imageready.redact import one_line
+from imageready.redact import one_line, redact, register_secret
 from imageready.target import VmRef
+from imageready.text import decode_guest
 
 NIC_API = "2024-05-01"
 #: how far the OS disk's lineage is followed (disk -> snapshot -> disk -> ...)
@@ -33,6 +34,8 @@ LINEAGE_HOPS = 8
 LINEAGE_API = {"disk": "2024-03-02", "snapshot": "2024-03-02", "disk restore point": "2024-03-02"}
 DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
 NOT_RUNNING = VM_STATE  # the VM's state, not broken infrastructure
+#: how many times the (read-only) facts script is run when its connection drops under it
+FACTS_ATTEMPTS = 2
 
 
 class GuestConfigError(ValueError):
@@ -50,6 +53,8 @@ def parse_guest_addresses(values: list[str], env_value: str | None) -> dict[str,
                 text = Path(text).read_text(encoding="utf-8")
             except OSError as exc:
                 raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES {env_value}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES {env_value}: not UTF-8 text") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -60,8 +65,18 @@ def parse_guest_addresses(values: list[str], env_value: str | None) -> dict[str,
     for value in values:
         key, sep, address = value.partition("=")
         if not sep or "/" not in key or not address.strip():
-            raise GuestConfigError(f"--guest-address {value!r}: expected RG/NAME=HOST[:PORT]")
+            raise GuestConfigError(f"--guest-address {redact(value)!r}: expected RG/NAME=HOST[:PORT]")
         found[key.strip().lower()] = address.strip()
+    for key, address in found.items():
+        if "@" in address or any(c.isspace() for c in address.strip()):
+            # a user:password@ here would travel to every message that names the address
+            userinfo, _, host = address.rpartition("@")
+            register_secret(userinfo)
+            shown = f"***@{host}" if userinfo else redact(address)
+            raise GuestConfigError(
+                f"guest address of {key}: {shown!r} is not HOST[:PORT] (an address carries no "
+                "user or credentials: they come from the environment, an agent or a key file)"
+            )
     return found
 
 
@@ -335,26 +350,38 @@ class AzureFactsProvider:
             return
         guest: Guest | None = None
         try:
-            guest = self.guest(vm, facts.vm_model)
             script, parse, elevated = _facts_script(facts.os_type)
             parsed: dict[int, dict[str, Any]] = {}
 
             def document(result: CommandResult) -> dict[str, Any]:
                 if id(result) not in parsed:
                     if not result.ok and not result.stdout.strip():
-                        why = one_line(result.stderr.decode("utf-8", "replace"))
+                        why = one_line(decode_guest(result.stderr))
                         raise GuestError(f"{vm.key}: facts script exited {result.exit_code}: {why}")
                     parsed[id(result)] = parse(result.stdout)
                 return parsed[id(result)]
 
-            # one round trip: the facts carry the guest's proof of identity, judged before any
-            # of them is believed
-            result = guest.run(
-                script,
-                timeout=self.guest_timeout,
-                elevated=elevated,
-                proof_in=lambda done: document(done).get("identity"),
-            )
+            result: CommandResult | None = None
+            for attempt in range(1, FACTS_ATTEMPTS + 1):
+                guest = self.guest(vm, facts.vm_model)
+                try:
+                    # one round trip: the facts carry the guest's proof of identity, judged
+                    # before any of them is believed
+                    result = guest.run(
+                        script,
+                        timeout=self.guest_timeout,
+                        elevated=elevated,
+                        proof_in=lambda done: document(done).get("identity"),
+                    )
+                    break
+                except GuestDisconnected as exc:
+                    # the facts script only reads: a connection lost under it (an idle-timeout
+                    # reset, a network blip) is read again on a new one, a bounded number of times
+                    self.drop_guest(vm)
+                    if attempt == FACTS_ATTEMPTS:
+                        raise
+                    progress.emit(f"{vm.key}: {exc}; reading the facts again on a new connection")
+            assert result is not None and guest is not None
             facts.guest = document(result)
             self.remember_pins(vm, guest)
         except GuestIdentityError as exc:

@@ -55,8 +55,10 @@ class CommandResult:
         return self.exit_code == 0
 
     def text(self) -> str:
-        """stdout decoded as UTF-8 (replacement characters for undecodable bytes)."""
-        return self.stdout.decode("utf-8", errors="replace")
+        """stdout decoded as UTF-8, undecodable bytes escaped (``\\xff``)."""
+        from imageready.text import decode_guest
+
+        return decode_guest(self.stdout)
 
 
 class GuestError(Exception):

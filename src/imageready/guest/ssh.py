@@ -530,7 +530,7 @@ class _ProgressLines:
             self._partial = b""
 
     def _emit(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
+        text = line.decode("utf-8", "backslashreplace").rstrip("\r")
         if text.startswith("PROGRESS ") and self._callback is not None:
             self._callback(text[len("PROGRESS ") :])
 

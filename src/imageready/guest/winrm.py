@@ -102,7 +102,7 @@ def clean_stderr(data: bytes) -> bytes:
     records dropped); plain lines (e.g. ``PROGRESS`` lines) stay as they are."""
 
     def text_of(match: re.Match[bytes]) -> bytes:
-        block = match.group(1).decode("utf-8", "replace")
+        block = match.group(1).decode("utf-8", "backslashreplace")
         parts = []
         for _stream, value in _CLIXML_STRING.findall(block):
             value = html.unescape(value)
@@ -122,7 +122,7 @@ def _progress_lines(callback: Callable[[str], None] | None) -> Callable[[bytes],
         lines = (partial + chunk).split(b"\n")
         partial = lines.pop()
         for line in lines:
-            text = line.decode("utf-8", "replace").rstrip("\r")
+            text = line.decode("utf-8", "backslashreplace").rstrip("\r")
             if text.startswith("PROGRESS "):
                 callback(text[len("PROGRESS ") :])
 
