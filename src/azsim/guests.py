@@ -283,6 +283,9 @@ class Guests:
         if guest is None:
             return None
         info: dict[str, Any] = {"running": guest.running, "endpoints": guest.endpoints()}
+        relay = self._relay(key)
+        if relay is not None and relay.listening:
+            info["address"] = relay.address  # where a client reaches it (through its relay)
         try:
             info["summary"] = guest.summary()
         except Exception as err:  # status must always answer

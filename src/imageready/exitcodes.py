@@ -58,11 +58,19 @@ def for_vm(
     cases = list(cases)
     if any(c.get("outcome") == "error" and c.get("category") in INFRA_CATEGORIES for c in cases):
         return INFRASTRUCTURE_ERROR
-    if any(c.get("outcome") in RED_OUTCOMES for c in cases) or checks_status == "incomplete":
+    if any(c.get("outcome") in RED_OUTCOMES for c in cases) or (
+        checks_status == "incomplete" and not _covered_by_verdict(gate)
+    ):
         return RED_CHECKS
     if gate is not None and not gate.get("open"):
         return ACTIONS_BLOCKED
     return GREEN
+
+
+def _covered_by_verdict(gate: Mapping[str, Any] | None) -> bool:
+    """An actions stage opened by a verdict (or a resume) judges only the cases it runs again;
+    the verdict covers the rest, so "incomplete" is not red there."""
+    return gate is not None and bool(gate.get("open")) and gate.get("via") in ("verdict", "resume")
 
 
 def most_severe(codes: Iterable[int]) -> int:
@@ -91,7 +99,13 @@ def classify(exitstatus: int, state: RunState) -> int:
 
 
 def _refine(exitstatus: int, state: RunState) -> int:
-    if exitstatus == 0 and any(gate.status == "incomplete" for gate in state.gates.values()):
+    def covered(key: str) -> bool:
+        decision = state.decisions.get(key)
+        return _covered_by_verdict(None if decision is None else vars(decision))
+
+    if exitstatus == 0 and any(
+        gate.status == "incomplete" and not covered(key) for key, gate in state.gates.items()
+    ):
         return RED_CHECKS
     if exitstatus != 1:
         return exitstatus

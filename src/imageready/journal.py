@@ -191,4 +191,16 @@ def fold(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if record.get("status") == "running":
             record = {**record, "status": "interrupted", "detail": INTERRUPTED_DETAIL}
         by_vm.setdefault(str(record.get("vm")), []).append(record)
+    for records in by_vm.values():
+        # the procedure's order, whichever process journaled a step first (xdist: the copy is the
+        # controller's, the rest a worker's)
+        records.sort(key=_procedure_position)
     return {"run": run, "vms": vms, "steps": by_vm, "finals": finals, "end": end, "last_at": last_at}
+
+
+def _procedure_position(record: dict[str, Any]) -> tuple[int, str]:
+    from imageready.steps import ORDER
+
+    procedure = ("copy", *ORDER)
+    step = str(record.get("step"))
+    return (procedure.index(step) if step in procedure else len(procedure), str(record.get("started") or ""))

@@ -309,7 +309,9 @@ class RunState:
         changed = len(self.changed_cases.get(vm.key, {}))
         if changed:
             return VerdictDecision(
-                True, f"{judged.reason}; {changed} case(s) whose facts changed passed again", judged.source
+                True,
+                f"{judged.reason}; {changed} case(s) whose facts changed or were read live passed again",
+                judged.source,
             )
         return judged
 

@@ -43,7 +43,9 @@ def test_verdict_records_what_the_board_needs(project: Project) -> None:
 def test_green_verdict_opens_a_later_actions_stage(project: Project) -> None:
     checks_stage(project, "good")
     result = project.run("actions", "--vm", "rg/good", "--apply", "--verdict", VERDICTS)
-    result.assert_outcomes(passed=1)
+    # these checks read nothing the verdict records (no facts), so each runs again: nothing on
+    # record proves it unchanged since the checks stage; then the action
+    result.assert_outcomes(passed=4)
     assert result.ret == exitcodes.GREEN
     assert project.acted("good")
     result.stdout.fnmatch_lines(["*gate OPEN (via verdict)*", "*verdict*accepted (green*"])
@@ -53,8 +55,9 @@ def test_red_verdict_is_refused(project: Project) -> None:
     checks_stage(project, "bad")
     assert project.verdict("bad")["green"] is False
     result = project.run("actions", "--vm", "rg/bad", "--apply", "--verdict", VERDICTS)
-    result.assert_outcomes(failed=1)
-    assert result.ret == exitcodes.ACTIONS_BLOCKED
+    # the red check runs again (nothing on record proves it unchanged) and fails again
+    result.assert_outcomes(passed=2, failed=2)
+    assert result.ret == exitcodes.RED_CHECKS
     assert not project.acted("bad")
     result.stdout.fnmatch_lines(["*refused: it is not green (checks/test_basic.py::test_not_bad*"])
 
@@ -72,7 +75,7 @@ def test_stale_verdict_is_refused(project: Project) -> None:
     fresh = project.run(
         "actions", "--vm", "rg/good", "--apply", "--verdict", str(path), "--verdict-max-age", "48h"
     )
-    fresh.assert_outcomes(passed=1)
+    fresh.assert_outcomes(passed=4)
 
 
 def test_verdict_for_a_recreated_vm_is_refused(project: Project) -> None:
