@@ -18,6 +18,12 @@ from imageready.target import VmRef
 
 def vm_actions_for(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
     state = run_state(request.config)
+    decision = state.decisions.get(vm.key)
+    if decision is None or not decision.open:
+        # the gate (GateKeeper) decides before an action's set-up; without its open decision no
+        # step object exists, whatever switched the gate off
+        why = "; ".join(decision.reasons) if decision is not None else "the gate never decided"
+        pytest.fail(f"BLOCKED: {vm.key}: no open gate ({why})", pytrace=False)
     found = state.vm_actions.get(vm.key)
     if found is None:
         from imageready.steps.capture import parse_capture

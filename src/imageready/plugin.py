@@ -279,6 +279,7 @@ def checks_dir_name(config: pytest.Config) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     if not wanted(config):
         return
+    _refuse_blocked_parts(config)
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     for name in SESSION_PLUGINS:
@@ -369,6 +370,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     from imageready.copyfirst import copy_first
 
+    if vms:
+        _check_policy_pin(
+            policy_paths(checks_dir, config)
+            + ([scan_rules] if scan_rules is not None else [])
+            + ([waiver_file] if waiver_file is not None else [])
+        )
     # last of the configuration: it may run checks and make copies, once the options are sound
     vms = copy_first(config, vms)
     state = RunState(
@@ -402,8 +409,25 @@ def pytest_configure(config: pytest.Config) -> None:
             )
     config.stash[RUN] = state
     _handle_sigterm(config)
-    config.pluginmanager.register(GateKeeper(state), "imageready-gatekeeper")
-    config.pluginmanager.register(Sorter(state), "imageready-sorter")
+    for plugin, name in ((GateKeeper(state), GATEKEEPER), (Sorter(state), SORTER)):
+        if config.pluginmanager.register(plugin, name) is None:  # blocked (-p no:NAME)
+            raise pytest.UsageError(f"-p no:{name}: imageready's gate cannot be switched off")
+
+
+#: names of the plugin objects the gate registers (pytest's -p no:NAME would block them)
+GATEKEEPER, SORTER = "imageready-gatekeeper", "imageready-sorter"
+
+
+def _refuse_blocked_parts(config: pytest.Config) -> None:
+    """``-p no:NAME`` on the command line or in PYTEST_ADDOPTS blocks a plugin by name, and
+    pluggy then silently refuses to register it: the gate, its record or its redaction would be
+    gone without a word. None of them may be switched off in an imageready run."""
+    for name in (*pytest_plugins, *SESSION_PLUGINS, GATEKEEPER, SORTER):
+        if config.pluginmanager.is_blocked(name):
+            raise pytest.UsageError(
+                f"-p no:{name}: a part of imageready (its gate, record, redaction or fixtures) "
+                "cannot be switched off in a run imageready is asked into"
+            )
 
 
 def _refuse_policy_narrowing(config: pytest.Config) -> None:
@@ -419,6 +443,32 @@ def _refuse_policy_narrowing(config: pytest.Config) -> None:
         )
     if config.getoption("pyargs", False):
         raise pytest.UsageError("--pyargs cannot be combined with --vm: name checks and actions by path")
+    # the rootdir and the ini file decide where the policy directory is: chosen by the command
+    # line, a directory of one's own (one permissive check) would stand in for the policy
+    for flag, value in (
+        ("-c/--config-file", config.getoption("inifilename", None)),
+        ("--rootdir", config.getoption("rootdir", None)),
+    ):
+        if value:
+            raise pytest.UsageError(
+                f"{flag} cannot be combined with --vm: run pytest from the policy directory, whose "
+                "pytest.ini names the policy (the policy digest covers it)"
+            )
+
+
+def _check_policy_pin(paths: list[Path]) -> None:
+    """``IMAGEREADY_POLICY_DIGEST`` (a pipeline variable): the policy this pipeline approved. A
+    run whose policy differs (another directory, an edited check, other harness code) stops
+    before anything connects."""
+    pinned = os.environ.get("IMAGEREADY_POLICY_DIGEST", "").strip()
+    if not pinned:
+        return
+    digest = RunState.policy_digest_of(paths)
+    if pinned != digest:
+        raise pytest.UsageError(
+            f"the policy is {digest}, not the {pinned} this pipeline pins "
+            "(IMAGEREADY_POLICY_DIGEST): a changed check, another policy directory or harness version"
+        )
 
 
 def _guard_credentials(config: pytest.Config) -> None:

@@ -128,10 +128,15 @@ class RunState:
     @property
     def digest(self) -> str:
         if self._digest is None:
-            # the harness's version and code are part of the policy: the same checks run by other
-            # code may decide otherwise (policy_paths has the package's own directory)
-            self._digest = policy_digest(self.policy_paths, salt=f"imageready {self.harness_version}")
+            self._digest = self.policy_digest_of(self.policy_paths, self.harness_version)
         return self._digest
+
+    @staticmethod
+    def policy_digest_of(paths: list[Path], harness_version: str = __version__) -> str:
+        """The policy digest of ``paths``: the harness's version and code are part of the
+        policy, as the same checks run by other code may decide otherwise (the paths hold the
+        package's own directory)."""
+        return policy_digest(paths, salt=f"imageready {harness_version}")
 
     def gate(self, vm: VmRef) -> VmGate:
         return self.gates.setdefault(vm.key, VmGate(vm))

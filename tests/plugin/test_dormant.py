@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from .conftest import Project
+
 UNRELATED_CONFTEST = """
 import pytest
 
@@ -90,3 +92,16 @@ def test_the_ini_key_or_vm_wakes_it(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nimageready_checks_dir = checks\n")
     markers = pytester.runpytest_subprocess("--markers")
     assert "imageready pre-flight check" in markers.stdout.str()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["imageready-gatekeeper", "imageready-sorter", "imageready.recording", "imageready.allure_support"],
+)
+def test_no_part_of_the_gate_can_be_switched_off(project: Project, name: str) -> None:
+    """-p no:NAME blocks a plugin by name and pluggy then skips it without a word: the gate, the
+    record or the redaction would be gone, and an action would run behind a red check."""
+    result = project.run("--vm", "rg/bad", "--apply", "-p", f"no:{name}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert not project.acted("bad")
+    result.stderr.fnmatch_lines([f"*-p no:{name}: *cannot be switched off*"])

@@ -12,7 +12,7 @@ import pytest
 
 from imageready import exitcodes
 
-from .conftest import Project, write_signed
+from .conftest import CHECKS_BASIC, Project, write_signed
 
 VERDICTS = "reports/out/verdicts"
 EVERY_FUNCTION_BUT_ONE = (
@@ -133,15 +133,42 @@ def test_hole2_ini_overrides_that_narrow_the_policy_are_refused(project: Project
         assert not project.acted("bad")
 
 
-def test_hole2_another_ini_file_cannot_shrink_the_policy(project: Project) -> None:
-    # a configuration file of one's own (-c) with narrow python_files: the modules pytest's
-    # defaults name are policy all the same
+def test_hole2_another_ini_file_or_rootdir_is_refused(project: Project, tmp_path: Path) -> None:
+    # a configuration file of one's own (-c) with narrow python_files, or a rootdir whose
+    # checks/ holds one permissive check: either would stand in for the policy
     other = project.root / "narrow.ini"
     other.write_text("[pytest]\ntestpaths = checks actions\npython_files = test_more.py\n")
-    result = project.run("-c", str(other), f"--rootdir={project.root}", "--vm", "rg/bad", "--apply")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "checks").mkdir(parents=True)
+    (elsewhere / "checks" / "test_ok.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.check(id='X', title='x', severity='low', os='any', doc='https://x')\n"
+        "def test_ok(vm):\n    pass\n"
+    )
+    for args, flag in (
+        (["-c", str(other), f"--rootdir={project.root}"], "-c/--config-file"),
+        ([f"--rootdir={elsewhere}", str(elsewhere / "checks"), "actions"], "--rootdir"),
+    ):
+        result = project.run(*args, "--vm", "rg/bad", "--apply")
+        assert result.ret == exitcodes.USAGE_ERROR, result.stdout.str()
+        assert not project.acted("bad")
+        result.stderr.fnmatch_lines([f"ERROR: {flag} cannot be combined with --vm*"])
+
+
+def test_a_pinned_policy_digest_refuses_another_policy(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = project.run("checks", "--vm", "rg/good")
+    digest = project.verdict("good")["policy_digest"]
+    assert first.ret == exitcodes.GREEN
+    monkeypatch.setenv("IMAGEREADY_POLICY_DIGEST", digest)
+    assert project.run("--vm", "rg/good", "--apply").ret == exitcodes.GREEN
+    # one check made permissive: the pin no longer matches, nothing runs
+    project.write("checks/test_basic.py", CHECKS_BASIC.replace('assert "bad" not in', "assert True or"))
+    result = project.run("--vm", "rg/bad", "--apply")
+    assert result.ret == exitcodes.USAGE_ERROR
     assert not project.acted("bad")
-    assert result.ret != exitcodes.GREEN
-    result.stdout.fnmatch_lines(["*checks/test_basic.py: not collected in this run*"])
+    result.stderr.fnmatch_lines([f"*not the {digest} this pipeline pins (IMAGEREADY_POLICY_DIGEST)*"])
 
 
 def test_hole2_overrides_unrelated_to_collection_still_work(project: Project) -> None:
