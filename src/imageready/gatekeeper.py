@@ -21,7 +21,7 @@ from _pytest.runner import CallInfo
 from imageready import exitcodes
 from imageready.checking import evidence_summaries
 from imageready.facts import VM_STATE, FactsUnavailable
-from imageready.facts.view import recording_reads
+from imageready.facts.view import not_recording, recording_reads
 from imageready.gate import (
     CaseRecord,
     VerdictError,
@@ -244,7 +244,12 @@ class GateKeeper:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Not applicable, the only skip the gate accepts: a check for another OS, or any check of
-        a VM this run resumes (its guest is already generalized under that run's verdict)."""
+        a VM this run resumes (its guest is already generalized under that run's verdict). What
+        the gate reads here is its own, not the case's."""
+        with not_recording():
+            self._applicable(item)
+
+    def _applicable(self, item: pytest.Item) -> None:
         info = item_info(item)
         if info is None or info.kind != "check":
             return

@@ -320,6 +320,55 @@ def _check_rule(rule: Rule, where: str) -> None:
                 if group is not None and group > 8:
                     # the sh fallback takes groups with sed, which numbers them \1 to \9 (one is its own)
                     raise ScanRulesError(f"{where}: {name} {group}: groups above 8 are not portable")
+        if rule.detail_group is not None:
+            problem = _detail_overlaps_secret(rule.pattern, rule.detail_group, rule.secret_group)
+            if problem:
+                raise ScanRulesError(f"{where}: detail_group {rule.detail_group} {problem}")
+
+
+def _detail_overlaps_secret(pattern: str, detail: int, secret: int | tuple[int, ...] | None) -> str | None:
+    """The detail group is shown in full in every report (the secret group only masked): it may
+    neither hold nor sit inside a secret group, nor match inside a lookaround (where it may cover
+    any text, the secret's included)."""
+    import re._parser as sre  # type: ignore[import-not-found]  # the stdlib's own parser (3.11+)
+
+    ancestors: dict[int, tuple[int, ...]] = {}
+    in_lookaround: set[int] = set()
+
+    def walk(node: Any, outer: tuple[int, ...], look: bool) -> None:
+        for op, av in node:
+            if op is sre.SUBPATTERN:
+                group, _, _, sub = av
+                inner = (*outer, group) if group else outer
+                if group:
+                    ancestors[group] = outer
+                    if look:
+                        in_lookaround.add(group)
+                walk(sub, inner, look)
+            elif op in (sre.ASSERT, sre.ASSERT_NOT):
+                walk(av[1], outer, True)
+            elif op is sre.BRANCH:
+                for sub in av[1]:
+                    walk(sub, outer, look)
+            elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+                walk(av[2], outer, look)
+            elif op is sre.ATOMIC_GROUP:
+                walk(av, outer, look)
+            elif op is sre.GROUPREF_EXISTS:
+                walk(av[1], outer, look)
+                if av[2] is not None:
+                    walk(av[2], outer, look)
+
+    walk(sre.parse(pattern), (), False)
+    secrets = secret if isinstance(secret, tuple) else (() if secret is None else (secret,))
+    if detail in in_lookaround:
+        return "is inside a lookaround: it could show any part of the line, the secret's included"
+    for group in secrets:
+        if group == 0:
+            return "overlaps the secret, which is the whole match (secret_group 0)"
+        if group == detail or detail in ancestors.get(group, ()) or group in ancestors.get(detail, ()):
+            return f"overlaps secret group {group}: the detail is shown unmasked"
+    return None
 
 
 def _glob_problem(glob: str) -> str | None:

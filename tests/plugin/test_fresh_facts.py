@@ -184,3 +184,42 @@ def test_a_secret_planted_after_the_checks_stage_stops_the_actions(live: Project
     assert not live.acted("good") and not live.fixture_ran("good")
     result.stdout.fnmatch_lines(["*test_disk_has_no_secret[[]rg/good[]]*a secret on the disk*"])
     assert result.ret != exitcodes.GREEN
+
+
+RAW_CHECK = """
+import pytest
+
+
+@pytest.mark.check(id="F-004", title="no domain controller role", severity="high", os="any", doc="https://x")
+def test_no_dc_role(vm, guest_facts):
+    roles = guest_facts["roles"].raw  # the whole list at once, as evidence code reads it
+    assert "AD-Domain-Services" not in roles, "a domain controller"
+
+
+@pytest.mark.check(id="F-005", title="no listed service is disabled", severity="low", os="any", doc="https://x")
+def test_services(vm, guest_facts):
+    services = guest_facts["services"]
+    assert all(services[name] != "disabled" for name in services), "a disabled service"
+"""
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"roles": ["Web-Server", "AD-Domain-Services"]},  # read through .raw
+        {"services": {"w3svc": "running", "spooler": "disabled"}},  # keys read by iterating
+    ],
+)
+def test_reads_of_a_whole_object_or_list_are_on_record(project: Project, change: dict) -> None:
+    project.write("conftest.py", project.root.joinpath("conftest.py").read_text() + CONFTEST)
+    project.write("checks/test_basic.py", CHECKS)
+    project.write("checks/test_more.py", RAW_CHECK)
+    document = {**guest(), "roles": ["Web-Server"], "services": {"w3svc": "running"}}
+    project.fleet(good={"vmId": "vmid-good", "guest": document})
+    assert project.run("checks", "--vm", "rg/good").ret == exitcodes.GREEN
+    project.fleet(good={"vmId": "vmid-good", "guest": {**document, **change}})
+    result = project.run("actions", "--vm", "rg/good", "--apply", "--verdict", VERDICTS)
+    assert not project.acted("good")
+    assert result.ret != exitcodes.GREEN
+    expected = "a domain controller" if "roles" in change else "a disabled service"
+    result.stdout.fnmatch_lines([f"*{expected}*"])

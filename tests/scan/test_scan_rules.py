@@ -166,6 +166,19 @@ def test_a_user_file_adds_rules_and_disables_built_ins(tmp_path: Path) -> None:
     assert "ctso_00000000000000000000000000000000" in contoso.examples
 
 
+def _detail(pattern: str, detail: int, secret: int) -> str:
+    """USER_RULE with its own pattern and groups."""
+    return USER_RULE.replace(
+        '    pattern: "ctso_[A-Za-z0-9]{32}"\n',
+        f"    pattern: '{pattern}'\n    secret_group: {secret}\n    detail_group: {detail}\n",
+    )
+
+
+def test_a_detail_group_beside_the_secret_is_accepted(tmp_path: Path) -> None:
+    rules = load_rules(write(tmp_path, _detail("(ctso_)([A-Za-z0-9]{32})", 1, 2)))
+    assert next(r for r in rules if r.id == "contoso-api-key").detail_group == 1
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -182,6 +195,12 @@ def test_a_user_file_adds_rules_and_disables_built_ins(tmp_path: Path) -> None:
         (USER_RULE.replace(" approver: cab@contoso.example,", ""), "'approver' is required"),
         (USER_RULE.replace("2099-12-31", "2020-01-31"), "expired 2020-01-31: renew it"),
         (USER_RULE.replace("kind: content", "kind: location"), "needs 'paths'"),
+        # the detail group is shown in full: never the secret, around it, inside it, or a lookaround
+        (_detail("(ctso_)([A-Za-z0-9]{32})", 2, 2), "detail_group 2 overlaps secret group 2"),
+        (_detail("(ctso_([A-Za-z0-9]{32}))", 1, 2), "detail_group 1 overlaps secret group 2"),
+        (_detail("(ctso_([A-Za-z0-9]{32}))", 2, 1), "detail_group 2 overlaps secret group 1"),
+        (_detail("(?=(ctso_[A-Za-z0-9]{4}))ctso_([A-Za-z0-9]{32})", 1, 2), r"no \(\?\.\.\.\) groups, flags or look-around"),
+        (_detail("ctso_([A-Za-z0-9]{32})", 1, 0), "overlaps the secret, which is the whole match"),
     ],
 )
 def test_bad_user_files_fail_in_one_line(tmp_path: Path, text: str, message: str) -> None:

@@ -58,12 +58,15 @@ class VmFacts:
                 self.azure_error or "no Azure facts", self.azure_error_category or "Azure API error"
             )
         vm = self.azure.get("vm")
+        _read(("azure", "vm"))  # the whole model, whatever the caller reads of it
         if not isinstance(vm, dict):
             raise FactsUnavailable(f"{self.vm}: Azure's view of the VM is missing", "Azure API error")
         return vm
 
     def _vm_path(self, *keys: str) -> Any:
-        """A value of the VM model, None where any step is absent or not an object."""
+        """A value of the VM model, None where any step is absent or not an object (recorded as
+        read, so that a later stage notices when it changed)."""
+        _read(("azure", "vm", *keys))
         value: Any = (self.azure or {}).get("vm")
         for key in keys:
             if not isinstance(value, dict):
@@ -144,3 +147,10 @@ def item_source(name: str) -> Callable[[ItemSource], ItemSource]:
         return source
 
     return register
+
+
+def _read(path: tuple[str, ...]) -> None:
+    """Record ``path`` as read by the running check case (imageready.facts.view)."""
+    from imageready.facts.view import _record
+
+    _record(path)

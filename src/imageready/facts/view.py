@@ -59,6 +59,17 @@ def recording_reads() -> Iterator[set[FactPath]]:
         _READS.reset(token)
 
 
+@contextlib.contextmanager
+def not_recording() -> Iterator[None]:
+    """The harness's own reads inside a check case's run (the gate's resume, applicability):
+    not the case's, so not recorded as its reads."""
+    token = _READS.set(None)
+    try:
+        yield
+    finally:
+        _READS.reset(token)
+
+
 def current_reads() -> set[FactPath] | None:
     """The set ``recording_reads`` is filling in this context (None when nothing records)."""
     return _READS.get()
@@ -139,13 +150,20 @@ class FactsView(_Node, Mapping[str, Any]):
         """As strict as ``view[key]``: a default would turn missing data into a pass."""
         return self[key]
 
+    # Iterating, counting or asking membership reads which keys exist: recorded as a read of the
+    # whole object (more than was read, never less: a later stage runs the check again when
+    # anything under it changed)
+
     def __iter__(self) -> Iterator[str]:
+        _record(self._keys)
         return iter(self._data)
 
     def __len__(self) -> int:
+        _record(self._keys)
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
+        _record(self._keys)
         return key in self._data
 
     def __repr__(self) -> str:
@@ -181,7 +199,8 @@ class FactsView(_Node, Mapping[str, Any]):
 
     @property
     def raw(self) -> Mapping[str, Any]:
-        """The underlying JSON (for evidence attachments; not recorded as read)."""
+        """The underlying JSON, recorded as a read of all of it (whatever is done with it)."""
+        _record(self._keys)
         return self._data
 
     # --- internals -------------------------------------------------------------------------------
@@ -244,6 +263,8 @@ class FactsList(_Node, Sequence[Any]):
 
     @property
     def raw(self) -> list[Any]:
+        """The underlying JSON list, recorded as a read of all of it."""
+        _record(self._keys)
         return self._data
 
 
