@@ -457,7 +457,15 @@ def load_verdicts(paths: Iterable[Path]) -> dict[str, tuple[Path, dict[str, Any]
                 raise VerdictError(f"--verdict {file}: not JSON ({exc.msg}, line {exc.lineno})") from None
             if not isinstance(document, dict) or document.get("kind") != "imageready-verdict":
                 raise VerdictError(f"--verdict {file}: not an imageready verdict file")
-            found[str(document.get("resource_id", "")).lower()] = (file, document)
+            resource = str(document.get("resource_id", "")).lower()
+            earlier = found.get(resource)
+            if earlier is not None and earlier[0].resolve() != file.resolve():
+                # which one would win is an accident of file names (an old green over a new red)
+                raise VerdictError(
+                    f"--verdict: two verdicts for {document.get('resource_id')}: {earlier[0]} and "
+                    f"{file}; pass the one this stage is to use"
+                )
+            found[resource] = (file, document)
     return found
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+
 from imageready import exitcodes
 
 from .conftest import SUB, Project, write_signed
@@ -133,3 +135,32 @@ def test_missing_verdict_path_is_a_usage_error(project: Project) -> None:
     result = project.run("actions", "--vm", "rg/good", "--verdict", "nope.json")
     assert result.ret == exitcodes.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --verdict nope.json: no such file or directory"])
+
+
+def test_two_verdicts_for_one_vm_are_refused(project: Project) -> None:
+    """Which of two would win is an accident of file names: an old green copy beside a new red
+    verdict must not be the one that opens the gate."""
+    checks_stage(project, "good")
+    directory = project.root / VERDICTS
+    (directory / "verdict-RG__good-old.json").write_text((directory / "verdict-rg__good.json").read_text())
+    result = project.run("actions", "--vm", "rg/good", "--apply", "--verdict", VERDICTS)
+    assert not project.acted("good")
+    result.stdout.fnmatch_lines(["*two verdicts for /subscriptions/*/good: *; pass the one this stage*"])
+
+
+def test_a_signed_verdict_needs_the_key_even_when_unsigned_ones_are_trusted(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks_stage(project, "good")
+    monkeypatch.delenv("IMAGEREADY_VERDICT_KEY")
+    relaxed = ("actions", "--vm", "rg/good", "--apply", "--verdict", VERDICTS, "--accept-unsigned-verdicts")
+    result = project.run(*relaxed)
+    assert not project.acted("good")
+    result.stdout.fnmatch_lines(["*it is signed, but this run has no verdict key to check it with*"])
+    # an unsigned one is trusted when told so (a pipeline without a key)
+    path = project.root / VERDICTS / "verdict-rg__good.json"
+    document = json.loads(path.read_text())
+    document.pop("signature")
+    path.write_text(json.dumps(document))
+    assert project.run(*relaxed).ret == exitcodes.GREEN
+    assert project.acted("good")
