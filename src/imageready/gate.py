@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -631,6 +632,45 @@ def parse_duration(text: str) -> dt.timedelta:
 #: step tags the actions write on the VM: ``imageready-step-<step>`` = ``done run=R at=T``
 #: (``started run=R at=T`` before an irreversible guest step)
 STEP_TAG = "imageready-step-"
+
+
+#: a step tag's signature field: `` sig=`` and 32 hex digits, always the tag's last word
+_TAG_SIG = " sig="
+_TAG_SIG_LEN = 32
+TAG_MAX = 256  # Azure's limit for a tag value
+
+
+def _tag_target(model: Mapping[str, Any]) -> str:
+    """What a step tag is bound to: the VM's vmId and its OS disk (a swapped or restored OS disk
+    keeps the VM's tags, not their meaning)."""
+    props = model.get("properties") or {}
+    os_disk = ((props.get("storageProfile") or {}).get("osDisk") or {}).get("managedDisk") or {}
+    return f"{props.get('vmId', '')}\n{str(os_disk.get('id', '')).lower()}"
+
+
+def sign_step_tag(body: str, name: str, model: Mapping[str, Any], key: bytes | None) -> str:
+    """The value of step tag ``name``: ``body`` (cut to fit), signed with the pipeline's verdict
+    key when there is one (HMAC over the VM's vmId, its OS disk, the step and the body)."""
+    if key is None:
+        return body[:TAG_MAX]
+    body = body[: TAG_MAX - len(_TAG_SIG) - _TAG_SIG_LEN]
+    mac = hmac.new(key, f"{_tag_target(model)}\n{name}\n{body}".encode(), hashlib.sha256)
+    return f"{body}{_TAG_SIG}{mac.hexdigest()[:_TAG_SIG_LEN]}"
+
+
+def step_tag_problem(value: str, name: str, model: Mapping[str, Any], key: bytes | None) -> str | None:
+    """Why step tag ``value`` cannot be trusted (None when it can). Without a key nothing can be
+    checked (docs/threat-model.md); with one, the tag must carry this VM's and OS disk's
+    signature: one written by hand, by a run without the key or before an OS disk swap has not."""
+    if key is None:
+        return None
+    body, found, sig = value.rpartition(_TAG_SIG)
+    if not found:
+        return "it is not signed with this pipeline's verdict key"
+    mac = hmac.new(key, f"{_tag_target(model)}\n{name}\n{body}".encode(), hashlib.sha256)
+    if not hmac.compare_digest(mac.hexdigest()[:_TAG_SIG_LEN], sig.strip()):
+        return "its signature does not match this VM, its OS disk and the tag's content"
+    return None
 
 
 def parse_step_tag(value: str | None) -> dict[str, str]:

@@ -31,7 +31,9 @@ from imageready.gate import (
     load_verdicts,
     parse_step_tag,
     policy_digest,
+    step_tag_problem,
 )
+from imageready.signing import verdict_key
 from imageready.target import VmRef
 
 
@@ -220,7 +222,33 @@ class RunState:
         tag = facts.tag(STEP_TAG + "guest")
         if tag:
             run = parse_step_tag(tag).get("run", "")
-            found = self._resume_from_verdict(vm, run, tag, facts.vm_id)
+            intact = guest_intact(facts)
+            untrusted = step_tag_problem(tag, "guest", facts.vm_model, verdict_key())
+            if untrusted:
+                found = Resume(
+                    run,
+                    tag,
+                    False,
+                    f"{vm.key} carries {STEP_TAG}guest ({tag}), but {untrusted}: written by hand, by "
+                    "a run without the key, or before the OS disk was swapped; nothing is resumed",
+                )
+            elif intact and parse_step_tag(tag).get("state") == "started":
+                # a run was stopped after tagging and before its guest step changed anything: the
+                # guest is as the checks see it, so this run's own checks decide (nothing resumes)
+                found = None
+            elif intact:
+                # a tag is writable by anyone with tag rights; the guest's own state is not: a
+                # guest that answers as an intact machine was never deprovisioned or sealed
+                found = Resume(
+                    run,
+                    tag,
+                    False,
+                    f"{vm.key} carries {STEP_TAG}guest ({tag}), but its guest answers as an intact "
+                    f"machine ({intact}): nothing is resumed; check who wrote the tag, remove it, "
+                    "and run again",
+                )
+            else:
+                found = self._resume_from_verdict(vm, run, tag, facts.vm_id)
         self.resumes[vm.key] = found
         return found
 
@@ -377,3 +405,19 @@ class RunState:
     @property
     def harness_version(self) -> str:
         return __version__
+
+
+def guest_intact(facts: VmFacts) -> str | None:
+    """Why the guest is plainly not generalized (None when that cannot be told, e.g. it did not
+    answer): on Linux the file ``waagent -deprovision+user`` deletes is still there; on Windows
+    ImageState says sysprep never sealed it."""
+    guest = facts.guest
+    if not isinstance(guest, dict):
+        return None
+    if facts.os_type == "Linux":
+        ovf = guest.get("ovf_env")
+        present = ovf.get("present") if isinstance(ovf, dict) else guest.get("ovf_env_present")
+        return "/var/lib/waagent/ovf-env.xml is still on its disk" if present is True else None
+    if facts.os_type == "Windows" and guest.get("image_state") == "IMAGE_STATE_COMPLETE":
+        return "ImageState is IMAGE_STATE_COMPLETE: sysprep never sealed it"
+    return None

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from imageready import exitcodes
+from imageready.gate import sign_step_tag
 from imageready.steps.lease import LEASE_TAG
 
 from .conftest import Azsim, Run, harness
@@ -371,11 +372,17 @@ def test_hole6_resumed_run_does_not_take_a_stale_tag_for_the_reseal(azsim: Azsim
     assert first.returncode == exitcodes.GREEN, first.output[-4000:]
     run_id = first.verdict(STALE_RESUME)["run_id"]
     client = compute(azsim)
-    tags = dict(client.virtual_machines.get(rg, name).tags or {})
+    model = client.virtual_machines.get(rg, name)
+    tags = dict(model.tags or {})
     at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    client.virtual_machines.begin_update(
-        rg, name, {"tags": {**tags, GUEST_TAG: f"started run={run_id} at={at}"}}
-    ).result()
+    # as run R writes it: signed with the pipeline's key for this VM and OS disk
+    value = sign_step_tag(
+        f"started run={run_id} at={at}",
+        "guest",
+        model.as_dict(),
+        azsim.env["IMAGEREADY_VERDICT_KEY"].encode(),
+    )
+    client.virtual_machines.begin_update(rg, name, {"tags": {**tags, GUEST_TAG: value}}).result()
     seq = azsim.last_seq()
 
     again = harness(
@@ -383,7 +390,10 @@ def test_hole6_resumed_run_does_not_take_a_stale_tag_for_the_reseal(azsim: Azsim
     )
 
     assert again.returncode == exitcodes.ACTION_FAILED, again.output[-4000:]
-    assert f"resuming run {run_id}" in again.stdout
+    # the guest answers intact (ImageState complete): nothing resumes, this run's checks decide,
+    # and the guest step, seeing run R's "started", re-runs sysprep and demands its own proof
+    assert "resuming run" not in again.stdout
+    assert again.verdict(STALE_RESUME)["green"] is True
     state = azsim.status()[STALE_RESUME]
     assert (state["power_state"], state["os_state"]) == ("running", "specialized")
     guest = step(again, STALE_RESUME, "guest")

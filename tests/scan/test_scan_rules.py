@@ -199,7 +199,10 @@ def test_a_detail_group_beside_the_secret_is_accepted(tmp_path: Path) -> None:
         (_detail("(ctso_)([A-Za-z0-9]{32})", 2, 2), "detail_group 2 overlaps secret group 2"),
         (_detail("(ctso_([A-Za-z0-9]{32}))", 1, 2), "detail_group 1 overlaps secret group 2"),
         (_detail("(ctso_([A-Za-z0-9]{32}))", 2, 1), "detail_group 2 overlaps secret group 1"),
-        (_detail("(?=(ctso_[A-Za-z0-9]{4}))ctso_([A-Za-z0-9]{32})", 1, 2), r"no \(\?\.\.\.\) groups, flags or look-around"),
+        (
+            _detail("(?=(ctso_[A-Za-z0-9]{4}))ctso_([A-Za-z0-9]{32})", 1, 2),
+            r"no \(\?\.\.\.\) groups, flags or look-around",
+        ),
         (_detail("ctso_([A-Za-z0-9]{32})", 1, 0), "overlaps the secret, which is the whole match"),
     ],
 )

@@ -25,8 +25,9 @@ from typing import Any
 from imageready import progress
 from imageready.azure_errors import AzureError, AzurePreconditionFailed
 from imageready.facts.gather import AzureFactsProvider
-from imageready.gate import STEP_TAG, WaiverBook, parse_step_tag
+from imageready.gate import STEP_TAG, WaiverBook, parse_step_tag, sign_step_tag, step_tag_problem
 from imageready.redact import one_line, redact
+from imageready.signing import verdict_key
 from imageready.steps.lease import LEASE_TAG, THEN_NOTHING, Lease, capture_claim, new_lease
 from imageready.target import VmRef
 
@@ -190,9 +191,19 @@ class VmActions:
         return ""
 
     def step_tag(self, name: str) -> str | None:
+        """Step ``name``'s tag on the VM, if it can be trusted (signed with the pipeline's key for
+        this VM and OS disk, when there is a key); an untrusted one counts as none (the gate has
+        refused to resume over it already)."""
         model = self._model or self.vm_model(instance_view=False)
         value = (model.get("tags") or {}).get(STEP_TAG + name)
-        return str(value) if value else None
+        if not value or step_tag_problem(str(value), name, model, verdict_key()) is not None:
+            return None
+        return str(value)
+
+    def _signed(self, name: str, body: str) -> str:
+        """The value of step tag ``name`` for ``body``: signed for this VM and OS disk."""
+        model = self._model or self.vm_model(instance_view=False)
+        return sign_step_tag(body, name, model, verdict_key())
 
     def step_done(self, name: str) -> bool:
         """An earlier run (or this one) recorded step ``name`` as done on the VM."""
@@ -213,7 +224,7 @@ class VmActions:
 
         def change(tags: dict[str, str]) -> dict[str, str]:
             self._ours(tags)
-            tags[STEP_TAG + name] = f"{state} {self._tag_fields()}{extra}"[:256]
+            tags[STEP_TAG + name] = self._signed(name, f"{state} {self._tag_fields()}{extra}")
             tags[LEASE_TAG] = self._renewed().render()
             return tags
 
@@ -266,7 +277,7 @@ class VmActions:
 
         def change(tags: dict[str, str]) -> dict[str, str]:
             self._ours(tags)
-            tags[STEP_TAG + name] = f"done {self._tag_fields()}"
+            tags[STEP_TAG + name] = self._signed(name, f"done {self._tag_fields()}")
             tags[LEASE_TAG] = self._renewed().render()
             return tags
 
@@ -482,7 +493,7 @@ class VmActions:
 
         def change(tags: dict[str, str]) -> dict[str, str]:
             self._ours(tags)
-            tags[STEP_TAG + "generalize"] = f"started {self._tag_fields()}"
+            tags[STEP_TAG + "generalize"] = self._signed("generalize", f"started {self._tag_fields()}")
             self._pending_lease = new_lease(self.options.run_id, self.options.operator, ttl, then=then)
             tags[LEASE_TAG] = self._pending_lease.render()
             return tags
