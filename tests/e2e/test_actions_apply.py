@@ -130,7 +130,7 @@ def test_a_red_gate_changes_nothing_even_with_apply(azsim: Azsim, tmp_path: Path
     assert azsim.snapshot() == before and azsim.mutations(seq) == []
     assert set(action_outcomes(run, ORIGINAL).values()) == {"failed"}
     assert f"BLOCKED by the gate of {ORIGINAL}" in run.stdout
-    assert "is an original, not a copy" in run.stdout
+    assert "is not proven to be a copy" in run.stdout
     assert steps_of(run, ORIGINAL) == {}, "a step ran behind a red gate"
     assert run.audit()["vms"][0]["verdict"] == "NOT READY"
 
