@@ -19,6 +19,7 @@ from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.azure_view import (
     capture,
     capture_resource,
+    capture_target,
     hyper_v_generation,
     os_disk_architecture,
     os_state,
@@ -42,8 +43,7 @@ IN_PROGRESS = ("Creating", "Updating", "Accepted", "Running", "Migrating")
 
 
 def _target(facts: VmFacts) -> list[str]:
-    target = capture(facts).need("target", list)
-    return [str(target[i]) for i in range(len(target))]
+    return capture_target(facts)
 
 
 def _requested(facts: VmFacts) -> str:
@@ -221,8 +221,8 @@ def test_gallery_definition_matches_vm(
             f"image definition {gallery}/{name} takes no version of {vm.key}: {definition_property} "
             f"{theirs} on the definition, {mine} on the VM ({why})",
             where=where,
-            fix=f"capture to an image definition made for this VM ({definition_property} {mine}); a "
-            "definition's properties cannot be changed once it exists",
+            fix=f"capture to an image definition made for this VM ({definition_property} {mine}), or "
+            "correct --capture-as",
             doc=_docs.GALLERY_DEFINITIONS,
         )
 

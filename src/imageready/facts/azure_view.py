@@ -258,11 +258,27 @@ def capture_resource(facts: VmFacts, role: str) -> FactsView | None:
         raise FactsUnavailable(
             f"{facts.vm}: the capture target's {role} could not be read: {why}", AZURE_FACTS
         )
-    not_found = view.need("not_found", list)
-    if role in [not_found[i] for i in range(len(not_found))]:
+    if role in _strings(view, "not_found"):
         return None
     found: FactsView = view.need(("found", role), dict)
     return found
+
+
+def capture_target(facts: VmFacts) -> list[str]:
+    """The resolved --capture-as: ["image", NAME] or ["gallery", GALLERY, DEFINITION, VERSION]."""
+    target = _strings(capture(facts), "target")
+    if len(target) != {"image": 2, "gallery": 4}.get(target[0] if target else "", -1):
+        raise FactsUnavailable(f"Azure fact 'capture.target' is not a capture target: {target}", AZURE_FACTS)
+    return target
+
+
+def _strings(view: FactsView, key: str) -> list[str]:
+    """A list of strings; any element that is not one makes the reading check error."""
+    found = view.need(key, list)
+    values = [found[i] for i in range(len(found))]
+    if not all(isinstance(value, str) for value in values):
+        raise FactsUnavailable(f"Azure fact 'capture.{key}' holds a value that is not a string", AZURE_FACTS)
+    return values
 
 
 def security_type(facts: VmFacts) -> str:

@@ -165,8 +165,7 @@ def capture_targets(facts: VmFacts) -> list[tuple[str, Any]]:
     """The artifact this run would make of the VM, named in the case id
     (``[rg/vm-image-NAME]``, ``[rg/vm-gallery-GALLERY-DEFINITION-VERSION]``), so that a verdict
     judged for one capture target never stands for another (the expected case sets differ)."""
-    from imageready.facts.azure_view import capture
+    from imageready.facts.azure_view import capture_target
 
-    target = capture(facts).need("target", list)
-    parts = [str(target[i]) for i in range(len(target))]
+    parts = capture_target(facts)
     return [(param_id("-".join(parts)), parts)]
