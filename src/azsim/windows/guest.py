@@ -21,6 +21,7 @@ from azsim.guestapi import GuestContext
 from azsim.windows import cmdline
 from azsim.windows.auth import Authenticator, channel_bindings_for
 from azsim.windows.endpoint import WinRmListener
+from azsim.windows.listener import HttpsListenerSetup
 from azsim.windows.model import ScriptRun, WindowsMachine
 from azsim.windows.powershell import (
     HandlerRegistry,
@@ -67,7 +68,7 @@ class WindowsGuest:
         # the machine is what is on the OS disk: a copy of a disk boots the source's machine
         self.machine = WindowsMachine.open(spec, ctx.admin_user, ctx.content_dir)
         self.machine.power = self
-        self.handlers = HandlerRegistry([*handlers, *default_handlers()])
+        self.handlers = HandlerRegistry([*handlers, HttpsListenerSetup(ctx.tls_cert), *default_handlers()])
         self.service = WsmanService(self.machine.hostname, self._start_command, self.machine.close_shell)
         auth = Authenticator(
             user=ctx.admin_user,
