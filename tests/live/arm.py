@@ -29,6 +29,9 @@ API = {
     "galleries": "2023-07-03",
 }
 TERMINAL = ("Succeeded", "Failed", "Canceled")
+#: how long a deletion is waited for: on its own clock, so that a run past its time limit still
+#: sees its resource group go (Azure deletes a group with VMs in a few minutes)
+CLEANUP_SECONDS = 1800.0
 
 
 class LiveArmError(RuntimeError):
@@ -39,6 +42,9 @@ class LiveArm:
     """Generic ARM requests with a deadline; every resource it creates is remembered."""
 
     def __init__(self, env: Mapping[str, str], subscription: str, *, deadline: Callable[[], float]) -> None:
+        # imageready's cloud settings and azure-identity's EnvironmentCredential read os.environ
+        # when they are built: against azsim the suite's process does not have azsim's
+        # environment (the harness subprocesses get it), so it is lent for the construction only
         with mock.patch.dict(os.environ, dict(env)):
             self.cloud = resolve_cloud()
             self.ca_bundle = resolve_ca_bundle()
@@ -115,7 +121,7 @@ class LiveArm:
         if response.status_code not in (200, 201, 202):
             raise self._fail(f"PUT {path}", response)
         self.created.append(path)
-        self._follow(f"PUT {path}", response)
+        self._follow(f"PUT {path}", response, self._remaining())
         deadline = time.monotonic() + self._remaining()
         while True:
             found = self.get(path, api)
@@ -129,22 +135,24 @@ class LiveArm:
             time.sleep(2)
 
     def delete(self, path: str, api: str) -> bool:
-        """Delete and wait; False when there was nothing to delete (404)."""
+        """Delete and wait (not bound by the time guard: cleaning up is what it stops for); False
+        when there was nothing to delete (404)."""
         response = self._send("DELETE", path, api)
         if response.status_code == 404:
             return False
         if response.status_code not in (200, 202, 204):
             raise self._fail(f"DELETE {path}", response)
-        self._follow(f"DELETE {path}", response)
+        self._follow(f"DELETE {path}", response, CLEANUP_SECONDS)
         return True
 
-    def _follow(self, what: str, response: HttpResponse) -> None:
-        """Wait for the operation a 201/202 started (Azure-AsyncOperation, else Location)."""
+    def _follow(self, what: str, response: HttpResponse, seconds: float) -> None:
+        """Wait up to ``seconds`` for the operation a 201/202 started (Azure-AsyncOperation, else
+        Location)."""
         status_url = response.headers.get("Azure-AsyncOperation")
         location = response.headers.get("Location")
         if not status_url and not (location and response.status_code == 202):
             return
-        deadline = time.monotonic() + self._remaining()
+        deadline = time.monotonic() + seconds
         base = self.cloud.arm_endpoint.rstrip("/")
         url = str(status_url or location).split(base, 1)[-1]
         while time.monotonic() < deadline:

@@ -48,7 +48,9 @@ class Target:
     azsim: Azsim | None = None
     report_root: Path = field(default_factory=Path)
 
-    def harness(self, *args: str, name: str, extra_env: dict[str, str] | None = None) -> Run:
+    def harness(self, *args: str, name: str, timeout: float, extra_env: dict[str, str] | None = None) -> Run:
+        """imageready as an operator runs it, in a subprocess killed at ``timeout`` seconds (the
+        time guard's remainder: a stuck run still leaves time to delete what it made)."""
         import subprocess
 
         report_dir = self.report_root / name
@@ -58,7 +60,7 @@ class Target:
             env={**self.env, **(extra_env or {})},
             capture_output=True,
             text=True,
-            timeout=7200,
+            timeout=timeout,
         )
         return Run(done.returncode, done.stdout, done.stderr, report_dir)
 

@@ -21,6 +21,7 @@ from tests.live.plan import (
     SECURITY_PROFILE,
     TAG_EXPIRES,
     TAG_PREFIX,
+    CostGuard,
     LiveBudgetError,
     LivePlan,
     Machine,
@@ -41,7 +42,7 @@ class Lab:
         self.rg = plan.resource_group
         self._ssh_public_key = ssh_public_key
         self._windows_password = windows_password
-        self._vms_made = 0
+        self.guard = CostGuard(plan)
         #: the certificates the copies' WinRM HTTPS listeners present (PEM), for the harness
         self.winrm_certificates: list[str] = []
 
@@ -49,17 +50,11 @@ class Lab:
 
     def remaining(self) -> float:
         """Seconds left before the suite's time limit; past it, LiveBudgetError."""
-        left = (self.plan.config.expires - dt.datetime.now(dt.UTC)).total_seconds()
-        if left <= 0:
-            raise LiveBudgetError(
-                f"past the time limit of {self.plan.config.max_minutes} minutes: stopping and cleaning up"
-            )
-        return left
+        return self.guard.seconds_left()
 
     # --- making things ------------------------------------------------------------------------
 
     def create_group(self) -> None:
-        self.plan.guard()
         body = {"location": self.plan.config.location, "tags": self.plan.tags()}
         self.arm.put(self.arm.path(self.rg), API["resourceGroups"], body)
 
@@ -91,15 +86,9 @@ class Lab:
         }
         return str(self.arm.put(path, API["networkInterfaces"], body)["id"])
 
-    def _count_vm(self) -> None:
-        """The cost guard on count, again at each VM: never more than the plan allows."""
-        self._vms_made += 1
-        if self._vms_made > min(self.plan.vm_count, self.plan.config.max_vms):
-            raise LiveBudgetError(f"refusing VM number {self._vms_made}: the plan makes {self.plan.vm_count}")
-
     def create_original(self, machine: Machine) -> dict[str, Any]:
         """A VM from the Marketplace image, Trusted Launch, on a NIC in the configured subnet."""
-        self._count_vm()
+        self.guard.admit_vm(machine.original)
         nic = self._nic(f"{machine.original}-nic")
         if machine.os == "Linux":
             key = {"path": f"/home/{machine.admin}/.ssh/authorized_keys", "keyData": self._ssh_public_key}
@@ -139,7 +128,7 @@ class Lab:
     def copy(self, machine: Machine) -> dict[str, Any]:
         """snapshot of the original's OS disk -> disk -> a VM attaching it, through imageready's
         own Azure layer (the calls its --copy-first makes)."""
-        self._count_vm()
+        self.guard.admit_vm(machine.copy)
         session = self.arm.session
         original = session.get_vm(
             VmRef(self.arm.subscription, self.rg, machine.original), instance_view=False

@@ -6,6 +6,7 @@ first request) and the dry run (it is printed, and nothing else happens).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from tests.live.config import LiveConfig
@@ -131,6 +132,36 @@ class LivePlan:
 
 class LiveBudgetError(RuntimeError):
     """The cost guard refused: too many VMs, or past the time allowed."""
+
+
+class CostGuard:
+    """The cost guard of one run, on count and on time: a VM beyond the plan's count (or
+    IMAGEREADY_LIVE_MAX_VMS) is refused before its request, and past IMAGEREADY_LIVE_MAX_MINUTES
+    every wait stops so that the run goes on to delete what it made."""
+
+    def __init__(self, plan: LivePlan) -> None:
+        plan.guard()
+        self.plan = plan
+        self.vms_admitted: list[str] = []
+
+    def admit_vm(self, name: str) -> None:
+        """Count a VM about to be created; refuse it beyond the plan."""
+        limit = min(self.plan.vm_count, self.plan.config.max_vms)
+        if len(self.vms_admitted) >= limit:
+            raise LiveBudgetError(
+                f"refusing VM {name}: the run may create {limit} ({', '.join(self.vms_admitted)} made)"
+            )
+        self.vms_admitted.append(name)
+
+    def seconds_left(self, now: dt.datetime | None = None) -> float:
+        """Seconds before the time limit; past it, LiveBudgetError."""
+        now = now or dt.datetime.now(dt.UTC)
+        left = (self.plan.config.expires - now).total_seconds()
+        if left <= 0:
+            raise LiveBudgetError(
+                f"past the time limit of {self.plan.config.max_minutes} minutes: stopping and cleaning up"
+            )
+        return left
 
 
 def build_plan(config: LiveConfig) -> LivePlan:

@@ -21,7 +21,7 @@ from imageready.target import VmRef
 from tests.live.arm import API, LiveArm
 from tests.live.conftest import Target
 from tests.live.lab import Lab, leftovers, sweep
-from tests.live.plan import LivePlan, Machine
+from tests.live.plan import TAG_EXPIRES, LivePlan, Machine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root, pytest.mark.slow]
 
@@ -109,7 +109,9 @@ def test_the_originals_are_refused_as_originals(
     lab: Lab, live_plan: LivePlan, target: Target, winrm_bundle: dict[str, str]
 ) -> None:
     originals = [m.original for m in machines(live_plan)]
-    run = target.harness("checks", *vm_args(lab, originals), name="originals", extra_env=winrm_bundle)
+    run = target.harness(
+        "checks", *vm_args(lab, originals), name="originals", timeout=lab.remaining(), extra_env=winrm_bundle
+    )
     assert run.returncode in (exitcodes.RED_CHECKS, exitcodes.INFRASTRUCTURE_ERROR), run.output[-3000:]
     for name in originals:
         cases = {c["check_id"]: c for c in run.verdict(f"{lab.rg}/{name}")["checks"]}
@@ -127,6 +129,7 @@ def test_a_managed_image_of_a_trusted_launch_copy_is_refused_before_anything_cha
         "--apply",
         "--capture-as=image:{vm}-img",
         name="image-refused",
+        timeout=lab.remaining(),
         extra_env=winrm_bundle,
     )
     assert run.returncode == exitcodes.RED_CHECKS, run.output[-3000:]
@@ -147,6 +150,7 @@ def test_the_copies_are_generalized_and_captured_to_the_gallery(
         "--apply",
         f"--capture-as={live_plan.capture_as()}",
         name="apply",
+        timeout=lab.remaining(),
         extra_env=winrm_bundle,
     )
     assert run.returncode == exitcodes.GREEN, run.output[-4000:]
@@ -162,6 +166,42 @@ def test_the_copies_are_generalized_and_captured_to_the_gallery(
         source = version["properties"]["storageProfile"]["source"]
         made_from = str(source.get("virtualMachineId") or source.get("id") or "")
         assert made_from.lower().endswith(f"/virtualmachines/{name}")
+
+
+def test_the_sweeper_deletes_expired_groups_of_its_prefix_and_nothing_else(
+    lab: Lab, live_plan: LivePlan
+) -> None:
+    """Three empty resource groups (they cost nothing): an expired leftover of this prefix, one
+    whose run is still within its time, and one that merely shares the prefix in its name. Only
+    the first is the sweeper's; the run's own group stays too."""
+    config, arm = live_plan.config, lab.arm
+    now = dt.datetime.now(dt.UTC)
+    expired_tags = {**live_plan.tags(), TAG_EXPIRES: (now - dt.timedelta(hours=1)).isoformat()}
+    groups = {
+        "expired": (f"{lab.rg}-expired", expired_tags),
+        "running": (f"{lab.rg}-running", live_plan.tags()),
+        "untagged": (f"{lab.rg}-untagged", {"owner": "someone else"}),
+    }
+    try:
+        for name, tags in groups.values():
+            arm.put(arm.path(name), API["resourceGroups"], {"location": config.location, "tags": tags})
+        # a dry sweep lists, and deletes nothing
+        listed = sweep(arm, config.prefix, now=now, dry_run=True)
+        assert groups["expired"][0] in listed
+        assert arm.get(arm.path(groups["expired"][0]), API["resourceGroups"]) is not None
+        swept = sweep(arm, config.prefix, now=now)
+        assert groups["expired"][0] in swept
+        for kept in (groups["running"][0], groups["untagged"][0], lab.rg):
+            assert kept not in swept
+            assert arm.get(arm.path(kept), API["resourceGroups"]) is not None, kept
+        assert arm.get(arm.path(groups["expired"][0]), API["resourceGroups"]) is None
+        # past the run's expiry the running one is a leftover too; --all takes it at once
+        assert groups["running"][0] in leftovers(arm, config.prefix, now=config.expires)
+        assert groups["running"][0] in leftovers(arm, config.prefix, now=now, everything=True)
+        assert groups["untagged"][0] not in leftovers(arm, config.prefix, now=now, everything=True)
+    finally:
+        for name, _ in groups.values():
+            arm.delete(arm.path(name), API["resourceGroups"])
 
 
 def test_everything_the_run_made_is_deleted(lab: Lab, live_plan: LivePlan) -> None:
