@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
+from tests.live import config as config_module
 from tests.live.config import LiveConfigError, from_env
 from tests.live.plan import CostGuard, LiveBudgetError, build_plan
 
@@ -79,3 +81,18 @@ def test_the_guard_stops_the_run_at_its_time_limit() -> None:
     assert guard.seconds_left(config.started + dt.timedelta(minutes=29)) == pytest.approx(60.0)
     with pytest.raises(LiveBudgetError, match="past the time limit of 30 minutes"):
         guard.seconds_left(config.expires)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "live-tests.md").read_text(encoding="utf-8")
+    names = [
+        v for k, v in vars(config_module).items() if k.isupper() and str(v).startswith("IMAGEREADY_LIVE")
+    ]
+    assert len(names) == 10
+    for name in names:
+        assert f"`{name}`" in doc, name
+    defaults = from_env(LIVE)
+    for default in (defaults.location, defaults.linux_size, defaults.windows_size):
+        assert f"`{default}`" in doc, default
+    for default in (defaults.max_vms, defaults.max_minutes):
+        assert f"| `{default}` |" in doc, default
