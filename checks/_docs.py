@@ -19,3 +19,8 @@ SSE = "https://learn.microsoft.com/azure/virtual-machines/disk-encryption"
 LINUX_GENERIC = "https://learn.microsoft.com/azure/virtual-machines/linux/create-upload-generic"
 LINUX_AGENT = "https://learn.microsoft.com/azure/virtual-machines/extensions/agent-linux"
 MARKETPLACE_CERT = "https://learn.microsoft.com/partner-center/marketplace-offers/azure-vm-certification-faq"
+MANAGED_IMAGE = "https://learn.microsoft.com/azure/virtual-machines/capture-image-resource"
+IMAGE_VERSION = "https://learn.microsoft.com/azure/virtual-machines/image-version"
+GALLERY_DEFINITIONS = (
+    "https://learn.microsoft.com/azure/virtual-machines/shared-image-galleries#image-definitions"
+)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from azsim import arm_resources, arm_restore_points, arm_vms
+from azsim import arm_groups, arm_resources, arm_restore_points, arm_vms
 from azsim.aad import Directory, TokenError
 from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, route
 from azsim.faults import Fault, FaultSet, RequestFacts
@@ -166,6 +166,7 @@ ROUTES: list[Route] = [
         "operationStatus",
     ),
     route("GET", "/metadata/endpoints", _cloud_metadata, "", "metadata", auth=False),
+    *arm_groups.ROUTES,
     *arm_vms.ROUTES,
     *arm_resources.ROUTES,
     *arm_restore_points.ROUTES,
@@ -184,6 +185,8 @@ class Simulator:
         guest_settings: GuestSettings | None = None,
     ) -> None:
         self.scenario = scenario
+        #: the one password azsim's Windows guests accept (a VM from an image must be given it)
+        self.admin_password = secrets.admin_password
         self.timings = scenario.timings
         self.store = Store(scenario, ssh_public_key)
         self.directory = Directory(

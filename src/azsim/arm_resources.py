@@ -309,6 +309,88 @@ def get_gallery_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> Arm
         return ArmReply(200, _gallery_image(sim, m, rg).to_arm())
 
 
+def put_gallery(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    """Create a gallery (an LRO: Creating, then Succeeded), or update the tags of one."""
+    body = req.json()
+    rg = _rg(sim, m)
+    with sim.store.lock:
+        resource_id = sim.store.compute_id(rg, "galleries", m["gallery"])
+        existing = sim.store.get(resource_id)
+        if isinstance(existing, Gallery):
+            if "tags" in body:
+                existing.tags = _tags(body)
+            return ArmReply(200, existing.to_arm(sim.store.subscription_id))
+        gallery = Gallery(
+            id=resource_id,
+            name=m["gallery"],
+            resource_group=rg,
+            location=str(body.get("location") or sim.store.resource_groups[rg.lower()][1]),
+            tags=_tags(body),
+        )
+    return _created(
+        sim, req, gallery, "createGallery", 201, lambda: gallery.to_arm(sim.store.subscription_id)
+    )
+
+
+#: what an image definition must declare (GalleryImageProperties' required properties)
+_DEFINITION_REQUIRED = ("osType", "osState", "identifier")
+
+
+def put_gallery_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    """Create an image definition in an existing gallery. A definition that exists is answered
+    as it is when the request declares the same properties; azsim refuses to change them."""
+    body = req.json()
+    rg = _rg(sim, m)
+    props = body.get("properties") or {}
+    missing = [key for key in _DEFINITION_REQUIRED if not props.get(key)]
+    if missing:
+        raise invalid(f"Required parameter 'properties.{missing[0]}' is missing (null).")
+    for key in ("hyperVGeneration", "architecture"):
+        if not props.get(key):
+            # Azure has defaults for these; azsim does not guess them
+            raise invalid(f"azsim needs properties.{key} on an image definition (no default modelled).")
+    features = props.get("features") or []
+    security = None
+    for feature in features if isinstance(features, list) else [None]:
+        if not isinstance(feature, dict) or feature.get("name") != "SecurityType":
+            raise invalid(f"azsim models only the SecurityType feature of a definition; got {feature!r}.")
+        security = str(feature.get("value") or "")
+    identifier = props["identifier"] if isinstance(props["identifier"], dict) else {}
+    plan = props.get("purchasePlan")
+    with sim.store.lock:
+        gallery_id = sim.store.compute_id(rg, "galleries", m["gallery"])
+        gallery = sim.store.get(gallery_id)
+        if not isinstance(gallery, Gallery):
+            raise not_found("Microsoft.Compute/galleries", m["gallery"], m["rg"])
+        image = GalleryImage(
+            id=f"{gallery_id}/images/{m['image']}",
+            name=m["image"],
+            resource_group=rg,
+            location=str(body.get("location") or gallery.location),
+            tags=_tags(body),
+            os=str(props["osType"]),
+            os_state=str(props["osState"]),
+            hyper_v_generation=str(props["hyperVGeneration"]),
+            publisher=str(identifier.get("publisher") or ""),
+            offer=str(identifier.get("offer") or ""),
+            sku=str(identifier.get("sku") or ""),
+            security_type=security,
+            architecture=str(props["architecture"]),
+            plan={str(k): str(v) for k, v in plan.items()} if isinstance(plan, dict) and plan else None,
+        )
+        existing = sim.store.get(image.id)
+        if isinstance(existing, GalleryImage):
+            settled = {"provisioningState": ""}
+            if existing.to_arm()["properties"] | settled != image.to_arm()["properties"] | settled:
+                raise ArmError(
+                    409,
+                    "Conflict",
+                    f"azsim does not change the properties of definition '{m['image']}' once it exists.",
+                )
+            return ArmReply(200, existing.to_arm())
+    return _created(sim, req, image, "createGalleryImage", 201, image.to_arm)
+
+
 def get_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     rg = _rg(sim, m)
     with sim.store.lock:
@@ -480,12 +562,20 @@ ROUTES: list[Route] = [
     route("GET", CP + "/images/{name}", get_image, f"{_C}/images/read", "getImage"),
     route("PUT", CP + "/images/{name}", put_image, f"{_C}/images/write", "createImage"),
     route("GET", GALLERY, get_gallery, f"{_C}/galleries/read", "getGallery"),
+    route("PUT", GALLERY, put_gallery, f"{_C}/galleries/write", "createGallery"),
     route(
         "GET",
         GALLERY + "/images/{image}",
         get_gallery_image,
         f"{_C}/galleries/images/read",
         "getGalleryImage",
+    ),
+    route(
+        "PUT",
+        GALLERY + "/images/{image}",
+        put_gallery_image,
+        f"{_C}/galleries/images/write",
+        "createGalleryImage",
     ),
     route(
         "GET",

@@ -15,9 +15,11 @@ and its test: docs/azsim-rules.md).
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, not_allowed, route
+from azsim.guestapi import disk_home
 from azsim.lro import OperationError
 from azsim.state import Disk, Nic, Vm
 
@@ -406,6 +408,73 @@ def _attached_disk(sim: Simulator, rg: str, ref: Any, where: str, vm_id: str) ->
     return disk
 
 
+def _disk_from_image(sim: Simulator, rg: str, vm_name: str, body: dict[str, Any]) -> tuple[Disk, str]:
+    """The OS disk of a VM created from a Marketplace image (createOption FromImage), and the
+    admin user of its osProfile. The image must be one the scenario lists (``marketplace:``);
+    its OS type, Hyper-V generation and architecture become the disk's (Virtual Machine Images -
+    Get). The disk is added to the store by the caller, once the whole request is valid."""
+    props = body.get("properties") or {}
+    storage = props.get("storageProfile") or {}
+    ref = storage.get("imageReference") or {}
+    parts = [str(ref.get(key) or "") for key in ("publisher", "offer", "sku", "version")]
+    if not all(parts):
+        raise invalid("storageProfile.imageReference: publisher, offer, sku and version are required.")
+    image = next((i for i in sim.scenario.marketplace if i.matches(*parts)), None)
+    if image is None:
+        raise ArmError(
+            404,
+            "PlatformImageNotFound",
+            f"The platform image '{':'.join(parts)}' is not available. Verify that all fields in the "
+            "storage profile are correct. For more details about storage profile information, please "
+            "refer to https://aka.ms/storageprofile",
+        )
+    profile = props.get("osProfile") or {}
+    admin_user = profile.get("adminUsername")
+    if not isinstance(admin_user, str) or not admin_user:
+        raise invalid("Required parameter 'osProfile' is missing (null).", "InvalidParameter")
+    _check_guest_credential(sim, image.os, profile)
+    os_ref = storage.get("osDisk") or {}
+    name = str(os_ref.get("name") or f"{vm_name}_OsDisk_1_{uuid.uuid4().hex}")
+    location = str(body.get("location") or sim.store.resource_groups[rg.lower()][1])
+    disk = Disk(
+        id=sim.store.compute_id(rg, "disks", name),
+        name=name,
+        resource_group=rg,
+        location=location,
+        size_gb=int(os_ref.get("diskSizeGB") or image.size_gb),
+        os=image.os,
+        hyper_v_generation=image.hyper_v_generation,
+        architecture=image.architecture,
+        create_option="FromImage",
+        image=":".join(parts),
+        # empty: the guest provisions afresh from azsim's base image when it first boots
+        content_home=str(disk_home(rg, "disks", name)),
+    )
+    if sim.store.get(disk.id) is not None:
+        raise ArmError(409, "Conflict", f"Disk '{name}' already exists.")
+    return disk, admin_user
+
+
+def _check_guest_credential(sim: Simulator, os_type: str, profile: dict[str, Any]) -> None:
+    """azsim's guests know one credential: its SSH key (Linux) and its admin password (Windows),
+    generated per state directory. A VM given another one could never be logged in to, so azsim
+    refuses it loudly instead of pretending."""
+    if os_type == "Linux":
+        keys = ((profile.get("linuxConfiguration") or {}).get("ssh") or {}).get("publicKeys") or []
+        given = {" ".join(str(k.get("keyData") or "").split()[:2]) for k in keys if isinstance(k, dict)}
+        mine = " ".join(sim.store.ssh_public_key.split()[:2])
+        if mine not in given:
+            raise invalid(
+                "azsim: a Linux VM from an image must authorise azsim's SSH key (the .pub of "
+                "IMAGEREADY_SSH_KEY in azsim's env) in osProfile.linuxConfiguration.ssh.publicKeys."
+            )
+    elif profile.get("adminPassword") != sim.admin_password:
+        raise invalid(
+            "azsim: a Windows VM from an image must be given azsim's admin password "
+            "(IMAGEREADY_WINRM_PASSWORD in azsim's env)."
+        )
+
+
 def _plan(value: Any) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) and value else None
 
@@ -432,13 +501,17 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
         props = body.get("properties") or {}
         storage = props.get("storageProfile") or {}
         os_ref = storage.get("osDisk") or {}
-        if os_ref.get("createOption") != "Attach":
-            raise invalid(
-                "storageProfile.osDisk.createOption: azsim creates VMs by attaching an "
-                "existing managed disk ('Attach')."
-            )
         vm_id = sim.store.compute_id(rg, "virtualMachines", m["name"])
-        os_disk = _attached_disk(sim, rg, os_ref, "storageProfile.osDisk", vm_id)
+        from_image = os_ref.get("createOption") == "FromImage"
+        if from_image:
+            os_disk, admin_user = _disk_from_image(sim, rg, m["name"], body)
+        elif os_ref.get("createOption") != "Attach":
+            raise invalid(
+                "storageProfile.osDisk.createOption: azsim creates VMs from a Marketplace image "
+                "('FromImage') or by attaching an existing managed disk ('Attach')."
+            )
+        else:
+            os_disk = _attached_disk(sim, rg, os_ref, "storageProfile.osDisk", vm_id)
         if not os_disk.os:
             raise invalid(f"Disk '{os_disk.name}' has no osType and cannot be an OS disk.")
         data_disks: list[tuple[int, Disk]] = []
@@ -470,8 +543,10 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
             os=os_disk.os,
             size=str((props.get("hardwareProfile") or {}).get("vmSize") or "Standard_D2s_v5"),
             power="starting",
-            admin_user=str(lineage.get("admin_user") or "azureuser"),
-            has_os_profile=False,
+            admin_user=admin_user if from_image else str(lineage.get("admin_user") or "azureuser"),
+            # a VM made from an image shows the osProfile it was given; one that attaches a
+            # specialized disk has none (the disk already carries its OS configuration)
+            has_os_profile=from_image,
             vm_agent_version="2.7.3.0" if os_disk.os == "Linux" else "2.7.41491.1102",
             os_disk=os_disk,
             data_disks=data_disks,
@@ -486,6 +561,9 @@ def create_vm(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
         )
         for disk in (os_disk, *(d for _, d in data_disks)):
             disk.managed_by = vm.id
+        if from_image:
+            os_disk.lineage = {"vm": vm.key, "admin_user": vm.admin_user, "os": vm.os, "guest": {}}
+            sim.store.add(os_disk)
         nic.vm_id = vm.id
         sim.store.add(vm)
         reply_body = vm.to_arm(sim.store.subscription_id, sim.store.ssh_public_key)

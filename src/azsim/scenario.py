@@ -32,6 +32,7 @@ DEFAULT_TIMINGS = {
     "restart": 0.2,
     "run_command": 0.2,
     "create": 0.2,
+    "delete": 0.2,
     # ARM waits this long for an operation to finish before answering 202 (see README)
     "settle": 0.5,
 }
@@ -349,6 +350,23 @@ class DiskRestorePointSpec:
 
 
 @dataclass(frozen=True)
+class MarketplaceImageSpec:
+    """A platform image a VM may be created from, with what Azure shows of it (REST reference,
+    Virtual Machine Images - Get: ``hyperVGeneration``, ``architecture``, the OS disk image)."""
+
+    urn: str  # Publisher:Offer:Sku:Version ("latest" matches any requested version)
+    os: str
+    hyper_v_generation: str = "V2"
+    architecture: str = "x64"
+    size_gb: int = 30
+
+    def matches(self, publisher: str, offer: str, sku: str, version: str) -> bool:
+        mine = self.urn.lower().split(":")
+        theirs = [publisher.lower(), offer.lower(), sku.lower(), version.lower()]
+        return mine[:3] == theirs[:3] and (mine[3] == theirs[3] or "latest" in (mine[3], theirs[3]))
+
+
+@dataclass(frozen=True)
 class Scenario:
     source: str
     tenant: str
@@ -363,6 +381,8 @@ class Scenario:
     #: ``guest_addresses.swapped``: pairs of "rg/name" whose entries the address map the env
     #: file exports are exchanged (an operator's mistake; Azure has no part in it)
     swapped_addresses: tuple[tuple[str, str], ...] = ()
+    #: platform images a VM may be created from (``marketplace:``); none: no VM from an image
+    marketplace: tuple[MarketplaceImageSpec, ...] = ()
 
     def vm_specs(self) -> list[tuple[ResourceGroupSpec, VmSpec]]:
         return [(rg, vm) for rg in self.resource_groups for vm in rg.vms]
@@ -650,6 +670,23 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             _resource_group(item, f"resource_groups[{i}]")
             for i, item in enumerate(r.items("resource_groups"))
         )
+        images = []
+        for i, item in enumerate(r.items("marketplace")):
+            m = _Reader(item, f"marketplace[{i}]")
+            image = m.text("image")
+            if len(image.split(":")) != 4:
+                raise ScenarioError(f"{m.where('image')}: expected Publisher:Offer:Sku:Version: {image!r}")
+            os_type = m.text("os", choices=("Linux", "Windows"))
+            images.append(
+                MarketplaceImageSpec(
+                    urn=image,
+                    os=os_type,
+                    hyper_v_generation=m.text("hyper_v_generation", "V2", choices=("V1", "V2")),
+                    architecture=m.text("architecture", "x64", choices=("x64", "Arm64")),
+                    size_gb=m.integer("size_gb", 30 if os_type == "Linux" else 127, minimum=1),
+                )
+            )
+            m.done()
         seen: set[str] = set()
         for rg in rgs:
             if rg.name.lower() in seen:
@@ -673,6 +710,7 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             faults=tuple(faults),
             resource_groups=rgs,
             swapped_addresses=swapped,
+            marketplace=tuple(images),
         )
         r.done()
     except ScenarioError as err:

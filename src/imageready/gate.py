@@ -6,8 +6,9 @@ to a later actions stage.
 
 Rules (``docs/gate.md``): a VM's gate opens only when every expected check case of that VM ended
 ``passed``, ``waived`` or ``not_applicable`` (the plugin decides "not applicable", only from the
-check's OS). Anything else — failed, error, xfailed, xpassed, skipped for any other reason,
-deselected, not collected, not run — keeps it shut. One VM's gate never depends on another's.
+check's OS and its ``requires=``: ``imageready.applicability``). Anything else — failed, error,
+xfailed, xpassed, skipped for any other reason, deselected, not collected, not run — keeps it shut.
+One VM's gate never depends on another's.
 """
 
 from __future__ import annotations
@@ -690,3 +691,5 @@ class Resume:
     tag: str
     accepted: bool
     reason: str
+    #: the case set of the resumed run's verdict (what it judged green)
+    expected: tuple[str, ...] = ()

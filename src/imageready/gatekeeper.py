@@ -19,6 +19,7 @@ import pytest
 from _pytest.runner import CallInfo
 
 from imageready import exitcodes
+from imageready.applicability import REQUIREMENTS, unmet_requirement
 from imageready.checking import evidence_summaries
 from imageready.facts import VM_STATE, FactsUnavailable
 from imageready.facts.view import not_recording, recording_reads
@@ -148,6 +149,8 @@ class GateKeeper:
                 module = getattr(item, "module", None)
                 if module is not None:
                     modules[item.nodeid.split("::", 1)[0]] = module
+            if info.requires:
+                state.capture_cases.setdefault(vm.key, set()).add(info.case_id)
             item.stash[INFO] = info
             item.add_marker(pytest.mark.xdist_group(name=f"imageready-{vm.key}"))
         if state.needs_vm:
@@ -243,9 +246,11 @@ class GateKeeper:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        """Not applicable, the only skip the gate accepts: a check for another OS, or any check of
-        a VM this run resumes (its guest is already generalized under that run's verdict). What
-        the gate reads here is its own, not the case's."""
+        """Not applicable, the only skip the gate accepts: a check for another OS, a check that
+        requires what this run does not do (``requires="capture"`` without --capture-as), or a
+        check of a VM this run resumes (its guest is already generalized under that run's
+        verdict) unless it judges the capture target, which it reads from Azure alone. What the
+        gate reads here is its own, not the case's."""
         with not_recording():
             self._applicable(item)
 
@@ -253,8 +258,13 @@ class GateKeeper:
         info = item_info(item)
         if info is None or info.kind != "check":
             return
+        unmet = unmet_requirement(info.requires, self.state.capture)
+        if unmet is not None:
+            reason = f"not applicable: {unmet}"
+            item.stash[NOT_APPLICABLE] = reason
+            pytest.skip(reason)
         resume = self.state.resume(info.vm)
-        if resume is not None and resume.accepted:
+        if resume is not None and resume.accepted and not info.requires:
             reason = f"not applicable: {resume.reason} (its guest is already generalized)"
             item.stash[NOT_APPLICABLE] = reason
             pytest.skip(reason)
@@ -606,6 +616,8 @@ def _check_info(item: pytest.Item, mark: pytest.Mark, vm: VmRef) -> ItemInfo:
         problems.append(f"severity must be one of {', '.join(SEVERITIES)}")
     if kwargs.get("os") and kwargs["os"] not in OS_VALUES:
         problems.append(f"os must be one of {', '.join(OS_VALUES)}")
+    if kwargs.get("requires") and kwargs["requires"] not in REQUIREMENTS:
+        problems.append(f"requires must be one of {', '.join(REQUIREMENTS)}")
     if problems:
         raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.check: {'; '.join(problems)}")
     return ItemInfo(
@@ -618,6 +630,7 @@ def _check_info(item: pytest.Item, mark: pytest.Mark, vm: VmRef) -> ItemInfo:
         os=str(kwargs["os"]),
         doc=str(kwargs["doc"]),
         parameter=_case_parameter(item, vm),
+        requires=str(kwargs.get("requires") or ""),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from imageready import hookspecs
+from imageready.applicability import unmet_requirement
 from imageready.facts import ITEM_SOURCES, FactsUnavailable, VmFacts
 from imageready.facts.view import recording_reads
 from imageready.gate import WaiverBook, WaiverError, load_waivers, parse_duration
@@ -32,9 +33,11 @@ pytest_plugins = ["imageready.allure_support", "imageready.recording"]
 SESSION_PLUGINS = ("imageready.fixtures", "imageready.action_fixtures", "imageready.facts.items")
 
 MARKERS = (
-    "check(id, title, severity, os, doc, each=None): an imageready pre-flight check. id: stable "
-    "check id (e.g. IR-WIN-001); severity: critical|high|medium|low; os: Linux|Windows|any; doc: "
-    "the URL it enforces; each: parametrize per VM over an item source (role, disk, volume, ...)",
+    "check(id, title, severity, os, doc, each=None, requires=None): an imageready pre-flight check. "
+    "id: stable check id (e.g. IR-WIN-001); severity: critical|high|medium|low; os: "
+    "Linux|Windows|any; doc: the URL it enforces; each: parametrize per VM over an item source "
+    "(role, disk, volume, ...); requires: capture|capture:image|capture:gallery, not applicable "
+    "to a run without that --capture-as",
     "action(step): an imageready action step; runs only behind a green gate, changes the VM "
     "only with --apply",
 )
@@ -302,7 +305,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from imageready.steps.capture import CaptureSpecError, parse_capture
 
     try:
-        parse_capture(config.getoption("capture_as"))
+        capture = parse_capture(config.getoption("capture_as"))
     except CaptureSpecError as exc:
         raise pytest.UsageError(str(exc)) from None
     from imageready.steps import StepFailed
@@ -393,6 +396,7 @@ def pytest_configure(config: pytest.Config) -> None:
         + ([waiver_file] if waiver_file is not None else []),
     )
     state.lease_ttl = lease_ttl
+    state.capture = capture
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and "imageready_facts" in workerinput:
         for key, data in json.loads(workerinput["imageready_facts"]).items():
@@ -588,6 +592,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not state.vms:
         state.needs_vm = True
     each = check.kwargs.get("each") if check is not None else None
+    try:
+        # a check that needs what this run does not do (--capture-as) is one case per VM, not
+        # applicable (imageready decides it at setup), whatever its item source would say
+        unmet = unmet_requirement(check.kwargs.get("requires") if check is not None else None, state.capture)
+    except ValueError as exc:
+        # an unknown requirement: its source is not asked; the gatekeeper refuses the marker
+        unmet = str(exc)
     if each is None:
         metafunc.parametrize("vm", state.vms, ids=[vm.key for vm in state.vms])
         return
@@ -599,6 +610,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     values: list[tuple[VmRef, Any]] = []
     ids: list[str] = []
     for vm in state.vms:
+        if unmet is not None:
+            values.append((vm, NOT_APPLICABLE_PARAM))
+            ids.append(vm.key)
+            continue
         facts = state.facts(vm)
         if check_os != "any" and facts.os_type is not None and facts.os_type != check_os:
             values.append((vm, NOT_APPLICABLE_PARAM))

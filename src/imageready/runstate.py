@@ -21,6 +21,7 @@ from imageready.facts import FactsProvider, VmFacts
 from imageready.gate import (
     RED_OUTCOMES,
     STEP_TAG,
+    UNJUDGED,
     Resume,
     VerdictDecision,
     VerdictError,
@@ -51,6 +52,8 @@ class ItemInfo:
     doc: str = ""
     parameter: str = ""
     step: str = ""
+    #: what the check needs of the run to apply (``requires=`` of its marker; imageready.applicability)
+    requires: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,11 @@ class RunState:
     step_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     needs_vm: bool = False
     lease_ttl: dt.timedelta = dt.timedelta(minutes=30)
+    #: --capture-as, parsed (None: this run captures nothing)
+    capture: tuple[str, ...] | None = None
+    #: per VM key, the case ids of checks with ``requires=`` (the capture pre-flight): they read
+    #: only Azure, so they still judge a VM this run resumes
+    capture_cases: dict[str, set[str]] = field(default_factory=dict)
     #: the action steps of each VM acted on by this process (see imageready.steps)
     vm_actions: dict[str, Any] = field(default_factory=dict)
     _provider: FactsProvider | None = None
@@ -174,7 +182,8 @@ class RunState:
         resume = self.resume(vm)
         decision: GateDecision
         if resume is not None and resume.accepted:
-            decision = GateDecision(True, (resume.reason,), "resume")
+            held = self._capture_blockers(vm, resume)
+            decision = GateDecision(not held, (resume.reason, *held), "resume")
         elif resume is not None:
             decision = GateDecision(False, (resume.reason, *blockers), "resume")
         elif self.verdict_paths:
@@ -210,6 +219,26 @@ class RunState:
             decision = GateDecision(False, blockers, "checks")
         self.decisions[vm.key] = decision
         return decision
+
+    def _capture_blockers(self, vm: VmRef, resume: Resume) -> list[str]:
+        """What keeps a resumed VM's gate shut: a capture pre-flight case this run judged red, or
+        one it did not judge (deselected) for a target the resumed run's verdict never checked
+        (its case ids name the target)."""
+        gate = self.gate(vm)
+        held = []
+        for case_id in sorted(self.capture_cases.get(vm.key, ())):
+            case = gate.cases.get(case_id)
+            if case is None or case.green:
+                continue
+            if case.outcome not in UNJUDGED:
+                held.append(f"{case_id}: {describe_outcome(case)}")
+            elif case_id not in resume.expected:
+                held.append(
+                    f"{case_id}: not judged in this run, and run {resume.run_id}'s verdict did not "
+                    "check this capture target: run the capture checks with the actions "
+                    "(pytest --vm ... checks/test_capture.py actions)"
+                )
+        return held
 
     def resume(self, vm: VmRef) -> Resume | None:
         """If an earlier run started changing ``vm`` (its guest step is tagged on the VM), the
@@ -287,7 +316,8 @@ class RunState:
         )
         if not judged.accepted:
             return Resume(run, tag, False, f"{prefix}; {judged.reason}")
-        return Resume(run, tag, True, f"resuming run {run} under its green verdict {source}")
+        expected = tuple(str(c) for c in document.get("expected_cases") or [])
+        return Resume(run, tag, True, f"resuming run {run} under its green verdict {source}", expected)
 
     def verdict_for(self, vm: VmRef) -> tuple[Path, dict[str, Any]] | None:
         """The --verdict document of ``vm`` (the files are read once per run), None if none."""

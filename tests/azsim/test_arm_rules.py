@@ -464,3 +464,182 @@ def test_a_snapshot_may_be_made_from_a_snapshot(fleet: Azsim, session: AzureSess
     copy = session.create_snapshot(RG, "snap-of-snap", source, "westeurope", {})
     assert copy["properties"]["creationData"]["sourceResourceId"] == source
     assert copy["properties"]["provisioningState"] == "Succeeded"
+
+
+# --- what the live suite (tests/live) creates and deletes -------------------------------------------
+
+RG_API = "?api-version=2021-04-01"
+
+
+def group_path(fleet: Azsim, name: str) -> str:
+    return f"/subscriptions/{fleet.subscription}/resourceGroups/{name}"
+
+
+def wait_for(fleet: Azsim, session: AzureSession, headers: dict[str, str]) -> dict[str, Any]:
+    """Follow a 202's Azure-AsyncOperation URL to its end, as ARM clients do."""
+    url = headers.get("Azure-AsyncOperation") or headers["Location"]
+    path = url.split(fleet.url, 1)[1]
+    for _ in range(100):
+        status, _headers, body = raw(fleet, session, "GET", path)
+        assert status == 200, body
+        if body["status"] != "InProgress":
+            return dict(body)
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never ended")
+
+
+def test_a_resource_group_is_created_or_updated_in_its_location(fleet: Azsim, session: AzureSession) -> None:
+    path = group_path(fleet, "rg-made") + RG_API
+    status, _, body = raw(fleet, session, "PUT", path, body={"location": "westeurope", "tags": {"a": "1"}})
+    assert status == 201 and body["properties"]["provisioningState"] == "Succeeded", body
+    assert body["id"].endswith("/resourceGroups/rg-made") and body["tags"] == {"a": "1"}
+    status, _, body = raw(fleet, session, "PUT", path, body={"location": "westeurope", "tags": {"b": "2"}})
+    assert status == 200 and body["tags"] == {"b": "2"}
+    status, _, body = raw(fleet, session, "PUT", path, body={"location": "eastus"})
+    assert status == 409 and error_of(body) == (
+        "InvalidResourceGroupLocation",
+        "Invalid resource group location 'eastus'. The Resource group already exists in location "
+        "'westeurope'.",
+    )
+    status, _, body = raw(fleet, session, "PUT", group_path(fleet, "rg-nowhere") + RG_API, body={})
+    assert status == 400 and error_of(body)[0] == "LocationRequired"
+    status, _, body = raw(fleet, session, "GET", path)
+    assert status == 200 and body["location"] == "westeurope"
+
+
+def test_resource_groups_are_listed_by_tag(fleet: Azsim, session: AzureSession) -> None:
+    for name, value in (("rg-tag-1", "x"), ("rg-tag-2", "y")):
+        body = {"location": "westeurope", "tags": {"imageready-live": value}}
+        assert raw(fleet, session, "PUT", group_path(fleet, name) + RG_API, body=body)[0] == 201
+    base = f"/subscriptions/{fleet.subscription}/resourcegroups{RG_API}&$filter="
+    status, _, body = raw(fleet, session, "GET", base + "tagName%20eq%20'imageready-live'")
+    assert status == 200 and [g["name"] for g in body["value"]] == ["rg-tag-1", "rg-tag-2"]
+    query = "tagName%20eq%20'imageready-live'%20and%20tagValue%20eq%20'y'"
+    assert [g["name"] for g in raw(fleet, session, "GET", base + query)[2]["value"]] == ["rg-tag-2"]
+    everything = raw(fleet, session, "GET", f"/subscriptions/{fleet.subscription}/resourcegroups{RG_API}")[2]
+    assert {"rg-fleet", "rg-tag-1", "rg-tag-2"} <= {g["name"] for g in everything["value"]}
+
+
+def linux_vm_from_image(fleet: Azsim, rg: str, name: str, image: dict[str, str]) -> dict[str, Any]:
+    nic = f"{group_path(fleet, rg)}/providers/Microsoft.Network/networkInterfaces/{name}-nic"
+    key = (fleet.state_dir / "ssh" / "id_ed25519.pub").read_text().strip()
+    return {
+        "location": "westeurope",
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_B1s"},
+            "storageProfile": {"imageReference": image, "osDisk": {"createOption": "FromImage"}},
+            "osProfile": {
+                "computerName": name,
+                "adminUsername": "azureuser",
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": True,
+                    "ssh": {"publicKeys": [{"path": "/home/azureuser/.ssh/authorized_keys", "keyData": key}]},
+                },
+            },
+            "networkProfile": {"networkInterfaces": [{"id": nic}]},
+        },
+    }
+
+
+def make_nic(fleet: Azsim, session: AzureSession, rg: str, name: str) -> None:
+    nic = f"{group_path(fleet, rg)}/providers/Microsoft.Network/networkInterfaces/{name}-nic"
+    status, _, body = raw(
+        fleet, session, "PUT", nic + "?api-version=2024-05-01", body={"location": "westeurope"}
+    )
+    assert status in (200, 201), body
+
+
+def test_a_vm_from_a_marketplace_image_gets_an_os_disk_made_from_the_image(
+    fleet: Azsim, session: AzureSession
+) -> None:
+    debian = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"}
+    make_nic(fleet, session, RG, "lin-market")
+    path = vm_path(fleet, "lin-market") + API
+    status, headers, body = raw(
+        fleet, session, "PUT", path, body=linux_vm_from_image(fleet, RG, "lin-market", debian)
+    )
+    assert status == 201, body
+    assert wait_for(fleet, session, headers)["status"] == "Succeeded"
+    vm = session.get_vm(fleet.ref("lin-market"))
+    storage = vm["properties"]["storageProfile"]
+    assert storage["osDisk"]["createOption"] == "FromImage" and storage["osDisk"]["osType"] == "Linux"
+    assert storage["imageReference"]["offer"] == "debian-12"
+    assert vm["properties"]["osProfile"]["adminUsername"] == "azureuser"
+    assert vm["properties"]["instanceView"]["hyperVGeneration"] == "V2"
+    disk = session.get_disk(storage["osDisk"]["managedDisk"]["id"])
+    assert disk["properties"]["creationData"]["createOption"] == "FromImage"
+    assert disk["properties"]["supportedCapabilities"] == {"architecture": "x64"}
+    assert disk["managedBy"].lower() == vm["id"].lower()
+    # an image the platform does not have
+    missing = {**debian, "sku": "11"}
+    make_nic(fleet, session, RG, "lin-nowhere")
+    status, _, body = raw(
+        fleet,
+        session,
+        "PUT",
+        vm_path(fleet, "lin-nowhere") + API,
+        body=linux_vm_from_image(fleet, RG, "lin-nowhere", missing),
+    )
+    assert status == 404 and error_of(body) == (
+        "PlatformImageNotFound",
+        "The platform image 'Debian:debian-12:11:latest' is not available. Verify that all fields in the "
+        "storage profile are correct. For more details about storage profile information, please refer "
+        "to https://aka.ms/storageprofile",
+    )
+
+
+def test_a_gallery_and_an_image_definition_are_created_by_put(fleet: Azsim, session: AzureSession) -> None:
+    gallery = compute_path(fleet, "galleries", "galMade")
+    status, headers, body = raw(fleet, session, "PUT", gallery + API, body={"location": "westeurope"})
+    assert status == 201 and body["properties"]["provisioningState"] == "Creating", body
+    assert wait_for(fleet, session, headers)["status"] == "Succeeded"
+    definition = {
+        "location": "westeurope",
+        "properties": {
+            "osType": "Windows",
+            "osState": "Generalized",
+            "hyperVGeneration": "V2",
+            "architecture": "x64",
+            "identifier": {"publisher": "contoso", "offer": "live", "sku": "win"},
+            "features": [{"name": "SecurityType", "value": "TrustedLaunch"}],
+        },
+    }
+    status, headers, body = raw(fleet, session, "PUT", gallery + "/images/win" + API, body=definition)
+    assert status == 201, body
+    wait_for(fleet, session, headers)
+    shown = raw(fleet, session, "GET", gallery + "/images/win" + API)[2]["properties"]
+    assert shown["features"] == [{"name": "SecurityType", "value": "TrustedLaunch"}]
+    assert (shown["osType"], shown["osState"], shown["provisioningState"]) == (
+        "Windows",
+        "Generalized",
+        "Succeeded",
+    )
+    orphan = compute_path(fleet, "galleries", "galNone") + "/images/win" + API
+    status, _, body = raw(fleet, session, "PUT", orphan, body=definition)
+    assert status == 404 and error_of(body)[0] == "ResourceNotFound"
+
+
+def test_deleting_a_resource_group_deletes_everything_in_it(fleet: Azsim, session: AzureSession) -> None:
+    rg = "rg-doomed"
+    assert (
+        raw(fleet, session, "PUT", group_path(fleet, rg) + RG_API, body={"location": "westeurope"})[0] == 201
+    )
+    debian = {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2", "version": "latest"}
+    make_nic(fleet, session, rg, "lin-doomed")
+    vm = f"{group_path(fleet, rg)}/providers/Microsoft.Compute/virtualMachines/lin-doomed"
+    status, headers, _ = raw(
+        fleet, session, "PUT", vm + API, body=linux_vm_from_image(fleet, rg, "lin-doomed", debian)
+    )
+    wait_for(fleet, session, headers)
+    gallery = f"{group_path(fleet, rg)}/providers/Microsoft.Compute/galleries/galDoomed"
+    wait_for(fleet, session, raw(fleet, session, "PUT", gallery + API, body={"location": "westeurope"})[1])
+    disk_id = session.get_vm(fleet.ref("lin-doomed", rg), instance_view=False)["properties"][
+        "storageProfile"
+    ]["osDisk"]["managedDisk"]["id"]
+    status, headers, _ = raw(fleet, session, "DELETE", group_path(fleet, rg) + RG_API)
+    assert status == 202 and "Location" in headers
+    assert wait_for(fleet, session, headers)["status"] == "Succeeded"
+    for path in (group_path(fleet, rg) + RG_API, vm + API, gallery + API, disk_id + API):
+        assert raw(fleet, session, "GET", path)[0] == 404, path
+    status, _, body = raw(fleet, session, "DELETE", group_path(fleet, rg) + RG_API)
+    assert status == 404 and error_of(body)[0] == "ResourceGroupNotFound"

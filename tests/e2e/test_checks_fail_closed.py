@@ -33,6 +33,9 @@ from .conftest import REPO, Azsim, harness
 SCENARIO = "tests/scenarios/checks-fail-closed.yaml"
 BASES = {"Linux": "rg-fc/lin-copy", "Windows": "rg-fc/win-copy"}
 SCAN_MODULE = "checks/test_sensitive_data.py"  # has its own completeness tests (tests/e2e/test_scan_*)
+#: the capture checks judge only with --capture-as: facts gathered and replayed with it (a gallery
+#: target reads the most: the gallery, the definition, the version name)
+CAPTURE = "--capture-as=gallery:galFC/{vm}/1.0.0"
 OPS = ("remove", "null", "type")
 
 #: facts a check may read and still pass when they are absent or null, because the absence is
@@ -248,6 +251,7 @@ def recorded(azsim: Azsim, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         "checks",
         *[a for vm in BASES.values() for a in ("--vm", vm)],
         "--collect-only",
+        CAPTURE,
         "-p",
         "fc_recorder",
         report_dir=where / "reports",
@@ -258,6 +262,8 @@ def recorded(azsim: Azsim, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     for os_name, key in BASES.items():
         assert facts[key]["guest"] is not None, f"{key}: no guest facts: {facts[key]['guest_error']}"
         assert facts[key]["guest"]["os_family"] == os_name
+        capture = facts[key]["azure"]["capture"]
+        assert set(capture["found"]) == {"gallery", "definition"} and capture["not_found"] == ["artifact"]
     return facts
 
 
@@ -275,6 +281,7 @@ def run_policy(project: Path, plan: dict[str, dict[str, Any]], out: Path) -> tup
             "pytest",
             "checks",
             f"--ignore={SCAN_MODULE}",
+            CAPTURE,
             *[a for vm in plan for a in ("--vm", vm)],
             "--subscription=00000000-0000-0000-0000-0000000000fc",
             "-p",

@@ -41,6 +41,15 @@ def test_checks_role_is_enough_for_the_checks_stage(checks_role: Azsim, tmp_path
     assert "AuthorizationFailed" not in run.output
 
 
+def test_checks_role_reads_the_capture_target(checks_role: Azsim, tmp_path: Path) -> None:
+    """A checks stage with --capture-as reads the target (checks/test_capture.py)."""
+    run = harness(checks_role, "checks", *VMS, "--capture-as=image:{vm}-rbac", report_dir=tmp_path)
+    assert run.returncode == exitcodes.GREEN, run.output[-3000:]
+    assert "AuthorizationFailed" not in run.output
+    cases = [c for vm in ("rg-rbac/lin-copy", "rg-rbac/win-copy") for c in run.verdict(vm)["checks"]]
+    assert any(c["check_id"] == "IR-CAP-004" and c["outcome"] == "passed" for c in cases)
+
+
 def test_checks_role_cannot_change_anything(checks_role: Azsim, tmp_path: Path) -> None:
     before = checks_role.snapshot()
     run = harness(checks_role, *VMS, "--apply", report_dir=tmp_path)

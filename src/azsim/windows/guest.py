@@ -21,6 +21,7 @@ from azsim.guestapi import GuestContext, Platform
 from azsim.windows import cmdline
 from azsim.windows.auth import Authenticator, channel_bindings_for
 from azsim.windows.endpoint import WinRmListener
+from azsim.windows.listener import HttpsListenerSetup
 from azsim.windows.model import ScriptRun, WindowsMachine
 from azsim.windows.powershell import (
     HandlerRegistry,
@@ -76,7 +77,7 @@ class WindowsGuest:
         if ctx.platform is None:
             ctx.platform = Platform.for_vm(ctx.resource_group, ctx.vm_name, "Windows")
         self.machine.platform = ctx.platform
-        self.handlers = HandlerRegistry([*handlers, *default_handlers()])
+        self.handlers = HandlerRegistry([*handlers, HttpsListenerSetup(ctx.tls_cert), *default_handlers()])
         self.service = WsmanService(self.machine.hostname, self._start_command, self.machine.close_shell)
         network = ctx.network
         if network is not None:

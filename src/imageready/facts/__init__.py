@@ -37,8 +37,8 @@ class VmFacts:
     gathered_at: str = field(
         default_factory=lambda: dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
     )
-    #: ARM view: {"vm": <VM with instanceView>, "disks": {id: disk}, "snapshots": {id: snap},
-    #: "extensions": [...], "nics": {id: nic}}
+    #: ARM view: {"vm": <VM with instanceView>, "disks": {id: disk}, "sources": {id: model},
+    #: "extensions": [...], and with --capture-as "capture": the target (facts.gather.capture_facts)}
     azure: dict[str, Any] | None = None
     azure_error: str | None = None
     azure_error_category: str = ""

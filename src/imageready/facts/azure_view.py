@@ -239,3 +239,78 @@ def _link(
         "same_source": same_source,
         "error": error,
     }
+
+
+# --- the --capture-as target (facts.gather.capture_facts) ------------------------------------------
+
+
+def capture(facts: VmFacts) -> FactsView:
+    """What the run's --capture-as target holds (``requested``, ``target``, ``ids``, ``found``,
+    ``not_found``, ``unreadable``); errors when it was not gathered."""
+    view: FactsView = azure(facts).need("capture", dict)
+    return view
+
+
+def capture_resource(facts: VmFacts, role: str) -> FactsView | None:
+    """The capture target's ``artifact``, ``gallery`` or ``definition`` as Azure showed it; None
+    when Azure answered 404 (an answer: the name is free, the gallery is missing). A resource that
+    could not be read, or that the facts do not account for, makes the check error."""
+    view = capture(facts)
+    why = view.need("unreadable", dict).optional((role,), str)
+    if why:
+        raise FactsUnavailable(
+            f"{facts.vm}: the capture target's {role} could not be read: {why}", AZURE_FACTS
+        )
+    if role in _strings(view, "not_found"):
+        return None
+    found: FactsView = view.need(("found", role), dict)
+    return found
+
+
+def capture_target(facts: VmFacts) -> list[str]:
+    """The resolved --capture-as: ["image", NAME] or ["gallery", GALLERY, DEFINITION, VERSION]."""
+    target = _strings(capture(facts), "target")
+    if len(target) != {"image": 2, "gallery": 4}.get(target[0] if target else "", -1):
+        raise FactsUnavailable(f"Azure fact 'capture.target' is not a capture target: {target}", AZURE_FACTS)
+    return target
+
+
+def _strings(view: FactsView, key: str) -> list[str]:
+    """A list of strings; any element that is not one makes the reading check error."""
+    found = view.need(key, list)
+    values = [found[i] for i in range(len(found))]
+    if not all(isinstance(value, str) for value in values):
+        raise FactsUnavailable(f"Azure fact 'capture.{key}' holds a value that is not a string", AZURE_FACTS)
+    return values
+
+
+def security_type(facts: VmFacts) -> str:
+    """The VM's security type: ``securityProfile.securityType``, Standard when the VM declares
+    none (REST reference, Virtual Machines, SecurityProfile.securityType: UEFI settings are "not
+    enabled unless this property is set"; a standard VM shows no securityProfile)."""
+    props = _vm(facts).need("properties", dict)
+    profile = props.optional("securityProfile", dict)
+    found = profile.optional("securityType", str) if profile is not None else None
+    return str(found or "Standard")
+
+
+def hyper_v_generation(facts: VmFacts) -> str:
+    """V1 or V2, from the instance view (VirtualMachineInstanceView.hyperVGeneration)."""
+    return str(_vm(facts).need("properties.instanceView.hyperVGeneration", str))
+
+
+def os_disk_architecture(facts: VmFacts) -> str:
+    """x64 or Arm64, as the OS disk shows it (``supportedCapabilities.architecture``); a disk
+    that does not show it makes the reading check error."""
+    disk_id = str(_vm(facts).need("properties.storageProfile.osDisk.managedDisk.id", str))
+    disk = azure(facts).need("disks", dict).need((disk_id.lower(),), dict)
+    return str(disk.need("properties.supportedCapabilities.architecture", str))
+
+
+def purchase_plan(facts: VmFacts) -> dict[str, str] | None:
+    """The VM's Marketplace purchase plan (name, publisher, product); None: ARM shows no ``plan``
+    for a VM from an image without one."""
+    plan = _vm(facts).optional("plan", dict)
+    if plan is None:
+        return None
+    return {key: str(plan.need(key, str)) for key in ("name", "publisher", "product")}

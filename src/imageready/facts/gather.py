@@ -1,8 +1,9 @@
 """The default facts provider: Azure through the SDK, the guest through one facts script.
 
 Per VM: a fixed, small number of ARM calls (VM with instance view, each attached disk, the OS
-disk's source snapshot and its source disk, extensions, the NIC unless an address is given) and one
-guest round trip, whatever the number of checks. Connections are kept for the rest of the run
+disk's source snapshot and its source disk, extensions, the NIC unless an address is given; with
+--capture-as, the capture target's artifact, gallery and image definition) and one guest round
+trip, whatever the number of checks. Connections are kept for the rest of the run
 (the sensitive-data scan and the actions reuse them).
 """
 
@@ -92,6 +93,10 @@ class AzureFactsProvider:
         self.addresses = parse_guest_addresses(
             list(config.getoption("guest_address")), os.environ.get("IMAGEREADY_GUEST_ADDRESSES")
         )
+        from imageready.steps.capture import parse_capture
+
+        #: --capture-as, parsed (None without it): its target is read once per VM with the facts
+        self.capture = parse_capture(config.getoption("capture_as"))
         self._sessions: dict[str, AzureSession] = {}
         self._guests: dict[str, Guest] = {}
         #: per VM: what its first proven connection presented (a later one must present the same)
@@ -290,7 +295,7 @@ class AzureFactsProvider:
                 disks[disk_id.lower()] = azure.get_disk(disk_id)
         os_disk_id = str(((storage.get("osDisk") or {}).get("managedDisk") or {}).get("id") or "")
         sources, missing, unresolved = self._lineage(azure, disks.get(os_disk_id.lower()))
-        return {
+        found = {
             "vm": model,
             "disks": disks,
             "sources": sources,
@@ -298,6 +303,9 @@ class AzureFactsProvider:
             "unresolved_sources": unresolved,
             "extensions": azure.list_extensions(vm),
         }
+        if self.capture is not None:
+            found["capture"] = capture_facts(azure, vm, self.capture, self.config.getoption("capture_as"))
+        return found
 
     def _lineage(
         self, azure: AzureSession, os_disk: dict[str, Any] | None
@@ -425,6 +433,35 @@ class AzureFactsProvider:
             guest.close()
         for session in sessions:
             session.close()
+
+
+def capture_facts(azure: AzureSession, vm: VmRef, capture: tuple[str, ...], requested: str) -> dict[str, Any]:
+    """What the --capture-as target of ``vm`` holds now, for the capture pre-flight checks
+    (checks/test_capture.py): one read of each resource the capture touches (the artifact; for a
+    gallery also the gallery and the image definition). A 404 is an answer (``not_found``: the
+    name is free, the gallery or definition is missing); any other failure is recorded in
+    ``unreadable`` and makes the checks that need that resource error, never pass."""
+    from imageready.steps.capture import resolve, target_resources
+
+    resources = target_resources(capture, vm)
+    found: dict[str, Any] = {}
+    not_found: list[str] = []
+    unreadable: dict[str, str] = {}
+    for role, (resource_id, api) in resources.items():
+        try:
+            found[role] = azure.get_resource(resource_id, api)
+        except AzureNotFound:
+            not_found.append(role)
+        except AzureError as exc:
+            unreadable[role] = one_line(str(exc))
+    return {
+        "requested": requested,
+        "target": list(resolve(capture, vm)),
+        "ids": {role: resource_id for role, (resource_id, _api) in resources.items()},
+        "found": found,
+        "not_found": not_found,
+        "unreadable": unreadable,
+    }
 
 
 def _identity(guest: Guest) -> dict[str, Any]:

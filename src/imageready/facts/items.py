@@ -131,3 +131,41 @@ def scan_rules(facts: VmFacts) -> list[tuple[str, Any]]:
         raise FactsUnavailable(f"{facts.vm}: Azure reports no OS type, so no rules can be chosen", VM_STATE)
     rules = rules_for(facts.os_type, load_rules(SCAN_RULES["extra"]))
     return [(param_id(rule.id), rule) for rule in rules]
+
+
+# --- the capture pre-flight (checks/test_capture.py): not asked unless --capture-as applies ----------
+
+#: what Azure requires of a VM before it makes a managed image of it (docs/azsim-rules.md IMG-2, IMG-3)
+MANAGED_IMAGE_RULES = ("security-type", "architecture")
+#: what an image definition must share with a VM before a version can be made of it (GAL-2 to GAL-7)
+DEFINITION_PROPERTIES = (
+    "os-type",
+    "os-state",
+    "hyper-v-generation",
+    "security-type",
+    "architecture",
+    "purchase-plan",
+)
+
+
+@item_source("managed_image_rule")
+def managed_image_rules(facts: VmFacts) -> list[tuple[str, Any]]:
+    """One case per property Azure's managed image rules look at."""
+    return [(rule, rule) for rule in MANAGED_IMAGE_RULES]
+
+
+@item_source("definition_property")
+def definition_properties(facts: VmFacts) -> list[tuple[str, Any]]:
+    """One case per property the image definition and the VM must agree on."""
+    return [(prop, prop) for prop in DEFINITION_PROPERTIES]
+
+
+@item_source("capture_target")
+def capture_targets(facts: VmFacts) -> list[tuple[str, Any]]:
+    """The artifact this run would make of the VM, named in the case id
+    (``[rg/vm-image-NAME]``, ``[rg/vm-gallery-GALLERY-DEFINITION-VERSION]``), so that a verdict
+    judged for one capture target never stands for another (the expected case sets differ)."""
+    from imageready.facts.azure_view import capture_target
+
+    parts = capture_target(facts)
+    return [(param_id("-".join(parts)), parts)]

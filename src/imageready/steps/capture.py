@@ -13,6 +13,7 @@ from typing import Any
 from imageready import progress
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.steps import Outcome, StepFailed, VmActions, utc_now
+from imageready.target import VmRef
 
 IMAGE_API = "2024-11-01"
 GALLERY_API = "2023-07-03"
@@ -47,17 +48,35 @@ SOURCE_TAG = "imageready-source-vm"
 RUN_TAG = "imageready-run"
 
 
+def resolve(capture: tuple[str, ...], vm: VmRef) -> tuple[str, ...]:
+    """The parsed --capture-as for ``vm``: {vm} and {rg} name one artifact per VM when one run
+    captures several VMs."""
+    return tuple(part.format(vm=vm.name, rg=vm.resource_group) for part in capture)
+
+
+def target_resources(capture: tuple[str, ...], vm: VmRef) -> dict[str, tuple[str, str]]:
+    """What a capture of ``vm`` touches, by role: ``artifact`` (the image or the gallery image
+    version) and, for a gallery, its ``gallery`` and image ``definition``: (resource id,
+    api-version) each. The pre-flight checks read them all (facts.gather)."""
+    spec = resolve(capture, vm)
+    base = f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}/providers/Microsoft.Compute"
+    if spec[0] == "image":
+        return {"artifact": (f"{base}/images/{spec[1]}", IMAGE_API)}
+    gallery = f"{base}/galleries/{spec[1]}"
+    definition = f"{gallery}/images/{spec[2]}"
+    return {
+        "gallery": (gallery, GALLERY_API),
+        "definition": (definition, GALLERY_API),
+        "artifact": (f"{definition}/versions/{spec[3]}", GALLERY_API),
+    }
+
+
 def capture_target(actions: VmActions) -> tuple[str, str, tuple[str, ...]] | None:
     """(artifact id, its api-version, the resolved --capture-as) for this VM; None without capture."""
     if actions.options.capture is None:
         return None
-    vm = actions.vm
-    # {vm} and {rg} name one artifact per VM when one run captures several VMs
-    spec = tuple(part.format(vm=vm.name, rg=vm.resource_group) for part in actions.options.capture)
-    base = f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}/providers/Microsoft.Compute"
-    if spec[0] == "image":
-        return f"{base}/images/{spec[1]}", IMAGE_API, spec
-    return f"{base}/galleries/{spec[1]}/images/{spec[2]}/versions/{spec[3]}", GALLERY_API, spec
+    artifact, api = target_resources(actions.options.capture, actions.vm)["artifact"]
+    return artifact, api, resolve(actions.options.capture, actions.vm)
 
 
 def captured(actions: VmActions, artifact: str, api: str) -> dict[str, Any] | None:
@@ -66,7 +85,7 @@ def captured(actions: VmActions, artifact: str, api: str) -> dict[str, Any] | No
     existing = _settled(actions, artifact, api)
     if existing is None:
         return None
-    source = _source_vm(existing)
+    source = source_vm(existing)
     if source.lower() != actions.vm.id.lower():
         raise StepFailed(
             f"{artifact} already exists and was made from {source or 'something else'}, not {actions.vm.key}"
@@ -122,7 +141,7 @@ def capture(actions: VmActions) -> Outcome:
             f"{_made_by(raced)}); this run's request failed: {exc}",
             {"artifact": raced.get("id") or artifact},
         )
-    made_from = _source_vm(created)
+    made_from = source_vm(created)
     if made_from.lower() != vm.id.lower():
         raise StepFailed(f"{artifact} was created, but Azure shows it made from {made_from}, not {vm.key}")
     return Outcome(
@@ -160,7 +179,8 @@ def _settled(actions: VmActions, artifact: str, api: str) -> dict[str, Any] | No
         time.sleep(POLL_SECONDS)
 
 
-def _source_vm(artifact: dict[str, object]) -> str:
+def source_vm(artifact: dict[str, object]) -> str:
+    """The id of the VM an image or a gallery image version was made from ("" if none shows)."""
     props = artifact.get("properties") or {}
     assert isinstance(props, dict)
     image_source = (
