@@ -14,16 +14,16 @@ the row's step (the journal shows it ``running``), or when azsim's request log s
 - a re-run of the same command, the faults cleared, finishes the job (exit 0; the VM generalized and
   captured) — or, for a VM deleted mid-run, says in one line that it is gone.
 
-The test writes the matrix it ran (fault, phase, how it was injected, outcome, exit code, re-run) into
-docs/reliability.md between its markers; the rest of that page is prose.
+The checks rows and the killed rows run from test_fault_matrix_checks.py (another module, so that
+xdist's loadscope can give it the other worker). Each test writes the matrix it ran (fault, phase,
+how it was injected, outcome, exit code, re-run) into docs/reliability.md between its markers; the
+rest of that page is prose.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -37,7 +37,7 @@ import pytest
 from imageready import exitcodes
 from tests.e2e.conftest import REPO, Run, harness_command
 
-from .conftest import CRASH, Sim, start_sim
+from .conftest import CRASH, Sim
 
 pytestmark = [pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root, pytest.mark.slow]
 
@@ -686,34 +686,6 @@ def no_kill() -> None:
     raise AssertionError("this row kills nothing")
 
 
-def test_checks_phase_faults(sim: Sim, tmp_path: Path) -> None:
-    rows, report_dir = CHECK_ROWS, tmp_path / "out"
-    with Injector(sim, rows, report_dir, no_kill) as injector:
-        run = run_harness(sim, vm_args(rows), report_dir)
-    assert sorted(injector.fired) == sorted(r.vm for r in rows if r.trigger), injector.pending
-    assert_faults_hit(sim, rows)
-    state = sim.status()
-    for row in rows:
-        judge(row, run, state, set(), apply=False)
-    assert_rows(rows, run)
-    rerun_and_judge(sim, rows, [], tmp_path / "again", apply=False)
-    write_table("checks")
-
-
-def test_checks_over_run_command_faults(sim: Sim, tmp_path: Path) -> None:
-    rows, report_dir = RUN_COMMAND_ROWS, tmp_path / "out"
-    args = ["--transport", "run-command", "--lro-deadline", str(LRO_DEADLINE)]
-    with Injector(sim, rows, report_dir, no_kill):
-        run = run_harness(sim, [*vm_args(rows), *args], report_dir)
-    assert_faults_hit(sim, rows)
-    state = sim.status()
-    for row in rows:
-        judge(row, run, state, set(), apply=False)
-    assert_rows(rows, run)
-    rerun_and_judge(sim, rows, args, tmp_path / "again", apply=False)
-    write_table("run-command")
-
-
 def test_action_step_faults(sim: Sim, tmp_path: Path) -> None:
     rows, report_dir = ACTION_ROWS, tmp_path / "out"
     args = ["--apply", "--capture-as", CAPTURE, "--lro-deadline", str(LRO_DEADLINE)]
@@ -728,46 +700,3 @@ def test_action_step_faults(sim: Sim, tmp_path: Path) -> None:
     # the same command in the same report directory: a half-done VM resumes under its verdict
     rerun_and_judge(sim, rows, args, report_dir, apply=True)
     write_table("actions")
-
-
-def test_simulator_killed(tmp_path: Path) -> None:
-    """azsim SIGKILLed in the checks phase and while it deallocates: one line, then the same
-    command against azsim started again finishes the job."""
-    state_dir = tmp_path / "azsim"
-    holder: dict[str, Sim] = {"sim": start_sim(KILLED_SCENARIO, state_dir)}
-    key = holder["sim"].env["IMAGEREADY_VERDICT_KEY"]
-
-    def kill() -> None:
-        os.kill(int((state_dir / "azsim.pid").read_text()), signal.SIGKILL)
-
-    def restart() -> Sim:
-        again = start_sim(KILLED_SCENARIO, state_dir)
-        again.env["IMAGEREADY_VERDICT_KEY"] = key  # the pipeline's key stays
-        holder["sim"] = again
-        return again
-
-    try:
-        for row, args in (
-            (KILLED_ROWS[0], []),
-            (KILLED_ROWS[1], ["--apply", "--capture-as", CAPTURE, "--lro-deadline", str(LRO_DEADLINE)]),
-        ):
-            sim, report_dir = holder["sim"], tmp_path / row.vm
-            with Injector(sim, [row], report_dir, kill):
-                run = run_harness(sim, [*vm_args([row]), *args], report_dir)
-            assert not CRASH.search(run.output), run.output[-6000:]
-            assert run.returncode == row.code, run.output[-6000:]
-            line = cause_line(run, row) or ""
-            assert line, run.output[-6000:]
-            (record,) = [v for v in run.audit()["vms"] if v["vm"] == row.key]
-            row.seen_code = int(record["exit_code"])
-            row.outcome = f"ended: {row.expect}"
-            sim = restart()
-            again = run_harness(sim, [*vm_args([row]), *args], report_dir)
-            (record,) = [v for v in again.audit()["vms"] if v["vm"] == row.key]
-            row.seen_rerun = int(record["exit_code"])
-            assert row.seen_rerun == row.rerun, again.output[-6000:]
-            if args:
-                assert sim.status()[row.key]["os_state"] == "generalized"
-    finally:
-        holder["sim"].cli("down", check=False)
-    write_table("killed")
