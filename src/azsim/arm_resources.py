@@ -65,9 +65,11 @@ def _created(
     status: int,
     render: Any,
     work: Callable[[], Any] | None = None,
+    source_vm: str | None = None,
 ) -> ArmReply:
     """Answer a creating PUT: the resource shows Creating until its operation (and ``work``,
-    run outside the state lock) ends.
+    run outside the state lock) ends. ``source_vm`` (rg/name: the VM an image is made of) is what
+    an lro_* fault's ``vm`` matches.
 
     Called without the state lock held: the operation's end needs it while ARM waits.
     """
@@ -87,7 +89,7 @@ def _created(
         kind=kind,
         resource_id=resource.id,
         location=resource.location,
-        vm_key=None,
+        vm_key=source_vm,
         timing="create",
         work=work,
         finish=finish,
@@ -277,7 +279,7 @@ def put_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
             # generation 2 VM), else the source's
             hyper_v_generation=str(props.get("hyperVGeneration") or vm.hyper_v_generation),
         )
-    return _created(sim, req, image, "createImage", 201, image.to_arm)
+    return _created(sim, req, image, "createImage", 201, image.to_arm, source_vm=vm.key)
 
 
 def _gallery_image(sim: Simulator, m: dict[str, str], rg: str) -> GalleryImage:

@@ -38,8 +38,8 @@ class Sim(Azsim):
         data = self.admin("GET", "/azsim/status")
         return {f"{v['resource_group']}/{v['name']}": v for v in data["vms"]}
 
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self.admin("GET", "/azsim/requests")["requests"])
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        return list(self.admin("GET", f"/azsim/requests?since={since}")["requests"])
 
     def add_fault(self, **fault: Any) -> str:
         return str(self.admin("POST", "/azsim/faults", fault)["id"])

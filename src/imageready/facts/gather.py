@@ -397,6 +397,10 @@ class AzureFactsProvider:
             facts.guest_error, facts.guest_error_category = str(exc), exc.category
         except GuestError as exc:
             facts.guest_error, facts.guest_error_category = str(exc), exc.category
+        except AzureError as exc:
+            # through Run Command the facts script is an Azure operation: one that failed or ran
+            # past its deadline is the guest's facts missing, for this run, not a crash
+            facts.guest_error, facts.guest_error_category = str(exc), exc.category
         except ValueError as exc:  # the facts parsers' FactsError
             facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", "guest facts"
         if guest is not None:
