@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from imageready import progress
+from imageready.allure_procedure import show_step
 from imageready.gatekeeper import RUN, record_step, run_state
 from imageready.steps import ORDER, ActionOptions, Outcome, StepRecord, VmActions
 from imageready.target import VmRef
@@ -87,24 +88,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def _step(request: pytest.FixtureRequest, actions: VmActions, name: str, body: Any) -> StepRecord:
-    import allure
-
-    with allure.step(f"{name}: {actions.vm.key}"):
-        try:
-            return actions.run(name, body)
-        finally:
-            # done or failed: the first case to run a step reports it (audit and Allure)
-            record = actions.records.get(name)
-            if record is not None and name not in actions.reported:
+    try:
+        return actions.run(name, body)
+    finally:
+        record = actions.records.get(name)
+        if record is not None:
+            # done or failed: the first case to run a step reports it to the audit; every case
+            # whose set-up went through it shows it in Allure, in the order the steps ran
+            show_step(request.node, record)
+            if name not in actions.reported:
                 actions.reported.add(name)
                 record_step(request.node, record.as_dict())
-                allure.attach(
-                    f"{record.status}: {record.detail}",
-                    name=f"step {name}",
-                    attachment_type=allure.attachment_type.TEXT,
-                )
-                for title, text in record.attachments.items():
-                    allure.attach(text, name=title, attachment_type=allure.attachment_type.TEXT)
 
 
 def step_outcome(record: StepRecord) -> None:
