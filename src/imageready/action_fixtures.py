@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from imageready import progress
+from imageready.allure_procedure import show_step
 from imageready.gatekeeper import RUN, record_step, run_state
 from imageready.steps import ORDER, ActionOptions, Outcome, StepRecord, VmActions
 from imageready.target import VmRef
@@ -93,10 +94,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def _step(request: pytest.FixtureRequest, actions: VmActions, name: str, body: Any) -> StepRecord:
-    import allure
-
     # imported here: a plugin module imported early by another is not assertion-rewritten
-    from imageready.allure_support import attach_text
     from imageready.recording import journal_step
 
     config = request.config
@@ -108,20 +106,19 @@ def _step(request: pytest.FixtureRequest, actions: VmActions, name: str, body: A
         journal_step(config, actions.records[name].as_dict(), apply=apply)
         return body()  # type: ignore[no-any-return]
 
-    with allure.step(f"{name}: {actions.vm.key}"):
-        try:
-            return actions.run(name, journaled)
-        finally:
-            record = actions.records.get(name)
-            if record is not None and record.status != "running":
-                journal_step(config, record.as_dict(), apply=apply)
-            # done or failed: the first case to run a step reports it (audit and Allure)
-            if record is not None and name not in actions.reported:
+    try:
+        return actions.run(name, journaled)
+    finally:
+        record = actions.records.get(name)
+        if record is not None and record.status != "running":
+            journal_step(config, record.as_dict(), apply=apply)
+        if record is not None:
+            # done or failed: the first case to run a step reports it to the audit; every case
+            # whose set-up went through it shows it in Allure, in the order the steps ran
+            show_step(request.node, record)
+            if name not in actions.reported:
                 actions.reported.add(name)
                 record_step(request.node, record.as_dict())
-                attach_text(f"step {name}", f"{record.status}: {record.detail}")
-                for title, text in record.attachments.items():
-                    attach_text(title, text)
 
 
 def step_outcome(record: StepRecord) -> None:

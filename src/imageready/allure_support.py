@@ -1,9 +1,16 @@
 """Allure for engineers: labels, readable parameters, categories and the run's environment.
 
 Every check and action case gets epic/feature/story/severity labels from its metadata, the check
-id as a tag, and the VM as a ``vm`` label and a readable ``vm`` parameter. Captured output is
-attached redacted (allure-pytest's own raw attachments are turned off). The controller writes
+id as a tag, the VM as a ``vm`` label and a readable ``vm`` parameter, and the VM's resource id as
+its ``host`` (not the name of the machine running pytest). Captured output is attached redacted
+(allure-pytest's own raw attachments are turned off). The controller writes
 ``environment.properties`` and ``categories.json`` once per run.
+
+An action case's page reads as the procedure (``imageready.allure_procedure``): the steps its
+set-up went through (lock, guest, ...) are its own steps, in the order they ran, each with its
+status, detail and evidence attached, instead of one "Set up" entry per chained fixture in no
+particular order; pytest's internal post-finalizer is not shown as an anonymous ``<lambda>``
+tear-down of unknown status.
 
 In an imageready run (``--vm`` given) Allure results go to ``<report-dir>/allure-results``,
 replaced each run, unless ``--alluredir`` is given; JUnit XML goes to ``<report-dir>/junit.xml``
@@ -20,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from imageready import allure_procedure
 from imageready.gatekeeper import CASE_WAIVERS, RUN, item_info
 from imageready.redact import one_line, redact
 from imageready.runstate import ItemInfo, RunState
@@ -167,6 +175,9 @@ def pytest_runtest_makereport(
     waiver = next((str(text) for name, text in report.sections if name == WAIVER_SECTION), None)
     if waiver is not None and report.passed and result.status in ("failed", "broken"):
         _show_waived(result, waiver)
+    if report.when == "setup" and info.kind == "action":
+        result.steps[:0] = allure_procedure.procedure(item)
+    _own_host(result, info)
     _redact_result(result)
     if report.when == "teardown":
         _attach_captured(report)
@@ -226,6 +237,19 @@ def _describe_unprotocolled(item: pytest.Item, result: Any) -> None:
     result.historyId = commons.utils.md5(result.fullName, item.nodeid)
     for name, value in pytest_utils.allure_suite_labels(item):
         result.labels.append(commons.model2.Label(name=name, value=value))
+
+
+def _own_host(result: Any, info: ItemInfo) -> None:
+    """The ``host`` label is the VM the case is about: allure-pytest sets the name of the machine
+    running pytest (at its teardown hook, so this runs again in each phase)."""
+    import allure_commons.model2
+
+    model2: Any = allure_commons.model2
+    labels = result.labels
+    labels[:] = [label for label in labels if label.name != "host" or label.value == info.vm.id]
+    if not any(label.name == "host" for label in labels):
+        after_vm = next((i + 1 for i, label in enumerate(labels) if label.name == "vm"), len(labels))
+        labels.insert(after_vm, model2.Label(name="host", value=info.vm.id))
 
 
 def _mark_trace(result: Any, info: ItemInfo, error: BaseException) -> None:
@@ -288,6 +312,23 @@ def _attach_captured(report: pytest.TestReport) -> None:
     for name, text in (("log", report.caplog), ("stdout", report.capstdout), ("stderr", report.capstderr)):
         if text:
             allure.attach(_text(text), name=name, attachment_type=allure.attachment_type.TEXT)
+
+
+# --- action pages: the procedure, in the order it ran (imageready.allure_procedure) ------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, object, object]:
+    # tryfirst wrapper: around allure-pytest's, so this sees what it recorded for the fixture
+    item = request.node
+    shown_before = len(item.stash.get(allure_procedure.PROCEDURE, []))
+    try:
+        return (yield)
+    finally:
+        if RUN in request.config.stash:
+            allure_procedure.tidy_fixture(fixturedef, item, shown_before)
 
 
 # --- helpers for checks and actions ------------------------------------------------------------

@@ -64,24 +64,18 @@ def step(run: Run, vm: str, name: str) -> dict[str, Any]:
 
 
 def attached_logs(run: Run) -> dict[str, dict[str, str]]:
-    """Per VM, the sysprep logs attached to its guest step in the Allure results (they hang on
-    the fixture that ran the step, in a container naming the cases it served)."""
+    """Per VM, the sysprep logs attached to its guest step in the Allure results (on the page of
+    every action case whose set-up went through that step)."""
     results = run.report_dir / "allure-results"
-    names = {}
+    found: dict[str, dict[str, str]] = {}
     for path in results.glob("*-result.json"):
         data = json.loads(path.read_text())
-        names[data["uuid"]] = data["name"]
-    found: dict[str, dict[str, str]] = {}
-    for path in results.glob("*-container.json"):
-        data = json.loads(path.read_text())
-        cases = [names.get(child, "") for child in data.get("children", [])]
-        vms = {case.split("[", 1)[1].rstrip("]") for case in cases if "[" in case}
-        for fixture in data.get("befores", []):
-            for attachment in _attachments(fixture):
-                if attachment["name"].startswith("Sysprep\\Panther\\"):
-                    text = (results / attachment["source"]).read_text()
-                    for vm in vms:
-                        found.setdefault(vm, {})[attachment["name"]] = text
+        if "[" not in data["name"]:
+            continue
+        vm = data["name"].split("[", 1)[1].rstrip("]")
+        for attachment in _attachments(data):
+            if attachment["name"].startswith("Sysprep\\Panther\\"):
+                found.setdefault(vm, {})[attachment["name"]] = (results / attachment["source"]).read_text()
     return found
 
 

@@ -241,3 +241,37 @@ def _allure_reader() -> str:
     from .conftest import NODE_MODULES
 
     return (NODE_MODULES / "@allurereport" / "reader" / "dist" / "properties.js").as_uri()
+
+
+def test_fixture_tear_downs_have_names_and_statuses(report_project: ReportProject) -> None:
+    """pytest's own post-finalizer is no tear-down of the fixture (allure-pytest showed it as
+    '<fixture>::<lambda>' of unknown status); a yield fixture's tear-down is named after it."""
+    report_project.write(
+        "checks/test_with_fixture.py",
+        """
+        import pytest
+
+
+        @pytest.fixture
+        def session_file(vm):
+            yield f"{vm.key}.txt"
+
+
+        @pytest.mark.check(id="RPT-040", title="With a fixture", severity="low", os="any", doc="https://x")
+        def test_with_fixture(vm, session_file):
+            assert session_file.endswith(".txt")
+        """,
+    )
+    report_project.fleet(**{"web-01": {"os": "Linux"}})
+    report_project.run("--vm", "rg/web-01")
+    case = report_project.result("test_with_fixture[rg/web-01]")
+    results = report_project.report_dir / "allure-results"
+    mine = [
+        json.loads(p.read_text())
+        for p in results.glob("*-container.json")
+        if case["uuid"] in json.loads(p.read_text()).get("children", [])
+    ]
+    befores = [(b["name"], b["status"]) for c in mine for b in c.get("befores", [])]
+    afters = [(a["name"], a.get("status")) for c in mine for a in c.get("afters", [])]
+    assert ("session_file", "passed") in befores
+    assert afters == [("session_file (tear-down)", "passed")]
