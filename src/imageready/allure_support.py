@@ -342,6 +342,12 @@ def step(title: str) -> Iterator[None]:
         yield
 
 
+def attach_text(name: str, text: str) -> None:
+    """Attach ``text`` (a log, a command's output) to the running case, redacted and escaped."""
+    allure = _allure()
+    allure.attach(_text(text), name=one_line(name, limit=120), attachment_type=allure.attachment_type.TEXT)
+
+
 # --- once per run ----------------------------------------------------------------------------
 
 
