@@ -20,6 +20,7 @@ final targets through ``workerinput`` and never copy anything.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -303,6 +304,7 @@ class Copier:
                 done = subprocess.run(
                     self._nested_argv(originals),
                     cwd=config.invocation_params.dir,
+                    env=self._nested_env(),
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
                     stderr=subprocess.STDOUT,
@@ -321,6 +323,17 @@ class Copier:
             progress.emit(f"{vm.key}: checks of the original: {data.get('status')}")
             found[vm] = (data, "")
         return found
+
+    def _nested_env(self) -> dict[str, str]:
+        """This process's environment, the nested run pinned to this run's policy: it names the
+        same ini file and rootdir (-c, --rootdir), which only a pinned run may."""
+        from imageready.plugin import POLICY_DIGEST, POLICY_PIN_ENV
+
+        env = dict(os.environ)
+        digest = self.config.stash.get(POLICY_DIGEST, None)
+        if digest:
+            env[POLICY_PIN_ENV] = digest
+        return env
 
     def _nested_argv(self, originals: list[VmRef]) -> list[str]:
         config = self.config

@@ -374,11 +374,13 @@ def pytest_configure(config: pytest.Config) -> None:
     from imageready.copyfirst import copy_first
 
     if vms:
-        _check_policy_pin(
+        digest = RunState.policy_digest_of(
             policy_paths(checks_dir, config)
             + ([scan_rules] if scan_rules is not None else [])
             + ([waiver_file] if waiver_file is not None else [])
         )
+        _check_policy_pin(digest)
+        config.stash[POLICY_DIGEST] = digest  # copy-first pins its nested checks run to it
     # last of the configuration: it may run checks and make copies, once the options are sound
     vms = copy_first(config, vms)
     state = RunState(
@@ -448,7 +450,11 @@ def _refuse_policy_narrowing(config: pytest.Config) -> None:
     if config.getoption("pyargs", False):
         raise pytest.UsageError("--pyargs cannot be combined with --vm: name checks and actions by path")
     # the rootdir and the ini file decide where the policy directory is: chosen by the command
-    # line, a directory of one's own (one permissive check) would stand in for the policy
+    # line, a directory of one's own (one permissive check) would stand in for the policy. With
+    # the policy pinned (IMAGEREADY_POLICY_DIGEST, as copy-first's nested checks run has it) they
+    # cannot: the pin is compared before anything connects
+    if os.environ.get(POLICY_PIN_ENV, "").strip():
+        return
     for flag, value in (
         ("-c/--config-file", config.getoption("inifilename", None)),
         ("--rootdir", config.getoption("rootdir", None)),
@@ -460,15 +466,18 @@ def _refuse_policy_narrowing(config: pytest.Config) -> None:
             )
 
 
-def _check_policy_pin(paths: list[Path]) -> None:
+#: the policy a pipeline approved (a verdict's policy_digest)
+POLICY_PIN_ENV = "IMAGEREADY_POLICY_DIGEST"
+#: this run's policy digest, known before anything connects
+POLICY_DIGEST = pytest.StashKey[str]()
+
+
+def _check_policy_pin(digest: str) -> None:
     """``IMAGEREADY_POLICY_DIGEST`` (a pipeline variable): the policy this pipeline approved. A
     run whose policy differs (another directory, an edited check, other harness code) stops
     before anything connects."""
-    pinned = os.environ.get("IMAGEREADY_POLICY_DIGEST", "").strip()
-    if not pinned:
-        return
-    digest = RunState.policy_digest_of(paths)
-    if pinned != digest:
+    pinned = os.environ.get(POLICY_PIN_ENV, "").strip()
+    if pinned and pinned != digest:
         raise pytest.UsageError(
             f"the policy is {digest}, not the {pinned} this pipeline pins "
             "(IMAGEREADY_POLICY_DIGEST): a changed check, another policy directory or harness version"

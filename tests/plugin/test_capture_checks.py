@@ -21,6 +21,8 @@ from imageready.facts.items import DEFINITION_PROPERTIES
 from imageready.steps.capture import parse_capture, resolve, target_resources
 from imageready.target import VmRef
 
+from .conftest import VERDICT_KEY
+
 REPO = Path(__file__).resolve().parents[2]
 SUB = "00000000-0000-0000-0000-0000000000ca"
 RG = "rg"
@@ -213,7 +215,8 @@ GALLERY_FLEET = {
 
 
 @pytest.fixture
-def capture_project(pytester: pytest.Pytester) -> pytest.Pytester:
+def capture_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("IMAGEREADY_VERDICT_KEY", VERDICT_KEY)  # both stages hold the pipeline's key
     pytester.makeini("[pytest]\ntestpaths = checks\naddopts = --strict-markers\n")
     checks = pytester.path / "checks"
     checks.mkdir()

@@ -11,7 +11,7 @@ import pytest
 
 from imageready import exitcodes
 
-from .conftest import PROJECT_CONFTEST, Project
+from .conftest import PROJECT_CONFTEST, Project, signed_step_tag
 
 # the fleet provider of the shared project, plus the capture target (from --capture-as) and the
 # VM's tags in the facts, and an item source naming the target (like imageready's own)
@@ -145,7 +145,11 @@ def test_a_resumed_vm_s_capture_checks_still_judge_its_capture(capture_project: 
     first = capture_project.run("--vm", "rg/good", "--capture-as=image:img")
     assert first.ret == exitcodes.GREEN, first.stdout.str()[-2000:]
     run_id = capture_project.verdict("good")["run_id"]
-    started = {"imageready-step-guest": f"started run={run_id} at=2026-01-01T00:00:00Z"}
+    # as run R wrote it (signed with the pipeline's key); the project's VMs have no guest facts,
+    # so nothing contradicts it
+    started = {
+        "imageready-step-guest": signed_step_tag(f"started run={run_id} at=2026-01-01T00:00:00Z", "vmid-good")
+    }
 
     def resume(*args: str, capture_ok: bool = True) -> tuple[pytest.RunResult, bool]:
         capture_project.fleet(
