@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from imageready.facts import FactsUnavailable, VmFacts
-from imageready.facts.view import FactsView, guest_view
+from imageready.facts.view import FactsView, guest_view, read_live
 from imageready.gate import WaiverBook
 from imageready.gatekeeper import run_state
 from imageready.runstate import RunState
@@ -59,6 +59,7 @@ def host(request: pytest.FixtureRequest, vm: VmRef, facts: VmFacts) -> Any:
     Windows VM, ``--transport run-command``). Replaces testinfra's ``--hosts`` fixture of the same
     name in imageready runs: the host is always the VM of the case."""
     facts.require_guest()  # the facts round trip reached the guest and it proved its identity
+    read_live()  # what it reads is not on record: behind a verdict, the case runs again
     opener = getattr(run_state(request.config).provider, "guest", None)
     if opener is None:  # a facts provider of a conftest's own (e.g. replayed facts)
         raise FactsUnavailable(f"{vm.key}: this run's facts provider opens no guest", "guest unreachable")

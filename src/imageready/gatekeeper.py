@@ -22,7 +22,7 @@ from imageready import exitcodes
 from imageready.applicability import REQUIREMENTS, unmet_requirement
 from imageready.checking import evidence_summaries
 from imageready.facts import VM_STATE, FactsUnavailable
-from imageready.facts.view import not_recording, recording_reads
+from imageready.facts.view import LIVE, not_recording, recording_reads
 from imageready.gate import (
     CaseRecord,
     VerdictError,
@@ -215,7 +215,7 @@ class GateKeeper:
                 if case.get("outcome") == "not_applicable":
                     continue  # decided by the OS type or the options, which this run shares
                 paths = case.get("facts_read")
-                if not paths:
+                if not paths or list(LIVE) in paths:
                     # it read the guest live (the sensitive-data scan) or outside the facts
                     # view: nothing recorded proves it unchanged, so it runs again
                     changed[str(case["case_id"])] = [LIVE_READ]

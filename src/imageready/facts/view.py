@@ -70,6 +70,17 @@ def not_recording() -> Iterator[None]:
         _READS.reset(token)
 
 
+#: recorded by whatever reads the guest live rather than through the facts (the sensitive-data
+#: scan, testinfra's ``host``): nothing on record can show such a read unchanged later
+LIVE: FactPath = ("#live",)
+
+
+def read_live() -> None:
+    """Record that the running check case reads the guest live: a later stage behind its
+    verdict runs the case again rather than trust it unchanged."""
+    _record(LIVE)
+
+
 def current_reads() -> set[FactPath] | None:
     """The set ``recording_reads`` is filling in this context (None when nothing records)."""
     return _READS.get()
