@@ -58,7 +58,7 @@ CAUSES = {
     "operation failed in Azure": r"failed in Azure",
     "VM gone": r"not found",
     "guest unreachable": r"needs an SSH or WinRM session|no connection|handshake|TimeoutError",
-    "connection dropped": r"connection dropped|reset|closed",
+    "connection dropped": r"connection dropped|reset|closed|connection failed",
     "Azure unreachable": r"cannot reach Azure Resource Manager",
     "failed image left": r"exists in provisioning state Failed",
 }
