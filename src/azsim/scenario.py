@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from azsim.faults import Fault, FaultError, parse_fault
+from azsim.throttling import Limits, ThrottlingError, parse_limits
 
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
@@ -324,6 +325,8 @@ class Scenario:
     token_lifetime: int
     faults: tuple[Fault, ...]
     resource_groups: tuple[ResourceGroupSpec, ...]
+    #: ARM's request limits (azsim.throttling); Azure's own unless the scenario says otherwise
+    throttling: Limits = field(default_factory=Limits)
 
     def vm_specs(self) -> list[tuple[ResourceGroupSpec, VmSpec]]:
         return [(rg, vm) for rg in self.resource_groups for vm in rg.vms]
@@ -584,6 +587,10 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
                 faults.append(parse_fault(item, f"faults[{i}]"))
             except FaultError as err:
                 raise ScenarioError(str(err)) from None
+        try:
+            throttling = parse_limits(r._get("throttling"), "throttling")
+        except ThrottlingError as err:
+            raise ScenarioError(str(err)) from None
         rgs = tuple(
             _resource_group(item, f"resource_groups[{i}]")
             for i, item in enumerate(r.items("resource_groups"))
@@ -604,6 +611,7 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             token_lifetime=r.integer("token_lifetime", 3599, minimum=60),
             faults=tuple(faults),
             resource_groups=rgs,
+            throttling=throttling,
         )
         r.done()
     except ScenarioError as err:

@@ -8,9 +8,10 @@ resource provider's likewise). An empty bucket answers 429 with ``Retry-After``
 
 :class:`ArmPacer` mirrors each bucket on this side: it takes what the last answer reported, refills
 it at the rate Azure documents, and makes a request wait for a token once the mirror is down to
-a reserve, instead of sending it into an empty bucket. A 429 empties the mirror and holds every
-request of that kind until its ``Retry-After`` has passed (azure-core's retry policy then retries
-the one that was refused). Until an answer carries the header, nothing waits.
+a reserve, instead of sending it into an empty bucket. A 429 empties the mirror, halves the refill
+rate assumed (a bucket that refills slower than documented, e.g. a trial subscription's) and holds
+every request of that kind until its ``Retry-After`` has passed (azure-core's retry policy then
+retries the one that was refused). Until an answer carries the header, nothing waits.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class ArmPacer:
             if status == 429:
                 self.throttled += 1
                 bucket.tokens = min(bucket.tokens, 0.0)
+                # refused although the mirror had tokens: the bucket refills slower than assumed
+                bucket.refill = max(1.0, bucket.refill / 2)
                 retry_after = _seconds(headers.get("Retry-After"))
                 bucket.blocked_until = max(bucket.blocked_until, now + retry_after)
 
