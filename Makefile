@@ -16,12 +16,13 @@ APT_COMMANDS := debootstrap chromium chromedriver rg unshare nsenter mcs mono
 PYTEST_WORKERS ?= 2
 REPORT_DIR ?= reports/out
 
-.PHONY: help bootstrap system venv node lint typecheck test test-fast test-floor demo report clean
+.PHONY: help bootstrap system venv node lint typecheck test test-fast test-floor demo report bench clean
 
 help:
 	@echo "make demo    run the main job end to end on the simulated fleet"
 	@echo "make test    lint, type-check and run the tests (about 6 min on 2 cores)"
 	@echo "make report  turn $(REPORT_DIR)/allure-results into one self-contained HTML file"
+	@echo "make bench   the fleet benchmark: checks and apply phases against azsim (under 10 min)"
 
 bootstrap: system venv node
 
@@ -71,6 +72,10 @@ test-floor: system
 	$(FLOOR_VENV)/bin/python -m pip install --quiet -c tests/floor-constraints.txt -e '.[azsim,dev]'
 	$(FLOOR_VENV)/bin/python -m pip check
 	$(FLOOR_VENV)/bin/pytest tests/azsim tests/test_azure_layer.py -n $(PYTEST_WORKERS) --dist loadscope -p no:cacheprovider
+
+# The fleet benchmark (benchmarks/README.md): one table, each figure with its command.
+bench: system venv
+	$(BIN)/python benchmarks/fleet_bench.py
 
 demo: bootstrap
 	@bash scripts/demo.sh

@@ -28,6 +28,7 @@ from azsim.guests import Guests, GuestSettings
 from azsim.lro import Operation, Operations, Outcome
 from azsim.scenario import Scenario
 from azsim.state import Store, Vm
+from azsim.throttling import Throttle, Throttled
 
 DEFAULT_LRO_ERROR = (
     "InternalExecutionError",
@@ -196,6 +197,7 @@ class Simulator:
             bytes.fromhex(secrets.signing_key),
             scenario.token_lifetime,
         )
+        self.throttle = Throttle(scenario.throttling)
         self.faults = FaultSet()
         for fault in scenario.faults:
             self.faults.add(copy.copy(fault))
@@ -428,6 +430,24 @@ class Simulator:
             headers,
         )
 
+    def _throttle(self, req: ArmRequest, groups: Mapping[str, str]) -> dict[str, str]:
+        """ARM's front door spends a token of the caller's buckets (rulebook THR-1..3)."""
+        subscription = groups.get("sub")
+        principal = str(req.claims.get("oid") or req.claims.get("appid") or "")
+        try:
+            return self.throttle.take(req.method, subscription, principal)
+        except Throttled as err:
+            scope = "subscription" if subscription else "tenant"
+            what = {"reads": "read", "writes": "write", "deletes": "delete"}[err.kind]
+            raise ArmError(
+                429,
+                "SubscriptionRequestsThrottled" if subscription else "TenantRequestsThrottled",
+                f"Number of '{what}' requests for {scope} '{subscription or self.store.tenant}' actor "
+                f"'{principal}' exceeded. Please try again after '{err.retry_after}' seconds after "
+                "additional tokens are available. Refer to https://aka.ms/arm-throttling",
+                {"Retry-After": str(err.retry_after), f"x-ms-ratelimit-remaining-{scope}-{err.kind}": "0"},
+            ) from None
+
     def handle_arm(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes, base_url: str
     ) -> ArmReply:
@@ -454,13 +474,16 @@ class Simulator:
             delay = self.faults.latency(facts)
             if delay:
                 time.sleep(delay)
+            limits: dict[str, str] = {}
             if matched.auth:
                 req.claims = self._authenticate(req, base_url)
+                limits = self._throttle(req, groups)
                 fault = self.faults.http_fault(facts)
                 if fault is not None:
                     raise self._http_fault_reply(fault)
                 self._authorize(req, matched, facts)
             reply = matched.handler(self, req, groups)
+            reply.headers.update(limits)
         except ArmError as err:
             reply = ArmReply(
                 err.status, {"error": {"code": err.code, "message": err.message}}, dict(err.headers)

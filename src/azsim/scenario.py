@@ -19,6 +19,7 @@ import yaml
 
 from azsim.faults import Fault, FaultError, parse_fault
 from azsim.guestapi import IMDS_MODES, SMBIOS_MODES
+from azsim.throttling import Limits, ThrottlingError, parse_limits
 
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
@@ -383,6 +384,8 @@ class Scenario:
     swapped_addresses: tuple[tuple[str, str], ...] = ()
     #: platform images a VM may be created from (``marketplace:``); none: no VM from an image
     marketplace: tuple[MarketplaceImageSpec, ...] = ()
+    #: ARM's request limits (azsim.throttling); Azure's own unless the scenario says otherwise
+    throttling: Limits = field(default_factory=Limits)
 
     def vm_specs(self) -> list[tuple[ResourceGroupSpec, VmSpec]]:
         return [(rg, vm) for rg in self.resource_groups for vm in rg.vms]
@@ -666,6 +669,10 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
                 faults.append(parse_fault(item, f"faults[{i}]"))
             except FaultError as err:
                 raise ScenarioError(str(err)) from None
+        try:
+            throttling = parse_limits(r._get("throttling"), "throttling")
+        except ThrottlingError as err:
+            raise ScenarioError(str(err)) from None
         rgs = tuple(
             _resource_group(item, f"resource_groups[{i}]")
             for i, item in enumerate(r.items("resource_groups"))
@@ -711,6 +718,7 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             resource_groups=rgs,
             swapped_addresses=swapped,
             marketplace=tuple(images),
+            throttling=throttling,
         )
         r.done()
     except ScenarioError as err:

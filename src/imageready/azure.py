@@ -18,7 +18,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -27,12 +29,14 @@ from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 
+from imageready.arm_pacing import ArmPacer
 from imageready.azure_errors import (
     AzureAuthError,
     AzureConflict,
@@ -58,6 +62,7 @@ __all__ = [
     "AzureSession",
     "AzureTimeout",
     "CloudSettings",
+    "correlated",
     "resolve_ca_bundle",
     "resolve_cloud",
 ]
@@ -177,12 +182,30 @@ class AzureCall:
     error: str | None = None
 
 
-class _CallRecorder(SansIOHTTPPolicy[Any, Any]):
-    """Sits after the retry policy: sees every attempt and poll, files ids under their call."""
+#: the correlation id of the requests sent from this context (one per VM's facts, say)
+_CORRELATION: ContextVar[str | None] = ContextVar("imageready_correlation", default=None)
 
-    def __init__(self) -> None:
+
+@contextmanager
+def correlated(correlation_id: str) -> Iterator[None]:
+    """Send every ARM request of this block (threads started from its context included) with
+    ``x-ms-correlation-request-id: correlation_id``, so that they read as one operation in Azure's
+    logs. A mutating call keeps its own."""
+    token = _CORRELATION.set(correlation_id)
+    try:
+        yield
+    finally:
+        _CORRELATION.reset(token)
+
+
+class _CallRecorder(SansIOHTTPPolicy[Any, Any]):
+    """Sits after the retry policy: sees every attempt and poll, files ids under their call,
+    and paces each attempt by what ARM said is left (:class:`ArmPacer`)."""
+
+    def __init__(self, pacer: ArmPacer | None = None) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, AzureCall] = {}
+        self.pacer = pacer or ArmPacer()
 
     def track(self, call: AzureCall) -> None:
         with self._lock:
@@ -192,7 +215,17 @@ class _CallRecorder(SansIOHTTPPolicy[Any, Any]):
         with self._lock:
             self._calls.pop(call.correlation_id, None)
 
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        headers = request.http_request.headers
+        correlation = _CORRELATION.get()
+        if correlation and "x-ms-correlation-request-id" not in headers:
+            headers["x-ms-correlation-request-id"] = correlation
+        self.pacer.before(request.http_request.method)
+
     def on_response(self, request: PipelineRequest[Any], response: PipelineResponse[Any, Any]) -> None:
+        self.pacer.after(
+            request.http_request.method, response.http_response.status_code, response.http_response.headers
+        )
         correlation = request.http_request.headers.get("x-ms-correlation-request-id")
         if not correlation:
             return
@@ -207,6 +240,21 @@ class _CallRecorder(SansIOHTTPPolicy[Any, Any]):
             async_op = headers.get("Azure-AsyncOperation")
             if async_op and call.azure_async_operation is None:
                 call.azure_async_operation = async_op
+
+
+class _PooledTransport(RequestsTransport):  # type: ignore[misc]  # requests is untyped here
+    """azure-core's requests transport with room for ``pool`` connections to one host, so that
+    concurrent reads reuse their TLS connections instead of opening and dropping extra ones."""
+
+    def __init__(self, pool: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pool = pool
+
+    def _init_session(self, session: Any) -> None:
+        super()._init_session(session)
+        for adapter in {id(a): a for a in session.adapters.values()}.values():
+            adapter._pool_maxsize = self._pool
+            adapter.init_poolmanager(adapter._pool_connections, self._pool, block=adapter._pool_block)
 
 
 class _DeadlinePassed(Exception):
@@ -366,6 +414,8 @@ class AzureSession:
         retry_backoff: float = 0.8,
         read_timeout: float = 120,
         read_deadline: float = 120,
+        max_connections: int = 10,
+        pacer: ArmPacer | None = None,
     ) -> None:
         _quiet_sdk_fallback_logging()
         if ca_bundle is not None and not os.path.isfile(ca_bundle):
@@ -388,7 +438,7 @@ class AzureSession:
             discovery = {} if cloud.known_authority else {"disable_instance_discovery": True}
             credential = DefaultAzureCredential(authority=cloud.authority_host, **discovery, **transport)
         self._credential: TokenCredential = credential
-        self._recorder = _CallRecorder()
+        self._recorder = _CallRecorder(pacer)
         self._client = ComputeManagementClient(
             credential,
             subscription_id,
@@ -407,11 +457,18 @@ class AzureSession:
             # challenge, which this policy meets with a fresh token instead of failing
             authentication_policy=ARMChallengeAuthenticationPolicy(credential, cloud.scope, enable_cae=True),
             user_agent="imageready",
-            **transport,
+            transport=_PooledTransport(
+                max(10, max_connections), connection_timeout=15, read_timeout=read_timeout, **transport
+            ),
         )
 
     def __repr__(self) -> str:
         return f"AzureSession(subscription={self.subscription_id}, cloud={self.cloud.name})"
+
+    @property
+    def pacer(self) -> ArmPacer:
+        """What paces this session's requests (waits and 429s seen, for progress and tests)."""
+        return self._recorder.pacer
 
     def __enter__(self) -> AzureSession:
         return self

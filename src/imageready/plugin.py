@@ -150,6 +150,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="deadline for each long-running Azure operation (default 1800).",
     )
     group.addoption(
+        "--max-parallel",
+        type=int,
+        default=16,
+        metavar="N",
+        help="VMs whose facts are gathered at once (default 16: within Azure Resource Manager's "
+        "read limits; requests are also paced by the x-ms-ratelimit-remaining headers).",
+    )
+    group.addoption(
         "--transport",
         choices=("auto", "ssh", "winrm", "run-command"),
         default="auto",
@@ -356,6 +364,8 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except GuestConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if int(config.getoption("max_parallel")) < 1:
+        raise pytest.UsageError(f"--max-parallel {config.getoption('max_parallel')}: expected 1 or more")
     if config.getoption("cloud") == "custom" and not (
         config.getoption("arm_endpoint") or os.environ.get("IMAGEREADY_ARM_ENDPOINT")
     ):
@@ -554,6 +564,7 @@ def pytest_configure_node(node: Any) -> None:
     if RUN not in node.config.stash:
         return  # dormant
     state = run_state(node.config)
+    state.prefetch_facts()
     facts = {vm.key: state.facts(vm).to_json() for vm in state.vms}
     node.workerinput["imageready_facts"] = json.dumps(facts)
     node.workerinput["imageready_run_id"] = state.run_id
@@ -600,6 +611,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     state = run_state(metafunc.config)
     if not state.vms:
         state.needs_vm = True
+    state.prefetch_facts()  # every VM's at once, before the first case reads one VM's
     each = check.kwargs.get("each") if check is not None else None
     try:
         # a check that needs what this run does not do (--capture-as) is one case per VM, not

@@ -160,6 +160,26 @@ class RunState:
                 self.facts_cache.setdefault(vm.key, cached)
         return cached
 
+    def prefetch_facts(self) -> None:
+        """Gather the facts of every target VM not gathered yet, up to the provider's
+        ``max_parallel`` at once (a provider without it is asked one VM at a time). A provider
+        records each VM's errors in its facts, so one VM's broken Azure or guest stays that VM's."""
+        with self._lock:
+            missing = [vm for vm in self.vms if vm.key not in self.facts_cache]
+        parallel = int(getattr(self.provider, "max_parallel", 1) or 1)
+        if len(missing) < 2 or parallel < 2:
+            for vm in missing:
+                self.facts(vm)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=min(parallel, len(missing)), thread_name_prefix="imageready-vm")
+        try:
+            list(pool.map(self.facts, missing))
+        finally:
+            # Ctrl-C or SIGTERM: do not wait for the reads still out (each has its own deadline)
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def operator(self) -> dict[str, str]:
         if self._operator is None:
             try:

@@ -1,6 +1,6 @@
 """docs/azsim-rules.md and the tests stay in sync: every rule has a Microsoft source and an existing
-test, and every test of test_arm_rules.py backs a rule (a rule azsim enforces without a row, or a
-row whose test is gone, fails here)."""
+test, and every test of test_arm_rules.py and test_arm_throttling.py backs a rule (a rule azsim
+enforces without a row, or a row whose test is gone, fails here)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 RULEBOOK = REPO / "docs" / "azsim-rules.md"
 RULE_ROW = re.compile(r"^\| ([A-Z]+-\d+) \|")
 TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
-SHORT_SOURCES = ("[errors]", "[generalize]", "[managed image]", "[galleries]", "[spec")
+SHORT_SOURCES = ("[errors]", "[generalize]", "[managed image]", "[galleries]", "[spec", "[throttling]")
 
 
 def rules() -> dict[str, list[str]]:
@@ -47,5 +47,7 @@ def test_every_rule_has_a_source_and_an_existing_test() -> None:
 
 def test_every_rule_test_backs_a_rule() -> None:
     cited = {name for row in rules().values() for _, name in TEST_REF.findall(row[-1])}
-    unlisted = defined_tests(REPO / "tests" / "azsim" / "test_arm_rules.py") - cited
+    unlisted = set()
+    for module in ("test_arm_rules.py", "test_arm_throttling.py"):
+        unlisted |= defined_tests(REPO / "tests" / "azsim" / module) - cited
     assert not unlisted, f"tests of azsim's rules that docs/azsim-rules.md does not list: {sorted(unlisted)}"

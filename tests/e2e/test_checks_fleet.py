@@ -427,7 +427,9 @@ FACTS_READS = {
 
 def test_facts_cost_fixed_arm_reads_and_one_guest_round_trip(azsim: Azsim, tmp_path: Path) -> None:
     """One check module or the whole policy: per VM the same ARM reads and one facts run on the
-    guest. (The audit reads each VM once more at the end: its final state.)"""
+    guest. (The audit reads each VM once more at the end: its final state.) The VM is read
+    first; its disks and extensions then go together, the lineage hop by hop; all of one VM's
+    facts reads carry one correlation id, and no other VM's."""
     linux, windows = CLEAN_COPIES
     for selection in (["checks/test_target_state.py"], list(WITHOUT_SCAN)):
         seq = azsim.last_seq()
@@ -435,13 +437,18 @@ def test_facts_cost_fixed_arm_reads_and_one_guest_round_trip(azsim: Azsim, tmp_p
         run = harness(azsim, *selection, *vm_args(*CLEAN_COPIES), report_dir=tmp_path / str(seq))
         assert run.returncode in (exitcodes.GREEN, exitcodes.RED_CHECKS), run.output[-2000:]
         assert len(run.outcomes()) >= (10 if len(selection) == 1 else 50), selection
-        reads = [
-            f"{r['operation']} {'/'.join(r['path'].split('/')[-2:])}"
-            for r in azsim.requests()
-            if r.get("kind") == "arm" and int(r["seq"]) > seq
-        ]
+        log = [r for r in azsim.requests() if r.get("kind") == "arm" and int(r["seq"]) > seq]
+        reads = [f"{r['operation']} {'/'.join(r['path'].split('/')[-2:])}" for r in log]
+        correlations = set()
         for vm, expected in FACTS_READS.items():
-            assert [read for read in reads if read in expected] == [*expected, expected[0]], (vm, selection)
+            got = [read for read in reads if read in expected]
+            assert got[0] == got[-1] == expected[0], (vm, selection, got)
+            assert sorted(got[1:-1]) == sorted(expected[1:]), (vm, selection, got)
+            lineage = [read for read in got if "golden" in read]
+            assert lineage[0].startswith("getSnapshot"), (vm, lineage)  # hop by hop
+            facts_reads = [r for r, read in zip(log, reads, strict=True) if read in expected][:-1]
+            correlations.add(frozenset(r["correlation_id"] for r in facts_reads))
+        assert all(len(ids) == 1 for ids in correlations) and len(correlations) == 2, correlations
         assert len(reads) == sum(len(expected) + 1 for expected in FACTS_READS.values()), reads
         assert sudo_facts_runs(azsim, linux) - trips[linux] == 1, selection
         assert windows_scripts_run(azsim, windows) - trips[windows] == 1, selection

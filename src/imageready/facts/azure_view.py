@@ -1,5 +1,5 @@
 """Reading the ARM facts: the VM (with instance view), disks, snapshots and extensions, in the
-REST shape (camelCase) of ../shared/azure-examples."""
+REST shape (camelCase) of the Microsoft.Compute REST examples."""
 
 from __future__ import annotations
 

@@ -5,20 +5,29 @@ disk's source snapshot and its source disk, extensions, the NIC unless an addres
 --capture-as, the capture target's artifact, gallery and image definition) and one guest round
 trip, whatever the number of checks. Connections are kept for the rest of the run
 (the sensitive-data scan and the actions reuse them).
+
+The reads of one VM go in rounds: the VM with its instance view; then its disks, its extensions
+and (in the guest's own thread, with the facts script after it) its NIC at once; then the OS
+disk's lineage hop by hop, while the guest answers. Every read of one VM's facts carries one
+correlation id, so Azure's logs (and azsim's) show them as one operation.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from imageready import progress
-from imageready.azure import AzureSession, resolve_ca_bundle, resolve_cloud
+from imageready.azure import AzureSession, correlated, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts import VM_STATE, VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
@@ -37,6 +46,10 @@ DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
 NOT_RUNNING = VM_STATE  # the VM's state, not broken infrastructure
 #: how many times the (read-only) facts script is run when its connection drops under it
 FACTS_ATTEMPTS = 2
+#: how many VMs' facts are gathered at once unless --max-parallel says otherwise: about 6 reads a
+#: VM, so a first wave stays well inside ARM's read bucket (250 per subscription and principal)
+DEFAULT_MAX_PARALLEL = 16
+T = TypeVar("T")
 
 
 class GuestConfigError(ValueError):
@@ -97,6 +110,8 @@ class AzureFactsProvider:
 
         #: --capture-as, parsed (None without it): its target is read once per VM with the facts
         self.capture = parse_capture(config.getoption("capture_as"))
+        #: VMs whose facts are gathered at once (RunState.prefetch_facts reads it)
+        self.max_parallel = int(config.getoption("max_parallel", None) or DEFAULT_MAX_PARALLEL)
         self._sessions: dict[str, AzureSession] = {}
         self._guests: dict[str, Guest] = {}
         #: per VM: what its first proven connection presented (a later one must present the same)
@@ -104,6 +119,11 @@ class AzureFactsProvider:
         #: per VM: why its guest was refused; no session of this run reaches it again
         self._refused: dict[str, GuestIdentityError] = {}
         self._lock = threading.RLock()
+        # one VM's independent reads and its guest round trip; tasks here never wait on each
+        # other, so a VM's thread waiting on them cannot deadlock the pool
+        self._reads = ThreadPoolExecutor(
+            max_workers=4 * self.max_parallel, thread_name_prefix="imageready-read"
+        )
 
     # --- connections ---------------------------------------------------------------------
 
@@ -117,6 +137,7 @@ class AzureFactsProvider:
                     ca_bundle=self.ca_bundle,
                     lro_deadline=float(self.config.getoption("lro_deadline")),
                     progress=progress.emit,
+                    max_connections=4 * self.max_parallel,
                 )
                 self._sessions[vm.subscription] = session
             return session
@@ -270,29 +291,49 @@ class AzureFactsProvider:
 
     # --- FactsProvider -----------------------------------------------------------------
 
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn`` on the read pool, in the caller's context (its correlation id)."""
+        context = contextvars.copy_context()
+        return self._reads.submit(context.run, fn, *args)
+
     def facts(self, vm: VmRef) -> VmFacts:
         facts = VmFacts(vm=vm.key, resource_id=vm.id)
-        try:
-            facts.azure = self._azure_facts(vm)
-        except AzureError as exc:
-            category = "not found" if isinstance(exc, AzureNotFound) else exc.category
-            facts.azure_error, facts.azure_error_category = str(exc), category
-            # the guest of a VM Azure cannot show is out of reach for the same reason
-            facts.guest_error, facts.guest_error_category = str(exc), category
-            return facts
-        self._guest_facts(vm, facts)
+        with correlated(str(uuid.uuid4())):
+            guest: Future[VmFacts] | None = None
+            try:
+                azure = self.azure(vm)
+                model = azure.get_vm(vm, instance_view=True)
+                # the guest needs the VM only: it answers while Azure is read further
+                guest = self._submit(self._guest_facts, vm, VmFacts(vm.key, vm.id, azure={"vm": model}))
+                facts.azure = self._azure_facts(vm, azure, model)
+            except AzureError as exc:
+                facts.azure = None
+                category = "not found" if isinstance(exc, AzureNotFound) else exc.category
+                facts.azure_error, facts.azure_error_category = str(exc), category
+                # the guest of a VM Azure cannot show is out of reach for the same reason
+                facts.guest_error, facts.guest_error_category = str(exc), category
+                if guest is not None:
+                    guest.result()  # bounded by --guest-timeout; its answer is not used
+                return facts
+            assert guest is not None
+            answered = guest.result()
+        facts.guest, facts.guest_identity = answered.guest, answered.guest_identity
+        facts.guest_error, facts.guest_error_category = answered.guest_error, answered.guest_error_category
         return facts
 
-    def _azure_facts(self, vm: VmRef) -> dict[str, Any]:
-        azure = self.azure(vm)
-        model = azure.get_vm(vm, instance_view=True)
+    def _azure_facts(self, vm: VmRef, azure: AzureSession, model: dict[str, Any]) -> dict[str, Any]:
         storage = model.get("properties", {}).get("storageProfile", {})
         entries = [storage.get("osDisk") or {}, *(storage.get("dataDisks") or [])]
-        disks: dict[str, Any] = {}
-        for entry in entries:
-            disk_id = str((entry.get("managedDisk") or {}).get("id") or "")
-            if disk_id:
-                disks[disk_id.lower()] = azure.get_disk(disk_id)
+        disk_ids = [str((entry.get("managedDisk") or {}).get("id") or "") for entry in entries]
+        reads = {disk_id.lower(): self._submit(azure.get_disk, disk_id) for disk_id in disk_ids if disk_id}
+        extensions = self._submit(azure.list_extensions, vm)
+        pending: list[Future[Any]] = [*reads.values(), extensions]
+        try:
+            disks: dict[str, Any] = {key: read.result() for key, read in reads.items()}
+            listed = extensions.result()
+        finally:  # a failed read ends the VM's facts: the others are not waited for
+            for read in pending:
+                read.cancel()
         os_disk_id = str(((storage.get("osDisk") or {}).get("managedDisk") or {}).get("id") or "")
         sources, missing, unresolved = self._lineage(azure, disks.get(os_disk_id.lower()))
         found = {
@@ -301,7 +342,7 @@ class AzureFactsProvider:
             "sources": sources,
             "missing_sources": missing,
             "unresolved_sources": unresolved,
-            "extensions": azure.list_extensions(vm),
+            "extensions": listed,
         }
         if self.capture is not None:
             found["capture"] = capture_facts(azure, vm, self.capture, self.config.getoption("capture_as"))
@@ -340,14 +381,15 @@ class AzureFactsProvider:
             source = source_id(found)
         return sources, missing, unresolved
 
-    def _guest_facts(self, vm: VmRef, facts: VmFacts) -> None:
+    def _guest_facts(self, vm: VmRef, facts: VmFacts) -> VmFacts:
+        """The guest's part of ``facts`` (which holds the VM's model): its facts or why not."""
         from imageready.facts.azure_view import os_state, power_state
 
         state = power_state(facts)
         if facts.os_type is None:
             facts.guest_error = f"{vm.key}: Azure reports no OS type, so no facts script can be chosen"
             facts.guest_error_category = VM_STATE
-            return
+            return facts
         if state != "running":
             facts.guest_error = (
                 f"{vm.key} is {state} and generalized: its guest can never be checked again"
@@ -355,7 +397,7 @@ class AzureFactsProvider:
                 else f"{vm.key} is {state}: its guest can be checked only while it runs"
             )
             facts.guest_error_category = NOT_RUNNING
-            return
+            return facts
         guest: Guest | None = None
         try:
             script, parse, elevated = _facts_script(facts.os_type)
@@ -405,6 +447,7 @@ class AzureFactsProvider:
             facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", "guest facts"
         if guest is not None:
             facts.guest_identity = _identity(guest)
+        return facts
 
     def live_vm_id(self, vm: VmRef) -> str | None:
         model = self.azure(vm).get_vm(vm, instance_view=False)
@@ -430,6 +473,7 @@ class AzureFactsProvider:
         }
 
     def close(self) -> None:
+        self._reads.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             guests, self._guests = list(self._guests.values()), {}
             sessions, self._sessions = list(self._sessions.values()), {}
