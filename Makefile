@@ -20,7 +20,7 @@ REPORT_DIR ?= reports/out
 
 help:
 	@echo "make demo    run the main job end to end on the simulated fleet"
-	@echo "make test    lint, type-check and run the tests (about 6 min on 2 cores)"
+	@echo "make test    lint, type-check and run the tests (about 15 min on 2 cores)"
 	@echo "make report  turn $(REPORT_DIR)/allure-results into one self-contained HTML file"
 	@echo "make bench   the fleet benchmark: checks and apply phases against azsim (under 10 min)"
 

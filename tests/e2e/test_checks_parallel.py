@@ -59,7 +59,8 @@ def test_facts_of_a_fleet_are_gathered_at_once_within_the_bound(
     run = harness(
         azsim, SELECTION, *vm_args(), f"--max-parallel={max_parallel}", report_dir=tmp_path / "report"
     )
-    assert run.returncode == exitcodes.RED_CHECKS, run.output[-3000:]
+    # win-4's refused disk read is an infrastructure error ("Azure permission"), which wins
+    assert run.returncode == exitcodes.INFRASTRUCTURE_ERROR, run.output[-3000:]
     spans = facts_spans(azsim, seq)
     assert len(spans) == len(FLEET), spans
     assert at_least <= most_at_once(spans) <= at_most, spans
@@ -68,9 +69,9 @@ def test_facts_of_a_fleet_are_gathered_at_once_within_the_bound(
 def test_one_vm_s_broken_azure_errors_that_vm_only(azsim: Azsim, tmp_path: Path) -> None:
     """Fail closed per VM under concurrency: every case of the VM whose disk Azure refuses errors
     or fails (never passes, as when VMs were read one by one); the five others pass; the run
-    is red."""
+    ends 12 (a refused read is not a finding on the VM)."""
     run = harness(azsim, SELECTION, *vm_args(), report_dir=tmp_path / "report")
-    assert run.returncode == exitcodes.RED_CHECKS, run.output[-3000:]
+    assert run.returncode == exitcodes.INFRASTRUCTURE_ERROR, run.output[-3000:]  # "Azure permission"
     outcomes = run.outcomes()
     for vm in FLEET:
         mine = {case: outcome for case, outcome in outcomes.items() if f"[{vm}" in case}

@@ -341,7 +341,7 @@ ACTION_ROWS = [
         [fault("lro_failed", operation="createImage")],
         expect="failed image left",
         code=exitcodes.ACTION_FAILED,
-        rerun=exitcodes.ACTION_FAILED,
+        rerun=exitcodes.RED_CHECKS,  # the capture pre-flight check: the name is taken
     ),
     Row(
         "a-capture-never",
