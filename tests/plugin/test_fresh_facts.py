@@ -25,7 +25,8 @@ from imageready.facts import VmFacts
 
 
 class GuestProvider:
-    """Facts from fleet.json: {"rg/name": {"vmId": ..., "guest": {...}}}."""
+    """Facts from fleet.json: {"rg/name": {"vmId": ..., "guest": {...} or null, optional "tags"
+    and "disk" (the OS disk's id)}}."""
 
     def __init__(self, path):
         self.path = path
@@ -35,8 +36,14 @@ class GuestProvider:
 
     def facts(self, vm):
         data = self._vm(vm)
-        model = {"properties": {"vmId": data["vmId"], "storageProfile": {"osDisk": {"osType": "Windows"}}}}
-        return VmFacts(vm=vm.key, resource_id=vm.id, azure={"vm": model}, guest=data["guest"])
+        os_disk = {"osType": "Windows"}
+        if data.get("disk"):
+            os_disk["managedDisk"] = {"id": data["disk"]}
+        model = {
+            "tags": data.get("tags", {}),
+            "properties": {"vmId": data["vmId"], "storageProfile": {"osDisk": os_disk}},
+        }
+        return VmFacts(vm=vm.key, resource_id=vm.id, azure={"vm": model}, guest=data.get("guest"))
 
     def live_vm_id(self, vm):
         return self._vm(vm)["vmId"]

@@ -14,50 +14,11 @@ from imageready import exitcodes
 from imageready.gate import sign_step_tag
 
 from .conftest import VERDICT_KEY, Project
+from .test_fresh_facts import CONFTEST  # fleet.json's VMs, with tags and OS disk ids
 
 VERDICTS = "reports/out/verdicts"
 DISK = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/good-osdisk"
 
-CONFTEST = '''
-import json
-from pathlib import Path
-
-from imageready.facts import VmFacts
-
-
-class TaggedProvider:
-    """Facts from fleet.json: {"rg/name": {"vmId", "disk", "tags", "guest"}}."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def _vm(self, vm):
-        return json.loads(self.path.read_text())[vm.key]
-
-    def facts(self, vm):
-        data = self._vm(vm)
-        model = {
-            "tags": data.get("tags", {}),
-            "properties": {
-                "vmId": data["vmId"],
-                "storageProfile": {"osDisk": {"osType": "Windows", "managedDisk": {"id": data["disk"]}}},
-            },
-        }
-        return VmFacts(vm=vm.key, resource_id=vm.id, azure={"vm": model}, guest=data.get("guest"))
-
-    def live_vm_id(self, vm):
-        return self._vm(vm)["vmId"]
-
-    def operator(self):
-        return {"upn": "tester@example.com"}
-
-    def close(self):
-        pass
-
-
-def pytest_imageready_facts_provider(config):
-    return TaggedProvider(Path(config.rootpath, "fleet.json"))
-'''
 
 CHECKS = """
 import pytest
