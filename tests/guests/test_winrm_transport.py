@@ -269,3 +269,18 @@ def test_nothing_listens_off_loopback(boot_windows) -> None:
         assert host == "127.0.0.1"
         with socket.create_connection((host, int(port)), timeout=2):
             pass
+
+
+def test_an_error_whose_reason_is_a_string_is_classified_not_crashed() -> None:
+    """urllib3's MaxRetryError carries its reason as an exception or as a string; following a
+    string as a cause crashed the classification ('str' object has no attribute '__cause__'),
+    which turned every guest of a 200-VM fleet into 'guest unreachable'."""
+    from imageready.guest.winrm import _refused
+
+    class Wrapped(Exception):
+        def __init__(self, reason: object) -> None:
+            super().__init__("max retries exceeded")
+            self.reason = reason
+
+    assert _refused(Wrapped("Connection aborted")) is False
+    assert _refused(Wrapped(ConnectionRefusedError(111, "Connection refused"))) is True

@@ -496,7 +496,12 @@ def _refused(err: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, ConnectionRefusedError):
             return True
-        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+        reason = getattr(current, "reason", None)  # urllib3's MaxRetryError: an error or a string
+        current = (
+            current.__cause__
+            or current.__context__
+            or (reason if isinstance(reason, BaseException) else None)
+        )
     return "refused" in str(err).lower()
 
 
