@@ -655,8 +655,12 @@ def sign_step_tag(body: str, name: str, model: Mapping[str, Any], key: bytes | N
     if key is None:
         return body[:TAG_MAX]
     body = body[: TAG_MAX - len(_TAG_SIG) - _TAG_SIG_LEN]
+    return f"{body}{_TAG_SIG}{_tag_mac(body, name, model, key)}"
+
+
+def _tag_mac(body: str, name: str, model: Mapping[str, Any], key: bytes) -> str:
     mac = hmac.new(key, f"{_tag_target(model)}\n{name}\n{body}".encode(), hashlib.sha256)
-    return f"{body}{_TAG_SIG}{mac.hexdigest()[:_TAG_SIG_LEN]}"
+    return mac.hexdigest()[:_TAG_SIG_LEN]
 
 
 def step_tag_problem(value: str, name: str, model: Mapping[str, Any], key: bytes | None) -> str | None:
@@ -668,8 +672,7 @@ def step_tag_problem(value: str, name: str, model: Mapping[str, Any], key: bytes
     body, found, sig = value.rpartition(_TAG_SIG)
     if not found:
         return "it is not signed with this pipeline's verdict key"
-    mac = hmac.new(key, f"{_tag_target(model)}\n{name}\n{body}".encode(), hashlib.sha256)
-    if not hmac.compare_digest(mac.hexdigest()[:_TAG_SIG_LEN], sig.strip()):
+    if not hmac.compare_digest(_tag_mac(body, name, model, key), sig.strip()):
         return "its signature does not match this VM, its OS disk and the tag's content"
     return None
 

@@ -383,12 +383,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
     from imageready.copyfirst import copy_first
 
+    policy = (
+        policy_paths(checks_dir, config)
+        + ([scan_rules] if scan_rules is not None else [])
+        + ([waiver_file] if waiver_file is not None else [])
+    )
+    digest = None
     if vms:
-        digest = RunState.policy_digest_of(
-            policy_paths(checks_dir, config)
-            + ([scan_rules] if scan_rules is not None else [])
-            + ([waiver_file] if waiver_file is not None else [])
-        )
+        digest = RunState.policy_digest_of(policy)
         _check_policy_pin(digest)
         config.stash[POLICY_DIGEST] = digest  # copy-first pins its nested checks run to it
     # last of the configuration: it may run checks and make copies, once the options are sound
@@ -403,10 +405,9 @@ def pytest_configure(config: pytest.Config) -> None:
         change_ticket=config.getoption("change_ticket"),
         report_dir=report_dir.absolute(),
         checks_dir=checks_dir,
-        policy_paths=policy_paths(checks_dir, config)
-        + ([scan_rules] if scan_rules is not None else [])
-        + ([waiver_file] if waiver_file is not None else []),
+        policy_paths=policy,
     )
+    state._digest = digest  # hashed once, before anything connected (None: on first use)
     state.lease_ttl = lease_ttl
     state.capture = capture
     workerinput = getattr(config, "workerinput", None)

@@ -270,7 +270,8 @@ class RunState:
         facts = self.facts(vm)
         tag = facts.tag(STEP_TAG + "guest")
         if tag:
-            run = parse_step_tag(tag).get("run", "")
+            fields = parse_step_tag(tag)
+            run = fields.get("run", "")
             intact = guest_intact(facts)
             untrusted = step_tag_problem(tag, "guest", facts.vm_model, verdict_key())
             if untrusted:
@@ -281,7 +282,7 @@ class RunState:
                     f"{vm.key} carries {STEP_TAG}guest ({tag}), but {untrusted}: written by hand, by "
                     "a run without the key, or before the OS disk was swapped; nothing is resumed",
                 )
-            elif intact and parse_step_tag(tag).get("state") == "started":
+            elif intact and fields.get("state") == "started":
                 # a run was stopped after tagging and before its guest step changed anything: the
                 # guest is as the checks see it, so this run's own checks decide (nothing resumes)
                 found = None
