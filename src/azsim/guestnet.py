@@ -36,8 +36,10 @@ from collections.abc import Callable
 
 from azsim.faults import Fault, FaultSet
 
-#: how often a relayed connection looks at the clock (idle detection), seconds
+#: how often a relayed connection looks at the clock while a guest_drop fault is live (idle
+#: detection), and otherwise (to notice the relay closing), seconds
 TICK = 0.05
+IDLE_TICK = 0.25
 BUFFER = 64 * 1024
 
 
@@ -185,8 +187,7 @@ class Relay:
         """Read and drop what the client sends, answer nothing, until it gives up."""
         try:
             while not self._stopping.is_set():
-                readable, _, _ = select.select([client], [], [], TICK * 4)
-                if readable and not client.recv(BUFFER):
+                if _ready(client, select.POLLIN, TICK * 4) and not client.recv(BUFFER):
                     return
         except OSError:
             return
@@ -199,13 +200,20 @@ class Relay:
         upstream.setblocking(False)
         last_client = last_guest = time.monotonic()
         open_ends = {client: upstream, upstream: client}
+        by_fd = {client.fileno(): client, upstream.fileno(): upstream}
+        # poll, not select: a relay of a large fleet holds more than select's 1024 descriptors
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        fault = self.network.drop()
         while open_ends and not self._stopping.is_set():
             try:
-                readable, _, _ = select.select(list(open_ends), [], [], TICK)
-            except (OSError, ValueError):
+                events = poller.poll((TICK if fault is not None else IDLE_TICK) * 1000)
+            except OSError:
                 return
             now = time.monotonic()
-            for sock in readable:
+            for fd, _event in events:
+                sock = by_fd[fd]
                 try:
                     data = sock.recv(BUFFER)
                 except BlockingIOError:
@@ -220,6 +228,7 @@ class Relay:
                     with contextlib.suppress(OSError):
                         peer.shutdown(socket.SHUT_WR)
                     del open_ends[sock]
+                    poller.unregister(fd)
                     continue
                 if sock is client:
                     last_client = now
@@ -250,9 +259,16 @@ def _send_all(sock: socket.socket, data: bytes) -> bool:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 return False
-            select.select([], [sock], [], TICK)
+            _ready(sock, select.POLLOUT, TICK)
             continue
         except OSError:
             return False
         view = view[sent:]
     return True
+
+
+def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``events`` on ``sock`` (poll: any descriptor number)."""
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(timeout * 1000))

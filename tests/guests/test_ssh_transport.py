@@ -26,6 +26,7 @@ from imageready.guest.ssh import (
     SshGuest,
     connect_ssh,
 )
+from tests.descriptors import descriptors_past_fd_setsize
 
 Vm = tuple[LinuxGuest, SshGuest]
 
@@ -69,6 +70,14 @@ def test_runs_scripts_and_reuses_one_connection(vm_and_ssh: Vm) -> None:
     binary = bytes(range(256)) * 1000
     echoed = ssh.run("cat", timeout=30, stdin=binary)
     assert echoed.stdout == binary
+
+
+def test_runs_when_the_harness_holds_more_descriptors_than_select_can_watch(vm_and_ssh: Vm) -> None:
+    """A harness with a large fleet's sessions open numbers its next descriptors past FD_SETSIZE."""
+    _, ssh = vm_and_ssh
+    with descriptors_past_fd_setsize():
+        result = ssh.run("sleep 0.3; echo late", timeout=30)
+    assert result.stdout == b"late\n" and result.ok
 
 
 def test_elevated_runs_as_root_with_the_script_quoted(vm_and_ssh: Vm) -> None:

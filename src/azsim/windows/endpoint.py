@@ -37,6 +37,10 @@ _MAX_BODY = 2 * MAX_REQUEST_ENVELOPE
 class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close joins the connection threads
+    # socketserver's default backlog is 5: connections of a fleet's harness, arriving while a
+    # busy simulator has not yet accepted the ones before, would be turned away (Windows' own
+    # listen backlog is far larger)
+    request_queue_size = 128
 
     def __init__(self, port: int, listener: WinRmListener) -> None:
         self.listener = listener

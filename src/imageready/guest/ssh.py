@@ -419,6 +419,10 @@ class SshGuest(Guest):
         stdout, stderr = bytearray(), bytearray()
         progress = _ProgressLines(on_progress)
         pending = memoryview(stdin)
+        # poll, not select: a harness with a large fleet's connections open holds more than
+        # select's 1024 descriptors (a channel's fileno() is a pipe paramiko sets when data comes)
+        waiting = select.poll()
+        waiting.register(channel, select.POLLIN)
         try:
             if not pending:
                 channel.shutdown_write()
@@ -451,7 +455,7 @@ class SshGuest(Guest):
                 if channel.closed or not transport.is_active():
                     raise GuestDisconnected(f"{self._where()}: the connection dropped during {purpose}")
                 if not busy:
-                    select.select([channel], [], [], min(0.05, max(0.0, deadline - time.monotonic())))
+                    waiting.poll(min(50.0, max(0.0, (deadline - time.monotonic()) * 1000)))
         except GuestTimeout:
             _abandon(channel)
             raise
