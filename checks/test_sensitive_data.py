@@ -13,6 +13,7 @@ incomplete: every case errors until each such path is fixed or waived by path.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -29,7 +30,9 @@ from imageready.runstate import RunState
 from imageready.target import VmRef
 
 CHECK_ID = "IR-SCAN"
-SCAN_RESULTS = pytest.StashKey[dict[str, Any]]()
+#: each VM's scan, started at the first scan case (its result: a ScanResult or the error to raise)
+SCANS = pytest.StashKey[dict[str, "Future[Any]"]]()
+SCAN_POOL = pytest.StashKey[ThreadPoolExecutor]()
 #: findings of one case listed line by line in the audit
 AUDIT_FINDINGS = 25
 
@@ -41,32 +44,11 @@ def scan_result(
     """One scan of ``vm``'s guest per run, shared by every rule's case. An incomplete scan is an
     error for every rule: it proves nothing about the guest. So is a scan that could not read
     some path in full, unless a waiver names that path."""
-    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
-
     read_live()  # the scan reads the disk now, not the facts: behind a verdict it runs again
-    cache = request.config.stash.setdefault(SCAN_RESULTS, {})
-    if vm.key not in cache:
-        guest_facts = facts.require_guest()
-        config = request.config
-        provider: Any = run.provider
-        try:
-            result = scan_guest(
-                provider.guest(vm),
-                rules_for(str(facts.os_type), load_rules(config.getoption("scan_rules"))),
-                key=fingerprint_key(),
-                deadline=time.monotonic() + float(config.getoption("scan_deadline")),
-                context=DeprovisionContext.from_facts(
-                    guest_facts, (guest_facts.get("user") or {}).get("name")
-                ),
-                progress=lambda line: progress.emit(f"{vm.key}: scan: {line}"),
-            )
-        except Exception as exc:  # a transport or key problem: every rule errors with this line
-            cache[vm.key] = FactsUnavailable(
-                f"{vm.key}: sensitive-data scan failed: {exc}", "guest unreachable"
-            )
-        else:
-            cache[vm.key] = result
-    found = cache[vm.key]
+    scans = _scans(request, run)
+    if vm.key not in scans:
+        scans[vm.key] = _start(request.config, run, vm, facts)
+    found = scans[vm.key].result()
     if isinstance(found, FactsUnavailable):
         raise found
     if not found.complete:
@@ -89,6 +71,69 @@ def scan_result(
             "",
         )
     return found
+
+
+def _scans(request: pytest.FixtureRequest, run: RunState) -> dict[str, Future[Any]]:
+    """The scans of this run, started together at the first scan case: every VM this session
+    scans, up to --max-parallel at once, each in a thread that waits on its guest (a scan is
+    read-only, so it may run while other cases do). An xdist worker scans only the VMs of the
+    cases it is given, one at a time, when it meets them."""
+    config = request.config
+    scans = config.stash.get(SCANS, None)
+    if scans is not None:
+        return scans
+    scans = config.stash[SCANS] = {}
+    if hasattr(config, "workerinput"):
+        return scans
+    for vm in _scanned_vms(request.session):
+        facts = run.facts(vm)
+        if facts.azure is not None:  # else its cases error in the facts fixture, unscanned
+            scans[vm.key] = _start(config, run, vm, facts)
+    return scans
+
+
+def _scanned_vms(session: pytest.Session) -> list[VmRef]:
+    """The VMs of the scan cases this session runs, in their order."""
+    found: dict[str, VmRef] = {}
+    for item in session.items:
+        vm = getattr(item, "callspec", None) and item.callspec.params.get("vm")  # type: ignore[attr-defined]
+        if isinstance(vm, VmRef) and "scan_result" in getattr(item, "fixturenames", ()):
+            found.setdefault(vm.key, vm)
+    return list(found.values())
+
+
+def _start(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> Future[Any]:
+    pool = config.stash.get(SCAN_POOL, None)
+    if pool is None:
+        parallel = 1 if hasattr(config, "workerinput") else int(getattr(run.provider, "max_parallel", 1) or 1)
+        pool = config.stash[SCAN_POOL] = ThreadPoolExecutor(parallel, thread_name_prefix="imageready-scan")
+        # an interrupted run does not wait for scans still out (each has its own deadline)
+        config.add_cleanup(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    # a thread's own context: what the scan reads of the facts is no case's record (its cases
+    # record that they read the guest live, which is what decides whether they run again)
+    return pool.submit(_scan, config, run, vm, facts)
+
+
+def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> Any:
+    """``vm``'s scan result, or the one-line error every one of its cases raises."""
+    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
+
+    try:
+        guest_facts = facts.require_guest()
+    except FactsUnavailable as exc:
+        return exc
+    provider: Any = run.provider
+    try:
+        return scan_guest(
+            provider.guest(vm),
+            rules_for(str(facts.os_type), load_rules(config.getoption("scan_rules"))),
+            key=fingerprint_key(),
+            deadline=time.monotonic() + float(config.getoption("scan_deadline")),
+            context=DeprovisionContext.from_facts(guest_facts, (guest_facts.get("user") or {}).get("name")),
+            progress=lambda line: progress.emit(f"{vm.key}: scan: {line}"),
+        )
+    except Exception as exc:  # a transport or key problem: every rule errors with this line
+        return FactsUnavailable(f"{vm.key}: sensitive-data scan failed: {exc}", "guest unreachable")
 
 
 def _category(errors: list[str]) -> str:

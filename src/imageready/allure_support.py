@@ -20,7 +20,7 @@ unless ``--junitxml`` is given.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pytest
 
 from imageready import allure_procedure
 from imageready.gatekeeper import CASE_WAIVERS, RUN, item_info
-from imageready.redact import one_line, redact
+from imageready.redact import one_line, redact, redactor
 from imageready.runstate import ItemInfo, RunState
 from imageready.text import printable
 
@@ -287,24 +287,25 @@ def _attach_waivers(item: pytest.Item) -> None:
 def _redact_result(result: Any) -> None:
     """Mask known secrets in what allure-pytest copied from pytest: messages, traces (source
     lines included), parameter values and step names."""
+    mask = redactor()
     items = [result]
     while items:
         current = items.pop()
         details = getattr(current, "statusDetails", None)
         if details is not None:
-            details.message = _text(details.message) if details.message else details.message
-            details.trace = _text(details.trace) if details.trace else details.trace
+            details.message = _text(details.message, mask) if details.message else details.message
+            details.trace = _text(details.trace, mask) if details.trace else details.trace
         for parameter in getattr(current, "parameters", None) or []:
-            parameter.value = printable(redact(str(parameter.value)))
+            parameter.value = printable(mask(str(parameter.value)))
         if getattr(current, "name", None):
-            current.name = printable(redact(str(current.name)))
+            current.name = printable(mask(str(current.name)))
         items.extend(getattr(current, "steps", None) or [])
 
 
-def _text(text: str) -> str:
+def _text(text: str, mask: Callable[[str], str] = redact) -> str:
     """A multi-line text for Allure: redacted, and escaped (control and bidi characters, and lone
     surrogates, which would also make allure-pytest's UTF-8 writer fail)."""
-    return printable(redact(text), multiline=True)
+    return printable(mask(text), multiline=True)
 
 
 def _attach_captured(report: pytest.TestReport) -> None:

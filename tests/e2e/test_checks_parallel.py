@@ -1,5 +1,6 @@
-"""Facts of a fleet gathered at once (issue 15), against tests/scenarios/checks-parallel.yaml: six
-Windows copies behind 0.2 s of ARM latency, one of which Azure will not show its OS disk.
+"""Facts and scans of a fleet gathered at once (issue 15), against
+tests/scenarios/checks-parallel.yaml: six Windows copies behind 0.2 s of ARM latency, one of which
+Azure will not show its OS disk, each taking 1.5 s to scan.
 
 azsim's request log shows when each VM's facts were read: the harness sends all of one VM's
 reads with one correlation id, so each id's first and last request bound that VM's gathering.
@@ -7,6 +8,7 @@ reads with one correlation id, so each id's first and last request bound that VM
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +93,32 @@ def test_max_parallel_is_validated(azsim: Azsim, tmp_path: Path) -> None:
     run = harness(azsim, SELECTION, *vm_args(), "--max-parallel=0", report_dir=tmp_path / "report")
     assert run.returncode == exitcodes.USAGE_ERROR
     assert "--max-parallel 0: expected 1 or more" in run.output
+
+
+def scan_ends(azsim: Azsim) -> dict[str, list[float]]:
+    """When each VM's guest finished a sensitive-data scan (the Windows model's script history)."""
+    ends = {}
+    for vm in FLEET:
+        state = azsim.state_dir / "guests" / RG / vm.split("/")[1] / "windows-model.json"
+        history = json.loads(state.read_text())["history"]
+        ends[vm] = [run["at"] for run in history if run["handler"] == "scan"]
+    return ends
+
+
+def test_the_scans_of_a_fleet_run_together(azsim: Azsim, tmp_path: Path) -> None:
+    """Each scan takes 1.5 s on these guests; one after another, the fleet's would end 1.5 s or
+    more apart. They start together at the first scan case, so they end within one scan's time."""
+    before = scan_ends(azsim)
+    run = harness(
+        azsim,
+        "checks/test_sensitive_data.py",
+        *vm_args(),
+        "--max-parallel=16",
+        report_dir=tmp_path / "report",
+    )
+    assert run.returncode == exitcodes.INFRASTRUCTURE_ERROR, run.output[-3000:]  # win-4, as above
+    ends = [t for vm, times in scan_ends(azsim).items() for t in times[len(before[vm]) :]]
+    assert len(ends) >= len(FLEET) - 1, ends
+    assert max(ends) - min(ends) < 1.5, sorted(ends)
+    clean = {case: o for case, o in run.outcomes().items() if BROKEN not in case}
+    assert clean and set(clean.values()) <= {"passed", "skipped"}, clean

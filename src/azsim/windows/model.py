@@ -254,6 +254,8 @@ class MachineState:
     failed_providers: list[list[str]]
     #: volumes: mount (C:, D:, C:\\data), disk (os | resource | data), label
     volumes: list[dict[str, str]] = field(default_factory=list)
+    #: how long a scan of the disks takes (scenario guest.scan.seconds)
+    scan_seconds: float = 0.0
 
 
 class WindowsMachine:
@@ -397,6 +399,7 @@ def build_machine(spec: WindowsGuestSpec, admin_user: str) -> WindowsMachine:
         hyperv_switches=spec.hyperv_switches,
         sysprep_outcome=spec.sysprep_outcome,
         sysprep_seconds=spec.sysprep_seconds,
+        scan_seconds=spec.scan_seconds,
         cmdlet_errors=dict(spec.cmdlet_errors),
         failed_providers=[[dll, detail] for dll, detail in spec.sysprep_providers_failed],
         volumes=[asdict(v) for v in spec.volumes],

@@ -507,6 +507,10 @@ class ScanScript:
         except (ScanConfigError, KeyError, re.error) as exc:
             return ScriptResult(errors=[PsError(str(exc), "InvalidData", "ScanConfig")], exit_code=1)
         machine = call.machine
+        if not call.sleep(machine.state.scan_seconds):  # the walk of a large disk
+            return ScriptResult(
+                exit_code=1, errors=[PsError("The pipeline has been stopped.", "OperationStopped", "Scan")]
+            )
         with machine.lock:
             scan.walk(machine)
             scan.registry(machine.registry)

@@ -94,6 +94,8 @@ class WindowsGuestSpec:
     users: tuple[str, ...] = ()
     sysprep_outcome: str = "succeed"
     sysprep_seconds: float = 2.0
+    #: how long a scan of this machine's disks takes (a large disk: a fleet's scans overlap)
+    scan_seconds: float = 0.0
     #: Azure leaves C:\Windows\Panther (with its cached answer file) on every VM
     panther: bool = True
     winrm_basic: bool = False
@@ -119,6 +121,7 @@ _KEYS = {
     "files",
     "users",
     "sysprep",
+    "scan",
     "panther",
     "winrm",
     "cmdlet_errors",
@@ -279,6 +282,10 @@ def parse_spec(raw: dict[str, Any] | None, vm_name: str, admin_user: str) -> Win
     role_state = _role_state(spec.get("role_state", {}), features)
     domain = _check_keys(spec.get("domain", {}), {"joined", "name"}, "guest.domain")
     sysprep = _check_keys(spec.get("sysprep", {}), {"outcome", "seconds"}, "guest.sysprep")
+    scan = _check_keys(spec.get("scan", {}), {"seconds"}, "guest.scan")
+    scan_seconds = float(_typed(scan.get("seconds", 0), (int, float), "guest.scan.seconds"))
+    if scan_seconds < 0:
+        raise GuestSpecError("guest.scan.seconds: must be 0 or more")
     winrm = _check_keys(spec.get("winrm", {}), {"basic", "allow_unencrypted"}, "guest.winrm")
     version = _choice(spec.get("version", "10.0.20348"), tuple(catalog.OS_VERSIONS), "guest.version")
     registry: dict[str, dict[str, Any]] = {}
@@ -318,6 +325,7 @@ def parse_spec(raw: dict[str, Any] | None, vm_name: str, admin_user: str) -> Win
         users=users,
         sysprep_outcome=_choice(sysprep.get("outcome", "succeed"), SYSPREP_OUTCOMES, "guest.sysprep.outcome"),
         sysprep_seconds=float(_typed(sysprep.get("seconds", 2), (int, float), "guest.sysprep.seconds")),
+        scan_seconds=scan_seconds,
         panther=bool(_typed(spec.get("panther", True), bool, "guest.panther")),
         winrm_basic=bool(_typed(winrm.get("basic", False), bool, "guest.winrm.basic")),
         winrm_allow_unencrypted=bool(

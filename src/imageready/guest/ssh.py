@@ -24,6 +24,7 @@ import os
 import select
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -171,6 +172,9 @@ class SshGuest(Guest):
         #: the host key of the current connection (OpenSSH "type base64": a public key)
         self._host_key = ""
         self.binding = Binding(expected, pins or Pins(), address=f"ssh {user}@{self.endpoint}")
+        #: one command at a time on this connection (the scan may run in a thread of its own
+        #: while a check's testinfra host asks for a command; the proof state is shared)
+        self._serial = threading.RLock()
 
     @property
     def endpoint(self) -> str:
@@ -383,7 +387,27 @@ class SshGuest(Guest):
         proof_in: Callable[[CommandResult], object] | None = None,
     ) -> CommandResult:
         """Every command, testinfra's included: on a connection that proved its identity (or,
-        with ``proof_in``, one whose result carries the proof)."""
+        with ``proof_in``, one whose result carries the proof); one at a time."""
+        with self._serial:
+            return self._exec_serial(
+                command,
+                timeout=timeout,
+                purpose=purpose,
+                stdin=stdin,
+                on_progress=on_progress,
+                proof_in=proof_in,
+            )
+
+    def _exec_serial(
+        self,
+        command: bytes,
+        *,
+        timeout: float,
+        purpose: str,
+        stdin: bytes = b"",
+        on_progress: Callable[[str], None] | None = None,
+        proof_in: Callable[[CommandResult], object] | None = None,
+    ) -> CommandResult:
         binding = self._binding
         binding.check()
         transport = self._client().get_transport()

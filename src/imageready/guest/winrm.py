@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -173,6 +174,9 @@ class WinRmGuest(Guest):
         #: SHA-256 of the certificate this object trusts (the pinned one, else the first seen)
         self._cert_digest = (pins.tls_cert_sha256 if pins else "") or ""
         self.binding = Binding(expected, pins or Pins(), address=f"winrm {user}@{self.endpoint}")
+        #: one command at a time on this object (a scan may run in a thread of its own; the
+        #: session's sealing keys and the proof state are shared)
+        self._serial = threading.RLock()
 
     @property
     def endpoint(self) -> str:
@@ -354,9 +358,19 @@ class WinRmGuest(Guest):
     ) -> CommandResult:
         """Run PowerShell ``script``. ``elevated`` changes nothing: a WinRM session of the
         (built-in) administrator already has a full token. With an expected identity, every
-        shell proves it first (WinRM opens one per command)."""
+        shell proves it first (WinRM opens one per command). One command at a time."""
         if stdin:
             raise ValueError("winrm: Windows scripts take no stdin (the script itself travels there)")
+        with self._serial:
+            return self._run_serial(script, timeout, on_progress, proof_in)
+
+    def _run_serial(
+        self,
+        script: str,
+        timeout: float,
+        on_progress: Callable[[str], None] | None,
+        proof_in: Callable[[CommandResult], object] | None,
+    ) -> CommandResult:
         binding = self._binding
         binding.check()
         started = time.monotonic()
