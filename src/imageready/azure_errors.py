@@ -18,6 +18,8 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from imageready.categories import Category
+
 MAX_MESSAGE = 600
 _AADSTS = re.compile(r"(AADSTS\d+:.*?)(?:\s+Trace ID:|\r|\n|$)", re.DOTALL)
 _ACTION = re.compile(r"perform action '([^']+)'")
@@ -27,7 +29,7 @@ _SCOPE = re.compile(r"over scope '([^']+)'")
 class AzureError(Exception):
     """An Azure call that failed; ``str()`` is one line fit for a report."""
 
-    category = "Azure API error"
+    category: Category = Category.AZURE_API
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
         super().__init__(one_line(message))
@@ -42,7 +44,7 @@ class AzureNotFound(AzureError):
 class AzureForbidden(AzureError):
     """403: the identity lacks a permission; ``action`` names it."""
 
-    category = "Azure permission"
+    category = Category.AZURE_PERMISSION
 
     def __init__(
         self, message: str, *, action: str | None, status: int | None = 403, code: str | None = None
@@ -62,19 +64,19 @@ class AzurePreconditionFailed(AzureConflict):
 class AzureTimeout(AzureError):
     """An operation did not finish within its deadline; it may still complete in Azure."""
 
-    category = "timeout"
+    category = Category.TIMEOUT
 
 
 class AzureAuthError(AzureError):
     """No token could be obtained, or ARM rejected the one presented."""
 
-    category = "Azure authentication"
+    category = Category.AZURE_AUTHENTICATION
 
 
 class AzureConnectionError(AzureError):
     """ARM or the token endpoint could not be reached (network, DNS, TLS trust)."""
 
-    category = "Azure unreachable"
+    category = Category.AZURE_UNREACHABLE
 
 
 def one_line(text: str) -> str:

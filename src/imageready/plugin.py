@@ -17,6 +17,7 @@ import pytest
 
 from imageready import hookspecs
 from imageready.applicability import unmet_requirement
+from imageready.categories import Category
 from imageready.facts import ITEM_SOURCES, FactsUnavailable, VmFacts
 from imageready.facts.view import recording_reads
 from imageready.gate import WaiverBook, WaiverError, load_waivers, parse_duration
@@ -652,7 +653,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             # facts of an unexpected shape: this VM's cases error, the run goes on for the others
             error = FactsUnavailable(
                 f"{vm.key}: the facts {each!r} is read from are malformed ({type(exc).__name__}: {exc})",
-                "guest facts",
+                Category.GUEST_FACTS,
             )
             values.append((vm, Sentinel("facts-unavailable", error)))
             ids.append(f"{vm.key}-facts-unavailable")

@@ -29,7 +29,8 @@ import pytest
 from imageready import progress
 from imageready.azure import AzureSession, correlated, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
-from imageready.facts import VM_STATE, VmFacts
+from imageready.categories import Category
+from imageready.facts import VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
 from imageready.guest.base import CommandResult, Guest, GuestDisconnected, GuestError, GuestUnreachable
 from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins
@@ -43,7 +44,6 @@ LINEAGE_HOPS = 8
 #: Microsoft.Compute DiskRP api-version for each kind of lineage hop
 LINEAGE_API = {"disk": "2024-03-02", "snapshot": "2024-03-02", "disk restore point": "2024-03-02"}
 DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
-NOT_RUNNING = VM_STATE  # the VM's state, not broken infrastructure
 #: how many times the (read-only) facts script is run when its connection drops under it
 FACTS_ATTEMPTS = 2
 #: how many VMs' facts are gathered at once unless --max-parallel says otherwise: about 6 reads a
@@ -308,7 +308,7 @@ class AzureFactsProvider:
                 facts.azure = self._azure_facts(vm, azure, model)
             except AzureError as exc:
                 facts.azure = None
-                category = "not found" if isinstance(exc, AzureNotFound) else exc.category
+                category = Category.NOT_FOUND if isinstance(exc, AzureNotFound) else exc.category
                 facts.azure_error, facts.azure_error_category = str(exc), category
                 # the guest of a VM Azure cannot show is out of reach for the same reason
                 facts.guest_error, facts.guest_error_category = str(exc), category
@@ -388,7 +388,7 @@ class AzureFactsProvider:
         state = power_state(facts)
         if facts.os_type is None:
             facts.guest_error = f"{vm.key}: Azure reports no OS type, so no facts script can be chosen"
-            facts.guest_error_category = VM_STATE
+            facts.guest_error_category = Category.VM_STATE
             return facts
         if state != "running":
             facts.guest_error = (
@@ -396,7 +396,7 @@ class AzureFactsProvider:
                 if os_state(facts) == "generalized"
                 else f"{vm.key} is {state}: its guest can be checked only while it runs"
             )
-            facts.guest_error_category = NOT_RUNNING
+            facts.guest_error_category = Category.VM_STATE  # not broken infrastructure
             return facts
         guest: Guest | None = None
         try:
@@ -444,7 +444,7 @@ class AzureFactsProvider:
             # past its deadline is the guest's facts missing, for this run, not a crash
             facts.guest_error, facts.guest_error_category = str(exc), exc.category
         except ValueError as exc:  # the facts parsers' FactsError
-            facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", "guest facts"
+            facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", Category.GUEST_FACTS
         if guest is not None:
             facts.guest_identity = _identity(guest)
         return facts

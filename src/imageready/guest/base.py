@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from imageready.categories import Category
+
 if TYPE_CHECKING:
     from imageready.guest.identity import Binding, IdentityProof, Pins
 
@@ -64,7 +66,7 @@ class CommandResult:
 class GuestError(Exception):
     """A transport-level failure. ``str(err)`` is one line fit for a report."""
 
-    category = "guest unreachable"
+    category: Category = Category.GUEST_UNREACHABLE
 
 
 class GuestUnreachable(GuestError):
@@ -74,13 +76,13 @@ class GuestUnreachable(GuestError):
 class GuestAuthError(GuestError):
     """The guest refused the credentials."""
 
-    category = "guest authentication"
+    category = Category.GUEST_AUTHENTICATION
 
 
 class GuestTimeout(GuestError):
     """A connect or command deadline passed."""
 
-    category = "timeout"
+    category = Category.TIMEOUT
 
 
 class GuestDisconnected(GuestError):
@@ -90,7 +92,7 @@ class GuestDisconnected(GuestError):
 class GuestNotAllowed(GuestError):
     """The transport may not do this (e.g. sysprep over Run Command, which runs as SYSTEM)."""
 
-    category = "not allowed"
+    category = Category.NOT_ALLOWED
 
 
 @dataclass

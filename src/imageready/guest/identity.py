@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from imageready.categories import Category
 from imageready.guest.base import GuestError
 
-CATEGORY = "guest identity"
 #: both probes ask IMDS with this api-version (compute.resourceId exists since 2019-03-11)
 IMDS_API_VERSION = "2021-02-01"
 _NOT_AN_ID = {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
@@ -43,7 +43,7 @@ class GuestIdentityError(GuestError):
     """The guest is not (or cannot prove it is) the VM Azure describes. One line naming both ids
     and the address used; the VM's checks error and its gate stays shut."""
 
-    category = CATEGORY
+    category = Category.GUEST_IDENTITY
 
 
 @dataclass(frozen=True)

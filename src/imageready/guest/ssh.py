@@ -33,6 +33,7 @@ import paramiko
 from testinfra.backend.paramiko import ParamikoBackend
 from testinfra.host import Host
 
+from imageready.categories import Category
 from imageready.guest.base import (
     CommandResult,
     Guest,
@@ -75,7 +76,7 @@ _READ_SIZE = 65536
 class GuestHostKeyRejected(GuestError):
     """Strict host-key checking refused the server's key (unknown or changed)."""
 
-    category = "guest host key"
+    category = Category.GUEST_HOST_KEY
 
 
 def host_key_evidence(key: paramiko.PKey) -> str:
