@@ -19,6 +19,7 @@ from azure.core.exceptions import (
 )
 
 from imageready.categories import Category
+from imageready.text import one_line
 
 MAX_MESSAGE = 600
 _AADSTS = re.compile(r"(AADSTS\d+:.*?)(?:\s+Trace ID:|\r|\n|$)", re.DOTALL)
@@ -32,7 +33,7 @@ class AzureError(Exception):
     category: Category = Category.AZURE_API
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(one_line(message))
+        super().__init__(one_line(message, MAX_MESSAGE))
         self.status = status
         self.code = code
 
@@ -77,12 +78,6 @@ class AzureConnectionError(AzureError):
     """ARM or the token endpoint could not be reached (network, DNS, TLS trust)."""
 
     category = Category.AZURE_UNREACHABLE
-
-
-def one_line(text: str) -> str:
-    """Collapse whitespace and cap the length, so a message fits one report line."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 1] + "…"
 
 
 def _chain_text(error: BaseException) -> str:
@@ -174,7 +169,7 @@ def map_error(
         return credential_error(error, authority)
     if isinstance(error, ServiceRequestError | ServiceResponseError):
         text = _chain_text(error)
-        reason = _tls_hint(text) or one_line(str(error)).split(" | ")[0]
+        reason = _tls_hint(text) or one_line(error, MAX_MESSAGE).split(" | ")[0]
         return AzureConnectionError(
             f"{what} {target}: cannot reach Azure Resource Manager at {arm_endpoint}: {reason}"
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from imageready import guest as transports
 from imageready import hookspecs
 from imageready.applicability import unmet_requirement
 from imageready.categories import Category
@@ -160,7 +161,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--transport",
-        choices=("auto", "ssh", "winrm", "run-command"),
+        choices=transports.choices(),
         default="auto",
         help="how to reach the guest: auto (ssh for Linux, WinRM for Windows, Azure Run Command "
         "for read-only facts when there is no network path), or one of them.",

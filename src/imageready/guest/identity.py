@@ -33,6 +33,7 @@ from typing import Any
 
 from imageready.categories import Category
 from imageready.guest.base import GuestError
+from imageready.text import one_line
 
 #: both probes ask IMDS with this api-version (compute.resourceId exists since 2019-03-11)
 IMDS_API_VERSION = "2021-02-01"
@@ -157,8 +158,10 @@ def verify(expected: ExpectedIdentity, reading: object, *, address: str) -> Iden
                 f"the guest's SMBIOS UUID is {smbios} (byte-swapped: {swap_first_fields(smbios)})" + _hint()
             )
     if imds_id is None and smbios is None:
-        imds_why = _one_line(data.get("imds_error")) or ("gave no vmId" if imds is not None else "no answer")
-        smbios_why = _one_line(data.get("smbios_error")) or (
+        imds_why = one_line(data.get("imds_error") or "", 200) or (
+            "gave no vmId" if imds is not None else "no answer"
+        )
+        smbios_why = one_line(data.get("smbios_error") or "", 200) or (
             f"{raw_smbios!r} is not a UUID" if isinstance(raw_smbios, str) else "not readable"
         )
         raise GuestIdentityError(
@@ -177,10 +180,6 @@ def verify(expected: ExpectedIdentity, reading: object, *, address: str) -> Iden
 
 def _hint() -> str:
     return ": a wrong entry in the address map, a stale port forward or a reused IP address"
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())[:200] if value else ""
 
 
 def probe_script(os_type: str) -> str:
