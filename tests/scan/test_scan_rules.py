@@ -20,14 +20,14 @@ from imageready.scan import (
     ScanKeyError,
     ScanResult,
     ScanRulesError,
-    compile_glob,
-    ere_for_grep,
     fingerprint_key,
     load_rules,
-    pattern_problem,
     rules_for,
     scan_guest,
 )
+from imageready.scan.findings import parse_scan_output
+from imageready.scan.patterns import compile_glob, ere_for_grep
+from imageready.scan.rules import pattern_problem
 
 RULES = load_rules()
 PATTERNS = [(r.id, name, getattr(r, name)) for r in RULES for name in ("pattern", "ignore_values")]
@@ -322,14 +322,14 @@ def test_results_list_what_persists_and_honour_fingerprint_waivers() -> None:
             finding("jwt", "/opt/t.json", 9, "eyJh", "c"),
         ],
     }
-    result = scan.parse_scan_output(document, "Linux", DeprovisionContext("waagent-deprovision+user"))
+    result = parse_scan_output(document, "Linux", DeprovisionContext("waagent-deprovision+user"))
     assert result.complete and len(result.for_rule("jwt")) == 2
     assert [f.path for f in result.blocking()] == ["/opt/s.json", "/opt/t.json"]
     assert [f.path for f in result.blocking(waived={"b" * 16})] == ["/opt/t.json"]
     summary = result.findings[1].summary()
     assert summary == "[jwt] /opt/s.json:2 (len=90, starts 'eyJh', fp bbbbbbbbbbbbbbbb) persists in image"
     assert "removed: waagent deletes /root/.bash_history" in result.findings[0].summary()
-    assert not scan.parse_scan_output(
+    assert not parse_scan_output(
         {**document, "complete": False}, "Linux", DeprovisionContext("none")
     ).complete
 
