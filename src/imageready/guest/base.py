@@ -33,7 +33,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from imageready.categories import Category
 from imageready.text import one_line
@@ -266,6 +266,19 @@ class AddressedGuest(Guest):
 
     def _where(self) -> str:
         return f"{self.vm_key}: {self.transport} {self.user}@{self.endpoint}"
+
+    @abc.abstractmethod
+    def connect(self, *, prove: bool = True) -> None:
+        """Open the connection now and, with ``prove`` and an expected identity, prove it."""
+
+    def connected(self, *, prove: bool) -> Self:
+        """This guest, connected (see ``connect``); closed again when that fails."""
+        try:
+            self.connect(prove=prove)
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def _probe_reading(self, exit_code: int, stdout: bytes, stderr: bytes) -> object:
         """The identity probe's reading; a probe that did not run to its end (it always exits 0

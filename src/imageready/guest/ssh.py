@@ -514,7 +514,7 @@ def connect_ssh(
     """Connect to ``address`` (``host[:port]``) as ``user`` and return the open guest; with
     ``expected``, proven to be that VM (unless ``prove`` is False: the first command proves)."""
     host, port = parse_address(address, 22)
-    guest = SshGuest(
+    return SshGuest(
         host,
         port,
         user,
@@ -527,10 +527,4 @@ def connect_ssh(
         expected=expected,
         pins=pins,
         **options,
-    )
-    try:
-        guest.connect(prove=prove)
-    except BaseException:
-        guest.close()
-        raise
-    return guest
+    ).connected(prove=prove)

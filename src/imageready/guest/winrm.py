@@ -488,7 +488,7 @@ def connect_winrm(
     """Connect to ``address`` (``host[:port]``; 5986 for HTTPS, 5985 for HTTP) as ``user``; with
     ``expected``, proven to be that VM (unless ``prove`` is False: the first command proves)."""
     host, port = parse_address(address, WinRmGuest.default_port if scheme == "https" else 5985)
-    guest = WinRmGuest(
+    return WinRmGuest(
         host,
         port,
         user,
@@ -500,10 +500,4 @@ def connect_winrm(
         operation_timeout=operation_timeout,
         expected=expected,
         pins=pins,
-    )
-    try:
-        guest.connect(prove=prove)
-    except BaseException:
-        guest.close()
-        raise
-    return guest
+    ).connected(prove=prove)

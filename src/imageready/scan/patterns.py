@@ -6,7 +6,8 @@ guest's OS (Linux paths, Windows drives, the registry, the certificate store).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from imageready.scan.rules import Rule
@@ -29,48 +30,48 @@ def ere_for_grep(rule: Rule) -> str:
     return _widen_bounds(fold_case(rule.pattern) if rule.ignore_case else rule.pattern)
 
 
-def _widen_bounds(pattern: str) -> str:
-    out, i = [], 0
+def _tokens(pattern: str) -> Iterator[tuple[Literal["escape", "set", "bounds", "char"], str]]:
+    """A portable pattern's tokens: an escape (``\\.``), a bracket expression (``[^a-z]``, a
+    ``]`` first in it literal), bounds (``{0,64}``) or one character."""
+    i = 0
     while i < len(pattern):
         char = pattern[i]
         if char == "\\":
-            out.append(pattern[i : i + 2])
+            yield "escape", pattern[i : i + 2]
             i += 2
         elif char == "[":
             start = i + 1 + (pattern[i + 1] == "^")
             end = pattern.index("]", start + 1)
-            out.append(pattern[i : end + 1])
+            yield "set", pattern[i : end + 1]
             i = end + 1
         elif char == "{":
             end = pattern.index("}", i)
-            low, comma, _ = pattern[i + 1 : end].partition(",")
-            out.append("*" if comma and low == "0" else f"{{{low},}}" if comma else pattern[i : end + 1])
+            yield "bounds", pattern[i : end + 1]
             i = end + 1
         else:
-            out.append(char)
+            yield "char", char
             i += 1
+
+
+def _widen_bounds(pattern: str) -> str:
+    out = []
+    for kind, text in _tokens(pattern):
+        if kind == "bounds":
+            low, comma, _ = text[1:-1].partition(",")
+            text = "*" if comma and low == "0" else f"{{{low},}}" if comma else text
+        out.append(text)
     return "".join(out)
 
 
 def fold_case(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            out.append(pattern[i : i + 2])
-            i += 2
-        elif char == "{":
-            end = pattern.index("}", i)
-            out.append(pattern[i : end + 1])
-            i = end + 1
-        elif char == "[":
-            start = i + 1 + (pattern[i + 1] == "^")
-            end = pattern.index("]", start + 1)
-            out.append(pattern[i:start] + _fold_set(pattern[start:end]) + "]")
-            i = end + 1
-        else:
-            out.append(f"[{char.lower()}{char.upper()}]" if char.isalpha() else char)
-            i += 1
+    out = []
+    for kind, text in _tokens(pattern):
+        if kind == "set":
+            head = "[^" if text.startswith("[^") else "["
+            text = head + _fold_set(text[len(head) : -1]) + "]"
+        elif kind == "char" and text.isalpha():
+            text = f"[{text.lower()}{text.upper()}]"
+        out.append(text)
     return "".join(out)
 
 
