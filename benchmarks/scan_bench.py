@@ -47,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scan_corpus import Plant, Score, expected_linux, expected_windows, linux_corpus, score, windows_corpus
 
-from imageready.scan import Rule, ere_for_grep, linux_program, linux_script, load_rules, rules_for
+from imageready.scan import Rule, load_rules, rules_for
+from imageready.scan.patterns import ere_for_grep
+from imageready.scan.remote import linux_program, linux_script
 
 DETECT_SECRETS = "detect-secrets==1.5.0"
 DS_VENV = Path.home() / ".cache" / "imageready" / "bench-detect-secrets"
@@ -492,7 +494,7 @@ def windows_scores() -> tuple[list[Score], set[str]]:
     from azsim.windows.powershell import ScriptCall, ScriptView
     from azsim.windows.scan_handler import ScanScript
     from azsim.windows.spec import parse_spec
-    from imageready.scan import windows_script
+    from imageready.scan.remote import windows_script
 
     plants = windows_corpus()
     rng = random.Random(11)

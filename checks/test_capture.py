@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from checks import _docs
+from imageready.categories import Category
 from imageready.checking import evidence, finding
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.azure_view import (
@@ -143,7 +144,7 @@ def _definition_features(definition: FactsView) -> dict[str, str]:
     for index in range(len(features)):
         feature = features[index]
         if not isinstance(feature, FactsView):
-            raise FactsUnavailable(f"image definition feature {index} is not an object", "Azure API error")
+            raise FactsUnavailable(f"image definition feature {index} is not an object", Category.AZURE_API)
         found[str(feature.need("name", str))] = str(feature.need("value", str))
     return found
 
@@ -154,7 +155,7 @@ def _compare(facts: VmFacts, prop: str, definition: FactsView) -> tuple[str, str
     if prop == "os-type":
         mine = facts.os_type
         if mine is None:
-            raise FactsUnavailable(f"{facts.vm}: Azure reports no OS type to compare", "vm state")
+            raise FactsUnavailable(f"{facts.vm}: Azure reports no OS type to compare", Category.VM_STATE)
         theirs = str(props.need("osType", str))
         return mine, theirs, None if mine == theirs else "a different OS type"
     if prop == "os-state":

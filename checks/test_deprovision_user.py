@@ -13,10 +13,11 @@ from __future__ import annotations
 import pytest
 
 from checks import _docs
+from imageready.categories import Category
 from imageready.checking import evidence, finding
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.azure_view import azure
-from imageready.facts.view import GUEST_FACTS, FactsView
+from imageready.facts.view import FactsView
 from imageready.target import VmRef
 
 
@@ -37,11 +38,11 @@ def ssh_user(vm: VmRef, facts: VmFacts, guest_facts: FactsView) -> str:
         raise FactsUnavailable(
             f"{vm.key}: the facts came through {transport or 'an unknown transport'}, not an SSH login: "
             "the user whose session would run waagent is unknown",
-            "guest unreachable",
+            Category.GUEST_UNREACHABLE,
         )
     name: str = guest_facts.need("user.name", str)
     if not name:
-        raise FactsUnavailable(f"{vm.key}: the facts name no connecting user", GUEST_FACTS)
+        raise FactsUnavailable(f"{vm.key}: the facts name no connecting user", Category.GUEST_FACTS)
     return name
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from checks import _docs
 from imageready import progress
+from imageready.categories import Category
 from imageready.checking import EVIDENCE, evidence, finding
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.view import read_live
@@ -133,18 +134,18 @@ def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> An
             progress=lambda line: progress.emit(f"{vm.key}: scan: {line}"),
         )
     except Exception as exc:  # a transport or key problem: every rule errors with this line
-        return FactsUnavailable(f"{vm.key}: sensitive-data scan failed: {exc}", "guest unreachable")
+        return FactsUnavailable(f"{vm.key}: sensitive-data scan failed: {exc}", Category.GUEST_UNREACHABLE)
 
 
-def _category(errors: list[str]) -> str:
+def _category(errors: list[str]) -> Category | str:
     """A deadline or a lost transport is the environment's fault (retry may help); a scan that
     ran and failed on the guest (no sudo, no shell) is not, so it gets no infrastructure
     category and the run ends red, not "infrastructure error"."""
     text = " ".join(errors).lower()
     if not errors or "deadline" in text or "timed out" in text or "timeout" in text:
-        return "timeout"
+        return Category.TIMEOUT
     if any(e.startswith("scan: ") for e in errors):
-        return "guest unreachable"
+        return Category.GUEST_UNREACHABLE
     return ""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from checks import _docs
+from imageready.categories import Category
 from imageready.checking import evidence, finding
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.azure_view import (
@@ -29,7 +30,7 @@ from imageready.target import VmRef
 )
 def test_vm_exists_and_provisioned(vm: VmRef, run: RunState, request: pytest.FixtureRequest) -> None:
     facts = run.facts(vm)
-    if facts.azure is None and facts.azure_error_category == "not found":
+    if facts.azure is None and facts.azure_error_category == Category.NOT_FOUND:
         finding(
             facts.azure_error or f"VM {vm.key} not found in subscription {vm.subscription}",
             where=vm.id,
@@ -39,7 +40,7 @@ def test_vm_exists_and_provisioned(vm: VmRef, run: RunState, request: pytest.Fix
     state = provisioning_state(facts)
     if facts.vm_id is None:
         raise FactsUnavailable(
-            f"{vm.key}: Azure reports no vmId, so the VM cannot be identified", "Azure API error"
+            f"{vm.key}: Azure reports no vmId, so the VM cannot be identified", Category.AZURE_API
         )
     evidence(request, f"{vm.id}: provisioningState {state}, vmId {facts.vm_id}")
     if state.lower() != "succeeded":

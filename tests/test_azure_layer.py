@@ -1,4 +1,4 @@
-"""The harness's Azure layer (src/imageready/azure.py): clouds, credential, errors, audit."""
+"""The harness's Azure layer (src/imageready/azure/): clouds, credential, errors, audit."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import pytest
 
 from imageready.azure import (
-    CLOUDS,
     AzureError,
     AzureSession,
     CloudSettings,
     resolve_ca_bundle,
     resolve_cloud,
 )
+from imageready.azure.cloud import CLOUDS
 from tests.azsim.conftest import FLEET, Azsim, start_azsim, stop_azsim
 
 

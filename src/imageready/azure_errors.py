@@ -18,6 +18,9 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from imageready.categories import Category
+from imageready.text import one_line
+
 MAX_MESSAGE = 600
 _AADSTS = re.compile(r"(AADSTS\d+:.*?)(?:\s+Trace ID:|\r|\n|$)", re.DOTALL)
 _ACTION = re.compile(r"perform action '([^']+)'")
@@ -27,10 +30,10 @@ _SCOPE = re.compile(r"over scope '([^']+)'")
 class AzureError(Exception):
     """An Azure call that failed; ``str()`` is one line fit for a report."""
 
-    category = "Azure API error"
+    category: Category = Category.AZURE_API
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(one_line(message))
+        super().__init__(one_line(message, MAX_MESSAGE))
         self.status = status
         self.code = code
 
@@ -42,7 +45,7 @@ class AzureNotFound(AzureError):
 class AzureForbidden(AzureError):
     """403: the identity lacks a permission; ``action`` names it."""
 
-    category = "Azure permission"
+    category = Category.AZURE_PERMISSION
 
     def __init__(
         self, message: str, *, action: str | None, status: int | None = 403, code: str | None = None
@@ -62,25 +65,19 @@ class AzurePreconditionFailed(AzureConflict):
 class AzureTimeout(AzureError):
     """An operation did not finish within its deadline; it may still complete in Azure."""
 
-    category = "timeout"
+    category = Category.TIMEOUT
 
 
 class AzureAuthError(AzureError):
     """No token could be obtained, or ARM rejected the one presented."""
 
-    category = "Azure authentication"
+    category = Category.AZURE_AUTHENTICATION
 
 
 class AzureConnectionError(AzureError):
     """ARM or the token endpoint could not be reached (network, DNS, TLS trust)."""
 
-    category = "Azure unreachable"
-
-
-def one_line(text: str) -> str:
-    """Collapse whitespace and cap the length, so a message fits one report line."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 1] + "…"
+    category = Category.AZURE_UNREACHABLE
 
 
 def _chain_text(error: BaseException) -> str:
@@ -172,7 +169,7 @@ def map_error(
         return credential_error(error, authority)
     if isinstance(error, ServiceRequestError | ServiceResponseError):
         text = _chain_text(error)
-        reason = _tls_hint(text) or one_line(str(error)).split(" | ")[0]
+        reason = _tls_hint(text) or one_line(error, MAX_MESSAGE).split(" | ")[0]
         return AzureConnectionError(
             f"{what} {target}: cannot reach Azure Resource Manager at {arm_endpoint}: {reason}"
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from imageready.categories import Category
+
 if TYPE_CHECKING:
     from imageready.runstate import RunState
 
@@ -23,21 +25,7 @@ ACTION_FAILED = 11  # an action step started and failed: the VM may be half-done
 INFRASTRUCTURE_ERROR = 12  # Azure API, guest unreachable or timeout: not a verdict on the VM
 
 #: error categories that say the environment failed, not the VM (docs/ci/exit-codes.md lists them)
-INFRA_CATEGORIES = frozenset(
-    {
-        "Azure API error",
-        "Azure permission",
-        "Azure authentication",
-        "Azure unreachable",
-        "guest unreachable",
-        "guest authentication",
-        "guest host key",
-        # the guest at the address is not (or cannot prove it is) the VM Azure describes
-        "guest identity",
-        "guest facts",
-        "timeout",
-    }
-)
+INFRA_CATEGORIES = frozenset(category for category in Category if category.infrastructure)
 #: case outcomes that make a check run red
 RED_OUTCOMES = frozenset({"failed", "error", "xfailed", "xpassed", "skipped"})
 #: the order in which codes win when several apply (docs/ci/exit-codes.md)
@@ -65,6 +53,17 @@ def for_vm(
     if gate is not None and not gate.get("open"):
         return ACTIONS_BLOCKED
     return GREEN
+
+
+def for_category(category: Category) -> int:
+    """The code of a run in which one case errored with ``category`` and nothing else went wrong:
+    the infrastructure failing is not a verdict on the VM (12); an action step that failed may
+    have left the VM half done (11); anything else is a finding on the VM (1)."""
+    if category.infrastructure:
+        return INFRASTRUCTURE_ERROR
+    if category is Category.ACTION_FAILED:
+        return ACTION_FAILED
+    return RED_CHECKS
 
 
 def _covered_by_verdict(gate: Mapping[str, Any] | None) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from imageready.categories import Category
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.view import FactsView, guest_view, read_live
 from imageready.gate import WaiverBook
@@ -28,7 +29,7 @@ def facts(request: pytest.FixtureRequest, vm: VmRef) -> VmFacts:
     if gathered.azure is None:
         raise FactsUnavailable(
             gathered.azure_error or f"{vm.key}: no Azure facts",
-            gathered.azure_error_category or "Azure API error",
+            gathered.azure_error_category or Category.AZURE_API,
         )
     return gathered
 
@@ -62,12 +63,14 @@ def host(request: pytest.FixtureRequest, vm: VmRef, facts: VmFacts) -> Any:
     read_live()  # what it reads is not on record: behind a verdict, the case runs again
     opener = getattr(run_state(request.config).provider, "guest", None)
     if opener is None:  # a facts provider of a conftest's own (e.g. replayed facts)
-        raise FactsUnavailable(f"{vm.key}: this run's facts provider opens no guest", "guest unreachable")
+        raise FactsUnavailable(
+            f"{vm.key}: this run's facts provider opens no guest", Category.GUEST_UNREACHABLE
+        )
     guest = opener(vm)
     if not hasattr(guest, "testinfra_host"):
         raise FactsUnavailable(
             f"{vm.key}: the host fixture (testinfra) needs a guest reached over SSH; this one is "
             f"reached through {guest.transport}",
-            "guest unreachable",
+            Category.GUEST_UNREACHABLE,
         )
     return guest.testinfra_host

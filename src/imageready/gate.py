@@ -54,7 +54,7 @@ class CaseRecord:
     parameter: str  # what the case examines ("AD-Domain-Services"), "" if only the VM
     outcome: str = "not_run"
     message: str = ""  # one redacted line
-    category: str = ""  # for errors: "Azure API error", "guest unreachable", "timeout", ...
+    category: str = ""  # for errors: a categories.Category, as its wire string ("timeout", ...)
     waiver: dict[str, str] | None = None
     doc: str = ""
     evidence: list[str] = field(default_factory=list)  # redacted one-line summaries

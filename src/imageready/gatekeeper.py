@@ -20,8 +20,9 @@ from _pytest.runner import CallInfo
 
 from imageready import exitcodes
 from imageready.applicability import REQUIREMENTS, unmet_requirement
+from imageready.categories import Category
 from imageready.checking import evidence_summaries
-from imageready.facts import VM_STATE, FactsUnavailable
+from imageready.facts import FactsUnavailable
 from imageready.facts.view import LIVE, not_recording, recording_reads
 from imageready.gate import (
     CaseRecord,
@@ -278,10 +279,10 @@ class GateKeeper:
         facts = self.state.facts(info.vm)
         if facts.os_type is None:
             if facts.azure_error:
-                raise FactsUnavailable(facts.azure_error, facts.azure_error_category or "Azure API error")
+                raise FactsUnavailable(facts.azure_error, facts.azure_error_category or Category.AZURE_API)
             raise FactsUnavailable(
                 f"{info.vm.key}: Azure reports no OS type, so whether {info.check_id} applies is unknown",
-                VM_STATE,
+                Category.VM_STATE,
             )
         if facts.os_type != info.os:
             reason = f"not applicable: {info.os}-only check, {info.vm.key} runs {facts.os_type}"

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from imageready import guest as transports
 from imageready import hookspecs
 from imageready.applicability import unmet_requirement
+from imageready.categories import Category
 from imageready.facts import ITEM_SOURCES, FactsUnavailable, VmFacts
 from imageready.facts.view import recording_reads
 from imageready.gate import WaiverBook, WaiverError, load_waivers, parse_duration
@@ -159,7 +161,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--transport",
-        choices=("auto", "ssh", "winrm", "run-command"),
+        choices=transports.choices(),
         default="auto",
         help="how to reach the guest: auto (ssh for Linux, WinRM for Windows, Azure Run Command "
         "for read-only facts when there is no network path), or one of them.",
@@ -652,7 +654,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             # facts of an unexpected shape: this VM's cases error, the run goes on for the others
             error = FactsUnavailable(
                 f"{vm.key}: the facts {each!r} is read from are malformed ({type(exc).__name__}: {exc})",
-                "guest facts",
+                Category.GUEST_FACTS,
             )
             values.append((vm, Sentinel("facts-unavailable", error)))
             ids.append(f"{vm.key}-facts-unavailable")

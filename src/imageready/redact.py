@@ -146,7 +146,9 @@ def _mask(text: str, values: list[str]) -> str:
 
 def one_line(text: str, limit: int = 400) -> str:
     """The first meaningful line of ``text``, redacted, escaped (no control or bidi character
-    reaches a one-line sink) and bounded."""
+    reaches a one-line sink) and bounded: what a report, the audit or JUnit shows. Unlike
+    ``text.one_line`` (which folds a message while it is built) it keeps only the first line and
+    masks it, so it lives with the masking."""
     # split on line feeds only: str.splitlines() would also cut at U+2028, U+0085 and other
     # separators a guest-controlled name may carry; those are escaped below instead
     for line in str(text).split("\n"):

@@ -80,3 +80,11 @@ def guest_json(text: str) -> Any:
     ``surrogateescape`` prints it as ``\\udcff``, which JSON parses into a lone surrogate; it
     comes back escaped as ``\\xff``."""
     return clean(json.loads(text))
+
+
+def one_line(text: object, limit: int = 600) -> str:
+    """``text`` (an error, a guest's stderr) with its whitespace, line breaks included, folded to
+    single spaces and cut at ``limit`` characters ("…" marks the cut): a message built from it
+    stays one line. It neither masks nor escapes: a sink's line is ``redact.one_line``."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -15,7 +15,8 @@ import pytest
 from azure.identity import ClientSecretCredential
 from azure.mgmt.compute import ComputeManagementClient
 
-from imageready.azure import AzureSession, parse_run_command_output
+from imageready.azure import AzureSession
+from imageready.azure.session import parse_run_command_output
 from tests.azsim.conftest import Azsim, raw
 
 pytestmark = pytest.mark.azsim

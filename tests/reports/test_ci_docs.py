@@ -5,6 +5,7 @@ codes page says exactly what imageready.exitcodes does."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from imageready import exitcodes
+from imageready.categories import Category
 
 from .conftest import REPO
 
@@ -146,11 +148,41 @@ def test_no_secret_on_a_command_line(path: Path) -> None:
             assert re.findall(r"\$\((\w[\w.]*)\)", text) in ([], ["reportDir"], ["vm"]), text
 
 
+def exit_code_rows() -> dict[int, str]:
+    """The exit codes page's table: each code's whole row."""
+    text = (CI / "exit-codes.md").read_text()
+    return {int(code): row for row, code in re.findall(r"^(\| (\d+) \| `[A-Z_]+` \|.*)$", text, re.MULTILINE)}
+
+
 def test_exit_codes_page_matches_the_module() -> None:
     rows = re.findall(r"^\| (\d+) \| `([A-Z_]+)` \|", (CI / "exit-codes.md").read_text(), re.MULTILINE)
     documented = {name: int(code) for code, name in rows}
     actual = {name: value for name, value in vars(exitcodes).items() if name.isupper() and type(value) is int}
     assert documented == actual
+
+
+@pytest.mark.parametrize("category", list(Category), ids=[c.name for c in Category])
+def test_every_category_has_its_exit_code_and_its_row(category: Category) -> None:
+    """Each category leads to the code the run's own computation gives it, and the page names it
+    (quoted, as the verdict carries it) in that code's row and in no other."""
+    code = exitcodes.for_category(category)
+    if category is Category.ACTION_FAILED:  # raised by action steps only: any failed step is 11
+        assert exitcodes.for_vm([], [{"status": "failed", "category": category}], None) == code
+    else:  # a check errored with it, nothing else went wrong
+        case = {"outcome": "error", "category": json.loads(json.dumps(category))}
+        assert exitcodes.for_vm([case], [], {"open": False}) == code
+    assert (code == exitcodes.INFRASTRUCTURE_ERROR) is category.infrastructure
+    assert (category in exitcodes.INFRA_CATEGORIES) is category.infrastructure
+    naming = [number for number, row in exit_code_rows().items() if f'"{category}"' in row]
+    assert naming == [code], f'"{category}" belongs in the row of exit code {code} only'
+
+
+def test_a_category_travels_as_its_string() -> None:
+    """Verdicts, the audit JSON and JUnit carry a category as its string, unchanged."""
+    assert json.dumps({"category": Category.AZURE_API}) == '{"category": "Azure API error"}'
+    assert str(Category.GUEST_FACTS) == f"{Category.GUEST_FACTS}" == "guest facts"
+    assert type(str(Category.TIMEOUT)) is str
+    assert Category.of("guest host key") is Category.GUEST_HOST_KEY and Category.of("") is None
 
 
 def test_readme_links_both_pipelines_and_the_exit_codes() -> None:

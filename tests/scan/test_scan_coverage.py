@@ -23,7 +23,9 @@ import pytest
 from test_scan_linux import KEY, LINUX_RULES, fake, write_tree
 
 from imageready.gate import Waiver, WaiverBook
-from imageready.scan import DeprovisionContext, linux_program, linux_script, parse_scan_output
+from imageready.scan import DeprovisionContext
+from imageready.scan.findings import parse_scan_output
+from imageready.scan.remote import linux_program, linux_script
 
 PASSWD = b"root:x:0:0::/root:/bin/bash\n"
 

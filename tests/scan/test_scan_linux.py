@@ -27,14 +27,9 @@ from typing import Any
 
 import pytest
 
-from imageready.scan import (
-    DeprovisionContext,
-    linux_program,
-    linux_script,
-    load_rules,
-    parse_scan_output,
-    rules_for,
-)
+from imageready.scan import DeprovisionContext, load_rules, rules_for
+from imageready.scan.findings import parse_scan_output
+from imageready.scan.remote import linux_program, linux_script
 
 LINUX_RULES = rules_for("Linux", load_rules())
 KEY = bytes(range(32))

@@ -20,14 +20,14 @@ from imageready.scan import (
     ScanKeyError,
     ScanResult,
     ScanRulesError,
-    compile_glob,
-    ere_for_grep,
     fingerprint_key,
     load_rules,
-    pattern_problem,
     rules_for,
     scan_guest,
 )
+from imageready.scan.findings import parse_scan_output
+from imageready.scan.patterns import compile_glob, ere_for_grep
+from imageready.scan.rules import pattern_problem
 
 RULES = load_rules()
 PATTERNS = [(r.id, name, getattr(r, name)) for r in RULES for name in ("pattern", "ignore_values")]
@@ -164,6 +164,18 @@ def test_a_user_file_adds_rules_and_disables_built_ins(tmp_path: Path) -> None:
     contoso = next(r for r in rules if r.id == "contoso-api-key")
     assert contoso.origin == str(tmp_path / "rules.yaml") and contoso.mode == "grep"
     assert "ctso_00000000000000000000000000000000" in contoso.examples
+
+
+def test_a_user_file_edited_between_two_loads_is_read_again(tmp_path: Path) -> None:
+    """Parsed rule files are kept by their text, never by their name: an edit is seen."""
+    path = write(tmp_path, USER_RULE)
+    assert "contoso-api-key" in {r.id for r in load_rules(path)}
+    path.write_text(USER_RULE.replace("contoso-api-key", "contoso-api-key-v2"), encoding="utf-8")
+    ids = {r.id for r in load_rules(path)}
+    assert "contoso-api-key-v2" in ids and "contoso-api-key" not in ids
+    path.write_text("rules: [", encoding="utf-8")
+    with pytest.raises(ScanRulesError, match="not valid YAML"):
+        load_rules(path)
 
 
 def _detail(pattern: str, detail: int, secret: int) -> str:
@@ -322,14 +334,14 @@ def test_results_list_what_persists_and_honour_fingerprint_waivers() -> None:
             finding("jwt", "/opt/t.json", 9, "eyJh", "c"),
         ],
     }
-    result = scan.parse_scan_output(document, "Linux", DeprovisionContext("waagent-deprovision+user"))
+    result = parse_scan_output(document, "Linux", DeprovisionContext("waagent-deprovision+user"))
     assert result.complete and len(result.for_rule("jwt")) == 2
     assert [f.path for f in result.blocking()] == ["/opt/s.json", "/opt/t.json"]
     assert [f.path for f in result.blocking(waived={"b" * 16})] == ["/opt/t.json"]
     summary = result.findings[1].summary()
     assert summary == "[jwt] /opt/s.json:2 (len=90, starts 'eyJh', fp bbbbbbbbbbbbbbbb) persists in image"
     assert "removed: waagent deletes /root/.bash_history" in result.findings[0].summary()
-    assert not scan.parse_scan_output(
+    assert not parse_scan_output(
         {**document, "complete": False}, "Linux", DeprovisionContext("none")
     ).complete
 

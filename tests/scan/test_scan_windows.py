@@ -24,14 +24,9 @@ from azsim.windows.model import build_machine
 from azsim.windows.powershell import ScriptCall, ScriptView
 from azsim.windows.scan_handler import ScanScript
 from azsim.windows.spec import parse_spec
-from imageready.scan import (
-    DeprovisionContext,
-    load_rules,
-    parse_scan_output,
-    rules_for,
-    scan_guest,
-    windows_script,
-)
+from imageready.scan import DeprovisionContext, load_rules, rules_for, scan_guest
+from imageready.scan.findings import parse_scan_output
+from imageready.scan.remote import windows_script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "guests"))
 from conftest_windows import ADMIN, boot_windows, windows_tls, winrm_password

@@ -13,19 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from imageready.categories import Category
 from imageready.target import VmRef
-
-#: the category of facts that cannot be read because of the VM's own state (not running, OS type
-#: not reported): a finding about the VM, not broken infrastructure
-VM_STATE = "vm state"
 
 
 class FactsUnavailable(Exception):
-    """A check needs facts that could not be gathered. The check errors (gate shut)."""
+    """A check needs facts that could not be gathered. The check errors (gate shut). The
+    category (a ``Category``, or its string) says whose fault it is; "" names none, and a string
+    that is no ``Category`` is kept as it is: neither is infrastructure."""
 
-    def __init__(self, message: str, category: str = "Azure API error") -> None:
+    def __init__(self, message: str, category: Category | str = Category.AZURE_API) -> None:
         super().__init__(message)
-        self.category = category
+        self.category: Category | str = Category.of(category) or category
 
 
 @dataclass
@@ -55,12 +54,12 @@ class VmFacts:
     def vm_model(self) -> dict[str, Any]:
         if self.azure is None:
             raise FactsUnavailable(
-                self.azure_error or "no Azure facts", self.azure_error_category or "Azure API error"
+                self.azure_error or "no Azure facts", self.azure_error_category or Category.AZURE_API
             )
         vm = self.azure.get("vm")
         _read(("azure", "vm"))  # the whole model, whatever the caller reads of it
         if not isinstance(vm, dict):
-            raise FactsUnavailable(f"{self.vm}: Azure's view of the VM is missing", "Azure API error")
+            raise FactsUnavailable(f"{self.vm}: Azure's view of the VM is missing", Category.AZURE_API)
         return vm
 
     def _vm_path(self, *keys: str) -> Any:
@@ -97,7 +96,7 @@ class VmFacts:
         if self.guest is None:
             raise FactsUnavailable(
                 self.guest_error or f"{self.vm}: no guest facts",
-                self.guest_error_category or "guest unreachable",
+                self.guest_error_category or Category.GUEST_UNREACHABLE,
             )
         return self.guest
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imageready.categories import Category
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.view import FactsView
 
@@ -12,17 +13,15 @@ ADE_EXTENSION_TYPES = ("azurediskencryption", "azurediskencryptionforlinux")
 COPY_TAG = "imageready-copy-of"
 
 
-AZURE_FACTS = "Azure API error"
-
-
 def azure(facts: VmFacts) -> FactsView:
     """Azure's view of the VM (facts.azure) as a strict view: a property a check needs that
     Azure did not return makes it error (category "Azure API error"), never pass."""
     if facts.azure is None:
         raise FactsUnavailable(
-            facts.azure_error or f"{facts.vm}: no Azure facts", facts.azure_error_category or AZURE_FACTS
+            facts.azure_error or f"{facts.vm}: no Azure facts",
+            facts.azure_error_category or Category.AZURE_API,
         )
-    return FactsView(facts.azure, keys=("azure",), what="Azure fact", category=AZURE_FACTS)
+    return FactsView(facts.azure, keys=("azure",), what="Azure fact", category=Category.AZURE_API)
 
 
 def _vm(facts: VmFacts) -> FactsView:
@@ -42,7 +41,9 @@ def _statuses(facts: VmFacts) -> list[str]:
     for index in range(len(statuses)):
         entry = statuses[index]
         if not isinstance(entry, FactsView):
-            raise FactsUnavailable(f"{facts.vm}: instance view status {index} is not an object", AZURE_FACTS)
+            raise FactsUnavailable(
+                f"{facts.vm}: instance view status {index} is not an object", Category.AZURE_API
+            )
         codes.append(entry.need("code", str))
     return codes
 
@@ -259,7 +260,7 @@ def capture_resource(facts: VmFacts, role: str) -> FactsView | None:
     why = view.need("unreadable", dict).optional((role,), str)
     if why:
         raise FactsUnavailable(
-            f"{facts.vm}: the capture target's {role} could not be read: {why}", AZURE_FACTS
+            f"{facts.vm}: the capture target's {role} could not be read: {why}", Category.AZURE_API
         )
     if role in _strings(view, "not_found"):
         return None
@@ -271,7 +272,9 @@ def capture_target(facts: VmFacts) -> list[str]:
     """The resolved --capture-as: ["image", NAME] or ["gallery", GALLERY, DEFINITION, VERSION]."""
     target = _strings(capture(facts), "target")
     if len(target) != {"image": 2, "gallery": 4}.get(target[0] if target else "", -1):
-        raise FactsUnavailable(f"Azure fact 'capture.target' is not a capture target: {target}", AZURE_FACTS)
+        raise FactsUnavailable(
+            f"Azure fact 'capture.target' is not a capture target: {target}", Category.AZURE_API
+        )
     return target
 
 
@@ -280,7 +283,9 @@ def _strings(view: FactsView, key: str) -> list[str]:
     found = view.need(key, list)
     values = [found[i] for i in range(len(found))]
     if not all(isinstance(value, str) for value in values):
-        raise FactsUnavailable(f"Azure fact 'capture.{key}' holds a value that is not a string", AZURE_FACTS)
+        raise FactsUnavailable(
+            f"Azure fact 'capture.{key}' holds a value that is not a string", Category.AZURE_API
+        )
     return values
 
 

@@ -15,6 +15,7 @@ correlation id, so Azure's logs (and azsim's) show them as one operation.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import os
 import threading
@@ -26,12 +27,21 @@ from typing import Any, TypeVar
 
 import pytest
 
+from imageready import guest as transports
 from imageready import progress
 from imageready.azure import AzureSession, correlated, resolve_ca_bundle, resolve_cloud
 from imageready.azure_errors import AzureError, AzureNotFound
-from imageready.facts import VM_STATE, VmFacts
+from imageready.categories import Category
+from imageready.facts import VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
-from imageready.guest.base import CommandResult, Guest, GuestDisconnected, GuestError, GuestUnreachable
+from imageready.guest.base import (
+    CommandResult,
+    Guest,
+    GuestDisconnected,
+    GuestError,
+    GuestTarget,
+    GuestUnreachable,
+)
 from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins
 from imageready.redact import one_line, redact, register_secret
 from imageready.target import VmRef
@@ -42,8 +52,6 @@ NIC_API = "2024-05-01"
 LINEAGE_HOPS = 8
 #: Microsoft.Compute DiskRP api-version for each kind of lineage hop
 LINEAGE_API = {"disk": "2024-03-02", "snapshot": "2024-03-02", "disk restore point": "2024-03-02"}
-DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
-NOT_RUNNING = VM_STATE  # the VM's state, not broken infrastructure
 #: how many times the (read-only) facts script is run when its connection drops under it
 FACTS_ATTEMPTS = 2
 #: how many VMs' facts are gathered at once unless --max-parallel says otherwise: about 6 reads a
@@ -206,48 +214,36 @@ class AzureFactsProvider:
         props = model.get("properties", {})
         os_type = props.get("storageProfile", {}).get("osDisk", {}).get("osType")
         admin = str(props.get("osProfile", {}).get("adminUsername") or "") or self._copied_admin(vm, model)
-        kind = {"Linux": "ssh", "Windows": "winrm"}.get(str(os_type))
-        if kind is None:
+        if os_type not in ("Linux", "Windows"):
             raise GuestError(f"{vm.key}: unknown OS type {os_type!r}, no transport for it")
-        if self.transport == "run-command":
-            return self._run_command(vm, str(os_type), expected)
-        if self.transport not in ("auto", kind):
+        chosen = transports.for_os(os_type, self.transport)
+        if chosen is None:
             raise GuestError(f"{vm.key}: --transport {self.transport} does not fit a {os_type} VM")
-        address = self.addresses.get(vm.key.lower()) or self._nic_address(vm, model, kind)
+        target = GuestTarget(
+            vm=vm,
+            os_type=os_type,
+            admin=admin,
+            expected=expected,
+            pins=pins,
+            prove=prove,
+            azure=self.azure(vm),
+            ssh_strict_host_keys=bool(self.config.getoption("ssh_strict_host_keys")),
+            winrm_auth=str(self.config.getoption("winrm_auth")),
+            ca_bundle=self.ca_bundle,
+        )
+        if chosen.default_port is not None:
+            address = self.addresses.get(vm.key.lower()) or self._nic_address(vm, model, chosen.default_port)
+            target = dataclasses.replace(target, address=address)
         try:
-            if kind == "ssh":
-                from imageready.guest.ssh import connect_ssh
-
-                return connect_ssh(
-                    address,
-                    os.environ.get("IMAGEREADY_SSH_USER") or admin,
-                    vm_key=vm.key,
-                    known_hosts=os.environ.get("IMAGEREADY_KNOWN_HOSTS"),
-                    strict=bool(self.config.getoption("ssh_strict_host_keys")),
-                    expected=expected,
-                    pins=pins,
-                    prove=prove,
-                )
-            from imageready.guest.winrm import connect_winrm
-
-            return connect_winrm(
-                address,
-                os.environ.get("IMAGEREADY_WINRM_USER") or admin,
-                vm_key=vm.key,
-                auth=self.config.getoption("winrm_auth"),
-                ca_bundle=os.environ.get("IMAGEREADY_WINRM_CA_BUNDLE") or self.ca_bundle,
-                expected=expected,
-                pins=pins,
-                prove=prove,
-            )
+            return chosen.open(target)
         except GuestIdentityError as exc:
             self.refuse_guest(vm, exc)
             raise
         except GuestUnreachable as exc:
-            if self.transport != "auto" or not fallback:
+            if self.transport != transports.AUTO or not fallback:
                 raise
             progress.emit(f"{vm.key}: {exc}; falling back to Azure Run Command (read-only facts)")
-            return self._run_command(vm, str(os_type), expected)
+            return transports.transport_class(transports.FALLBACK).open(target)
 
     def _copied_admin(self, vm: VmRef, model: dict[str, Any]) -> str:
         """A VM created from a copied (specialized) disk has no osProfile in Azure: its admin user
@@ -270,14 +266,7 @@ class AzureFactsProvider:
             source_id = str((source_model.get("tags") or {}).get(COPY_TAG) or "")
         return ""
 
-    def _run_command(self, vm: VmRef, os_type: str, expected: ExpectedIdentity) -> Guest:
-        from imageready.guest.runcommand import RunCommandGuest
-
-        return RunCommandGuest(
-            self.azure(vm), vm, "Linux" if os_type == "Linux" else "Windows", expected=expected
-        )
-
-    def _nic_address(self, vm: VmRef, model: dict[str, Any], kind: str) -> str:
+    def _nic_address(self, vm: VmRef, model: dict[str, Any], port: int) -> str:
         nics = model.get("properties", {}).get("networkProfile", {}).get("networkInterfaces") or []
         if not nics:
             raise GuestUnreachable(f"{vm.key}: no network interface; give --guest-address {vm.key}=HOST:PORT")
@@ -286,7 +275,7 @@ class AzureFactsProvider:
         for config in nic.get("properties", {}).get("ipConfigurations") or []:
             address = (config.get("properties") or {}).get("privateIPAddress")
             if address:
-                return f"{address}:{DEFAULT_PORTS[kind]}"
+                return f"{address}:{port}"
         raise GuestUnreachable(f"{vm.key}: its NIC has no private IP; give --guest-address")
 
     # --- FactsProvider -----------------------------------------------------------------
@@ -308,7 +297,7 @@ class AzureFactsProvider:
                 facts.azure = self._azure_facts(vm, azure, model)
             except AzureError as exc:
                 facts.azure = None
-                category = "not found" if isinstance(exc, AzureNotFound) else exc.category
+                category = Category.NOT_FOUND if isinstance(exc, AzureNotFound) else exc.category
                 facts.azure_error, facts.azure_error_category = str(exc), category
                 # the guest of a VM Azure cannot show is out of reach for the same reason
                 facts.guest_error, facts.guest_error_category = str(exc), category
@@ -388,7 +377,7 @@ class AzureFactsProvider:
         state = power_state(facts)
         if facts.os_type is None:
             facts.guest_error = f"{vm.key}: Azure reports no OS type, so no facts script can be chosen"
-            facts.guest_error_category = VM_STATE
+            facts.guest_error_category = Category.VM_STATE
             return facts
         if state != "running":
             facts.guest_error = (
@@ -396,7 +385,7 @@ class AzureFactsProvider:
                 if os_state(facts) == "generalized"
                 else f"{vm.key} is {state}: its guest can be checked only while it runs"
             )
-            facts.guest_error_category = NOT_RUNNING
+            facts.guest_error_category = Category.VM_STATE  # not broken infrastructure
             return facts
         guest: Guest | None = None
         try:
@@ -444,7 +433,7 @@ class AzureFactsProvider:
             # past its deadline is the guest's facts missing, for this run, not a crash
             facts.guest_error, facts.guest_error_category = str(exc), exc.category
         except ValueError as exc:  # the facts parsers' FactsError
-            facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", "guest facts"
+            facts.guest_error, facts.guest_error_category = f"{vm.key}: {exc}", Category.GUEST_FACTS
         if guest is not None:
             facts.guest_identity = _identity(guest)
         return facts

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from imageready.facts import VM_STATE, FactsUnavailable, VmFacts, item_source
+from imageready.categories import Category
+from imageready.facts import FactsUnavailable, VmFacts, item_source
 from imageready.facts.azure_view import azure
 from imageready.facts.view import FactsView, guest_view
 
@@ -29,7 +30,7 @@ def _list(facts: VmFacts, key: str) -> list[FactsView]:
     found = []
     for index, element in enumerate(guest_view(facts.require_guest()).need(key, list)):
         if not isinstance(element, FactsView):
-            raise FactsUnavailable(f"guest fact '{key}.{index}' is not an object", "guest facts")
+            raise FactsUnavailable(f"guest fact '{key}.{index}' is not an object", Category.GUEST_FACTS)
         found.append(element)
     return found
 
@@ -48,7 +49,7 @@ def disks(facts: VmFacts) -> list[tuple[str, Any]]:
     for role, entry in entries:
         if not isinstance(entry, FactsView):
             raise FactsUnavailable(
-                f"{facts.vm}: a data disk entry of the VM is not an object", "Azure API error"
+                f"{facts.vm}: a data disk entry of the VM is not an object", Category.AZURE_API
             )
         managed = entry.optional("managedDisk", dict)
         disk_id = str(managed.need("id", str)) if managed is not None else ""
@@ -127,8 +128,10 @@ def scan_rules(facts: VmFacts) -> list[tuple[str, Any]]:
 
     if facts.os_type is None:
         if facts.azure_error:
-            raise FactsUnavailable(facts.azure_error, facts.azure_error_category or "Azure API error")
-        raise FactsUnavailable(f"{facts.vm}: Azure reports no OS type, so no rules can be chosen", VM_STATE)
+            raise FactsUnavailable(facts.azure_error, facts.azure_error_category or Category.AZURE_API)
+        raise FactsUnavailable(
+            f"{facts.vm}: Azure reports no OS type, so no rules can be chosen", Category.VM_STATE
+        )
     rules = rules_for(facts.os_type, load_rules(SCAN_RULES["extra"]))
     return [(param_id(rule.id), rule) for rule in rules]
 

@@ -24,10 +24,8 @@ import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
+from imageready.categories import Category
 from imageready.facts import FactsUnavailable
-
-#: the category of a check that could not judge because its facts are incomplete
-GUEST_FACTS = "guest facts"
 
 #: a path from a document's root: ("guest", "domain", "part_of_domain"), ("azure", "vm", ...);
 #: a list's length is read as (..., "#len")
@@ -111,7 +109,9 @@ def _is(value: Any, kind: type) -> bool:
 class _Node:
     """What a view and a list share: where they are in the document and how they fail."""
 
-    def __init__(self, keys: FactPath, what: str, category: str, errors: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(
+        self, keys: FactPath, what: str, category: Category, errors: Sequence[Mapping[str, Any]]
+    ) -> None:
         self._keys, self._what, self._category, self._errors = keys, what, category, errors
 
     def _dotted(self, key: str | int | None = None) -> str:
@@ -145,7 +145,7 @@ class FactsView(_Node, Mapping[str, Any]):
         *,
         keys: FactPath = ("guest",),
         what: str = "guest fact",
-        category: str = GUEST_FACTS,
+        category: Category = Category.GUEST_FACTS,
         errors: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         # probes that failed on the guest ({"probe": "cloud_init", "error": ...}): why a fact is null
@@ -246,7 +246,12 @@ class FactsList(_Node, Sequence[Any]):
     """A strict, read-only view of a JSON list of facts: its objects are FactsViews."""
 
     def __init__(
-        self, data: list[Any], keys: FactPath, what: str, category: str, errors: Sequence[Mapping[str, Any]]
+        self,
+        data: list[Any],
+        keys: FactPath,
+        what: str,
+        category: Category,
+        errors: Sequence[Mapping[str, Any]],
     ) -> None:
         super().__init__(keys, what, category, errors)
         self._data = data

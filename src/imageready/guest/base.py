@@ -31,12 +31,18 @@ Contract for implementations:
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
+
+from imageready.categories import Category
+from imageready.text import one_line
 
 if TYPE_CHECKING:
-    from imageready.guest.identity import Binding, IdentityProof, Pins
+    from imageready.azure import AzureSession
+    from imageready.guest.identity import Binding, ExpectedIdentity, IdentityProof, Pins
+    from imageready.target import VmRef
 
 OsType = Literal["Linux", "Windows"]
 
@@ -64,7 +70,7 @@ class CommandResult:
 class GuestError(Exception):
     """A transport-level failure. ``str(err)`` is one line fit for a report."""
 
-    category = "guest unreachable"
+    category: Category = Category.GUEST_UNREACHABLE
 
 
 class GuestUnreachable(GuestError):
@@ -74,13 +80,13 @@ class GuestUnreachable(GuestError):
 class GuestAuthError(GuestError):
     """The guest refused the credentials."""
 
-    category = "guest authentication"
+    category = Category.GUEST_AUTHENTICATION
 
 
 class GuestTimeout(GuestError):
     """A connect or command deadline passed."""
 
-    category = "timeout"
+    category = Category.TIMEOUT
 
 
 class GuestDisconnected(GuestError):
@@ -90,7 +96,7 @@ class GuestDisconnected(GuestError):
 class GuestNotAllowed(GuestError):
     """The transport may not do this (e.g. sysprep over Run Command, which runs as SYSTEM)."""
 
-    category = "not allowed"
+    category = Category.NOT_ALLOWED
 
 
 @dataclass
@@ -104,13 +110,44 @@ class GuestIdentity:
     evidence: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GuestTarget:
+    """Everything a transport may need to open one VM's guest (``Guest.open``); each transport
+    takes what it uses. Credentials are not here: each transport reads its own from the
+    environment, an agent or a key file."""
+
+    vm: VmRef
+    os_type: OsType
+    #: the VM's admin user as Azure reports it ("" when unknown)
+    admin: str
+    #: what the guest must prove it is, and what it presented before
+    expected: ExpectedIdentity
+    pins: Pins
+    #: prove the identity now (else the first command does)
+    prove: bool
+    #: the subscription's Azure session (Run Command goes through ARM)
+    azure: AzureSession
+    #: HOST[:PORT] of the guest, for a transport with a ``default_port`` ("" for the others)
+    address: str = ""
+    #: --ssh-strict-host-keys, --winrm-auth and the CA bundle of --ca-bundle
+    ssh_strict_host_keys: bool = False
+    winrm_auth: str = "ntlm"
+    ca_bundle: str | None = None
+
+
 class Guest(abc.ABC):
     """A connection to one VM's guest OS through one transport."""
 
-    #: "ssh", "winrm" or "run-command"
+    #: the transport's name (its key in ``imageready.guest.TRANSPORTS``)
     transport: str = ""
     #: "Linux" or "Windows"
     os_type: OsType
+    #: the guest OSes the transport serves; --transport auto picks the first registered
+    #: transport that serves the VM's OS and is not read-only
+    os_types: ClassVar[tuple[OsType, ...]] = ()
+    #: the port the transport listens on when the address names none (None: not reached at an
+    #: address of the guest, e.g. through ARM)
+    default_port: ClassVar[int | None] = None
     #: True for transports that may only read (Run Command runs as SYSTEM/root without a user
     #: context; the harness only reads facts through it)
     read_only: bool = False
@@ -148,6 +185,12 @@ class Guest(abc.ABC):
         ``proof_in``, the script's result carries the identity reading (``proof_in`` extracts it)
         instead of a probe running first."""
 
+    @classmethod
+    def open(cls, target: GuestTarget) -> Guest:
+        """A new connection to ``target``'s guest through this transport (the registry calls it;
+        a guest class made for a test need not have it)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be opened from the transport registry")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection (idempotent)."""
 
@@ -171,3 +214,117 @@ def parse_address(address: str, default_port: int) -> tuple[str, int]:
     if not host or (port and not port.isdigit()):
         raise ValueError(f"guest address {address!r}: expected HOST or HOST:PORT")
     return host, int(port) if port else default_port
+
+
+class AddressedGuest(Guest):
+    """A guest reached at an address as a user (ssh, winrm): its endpoint, how it names itself
+    in messages and the audit, and how it judges an identity probe."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        *,
+        vm_key: str,
+        expected: ExpectedIdentity | None,
+        pins: Pins | None,
+    ) -> None:
+        from imageready.guest.identity import Binding, Pins
+
+        self.host = host
+        self.port = port
+        self.user = user
+        self.vm_key = vm_key
+        #: what the connection presented (host key, certificate), for the audit
+        self._evidence: dict[str, str] = {}
+        self.binding = Binding(expected, pins or Pins(), address=f"{self.transport} {user}@{self.endpoint}")
+        #: one command at a time on this object (a scan may run in a thread of its own while a
+        #: check's testinfra host asks for a command; the session and the proof state are shared)
+        self._serial = threading.RLock()
+
+    @property
+    def host_port(self) -> str:
+        """``host:port``, an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return self.host_port
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.vm_key} {self.user}@{self.endpoint})"
+
+    @property
+    def identity(self) -> GuestIdentity:
+        evidence = {**self._evidence, **self._binding.evidence}
+        return GuestIdentity(
+            transport=self.transport, endpoint=self.endpoint, user=self.user, evidence=evidence
+        )
+
+    @property
+    def _binding(self) -> Binding:
+        assert self.binding is not None  # set by __init__
+        return self.binding
+
+    def _where(self) -> str:
+        return f"{self.vm_key}: {self.transport} {self.user}@{self.endpoint}"
+
+    @abc.abstractmethod
+    def connect(self, *, prove: bool = True) -> None:
+        """Open the connection now and, with ``prove`` and an expected identity, prove it."""
+
+    def connected(self, *, prove: bool) -> Self:
+        """This guest, connected (see ``connect``); closed again when that fails."""
+        try:
+            self.connect(prove=prove)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _probe_reading(self, exit_code: int, stdout: bytes, stderr: bytes) -> object:
+        """The identity probe's reading; a probe that did not run to its end (it always exits 0
+        when it does, e.g. the machine is shutting down) proves nothing either way, so nothing
+        runs now and the next command tries again."""
+        from imageready.guest.identity import parse_probe
+
+        reading = parse_probe(stdout)
+        if reading is None and exit_code != 0:
+            why = one_line(stderr.decode("utf-8", "replace"), 300) or f"exit {exit_code}"
+            raise GuestDisconnected(f"{self._where()}: the identity probe did not complete: {why}")
+        return reading
+
+
+class ProgressLines:
+    """Calls back with each ``PROGRESS ...`` line of a script's stderr as it completes."""
+
+    PREFIX = "PROGRESS "
+
+    def __init__(self, callback: Callable[[str], None] | None) -> None:
+        self._callback = callback
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if self._callback is None:
+            return
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._emit(line)
+
+    def flush(self) -> None:
+        if self._callback is not None and self._partial:
+            self._emit(self._partial)
+            self._partial = b""
+
+    def _emit(self, line: bytes) -> None:
+        text = line.decode("utf-8", "backslashreplace").rstrip("\r")
+        if text.startswith(self.PREFIX) and self._callback is not None:
+            self._callback(text[len(self.PREFIX) :])
+
+
+def error_line(err: BaseException, limit: int = 600) -> str:
+    """An exception's message as one line, or its class name when it has none."""
+    return one_line(err, limit) or type(err).__name__

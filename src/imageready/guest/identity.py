@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from imageready.categories import Category
 from imageready.guest.base import GuestError
+from imageready.text import one_line
 
-CATEGORY = "guest identity"
 #: both probes ask IMDS with this api-version (compute.resourceId exists since 2019-03-11)
 IMDS_API_VERSION = "2021-02-01"
 _NOT_AN_ID = {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
@@ -43,7 +44,7 @@ class GuestIdentityError(GuestError):
     """The guest is not (or cannot prove it is) the VM Azure describes. One line naming both ids
     and the address used; the VM's checks error and its gate stays shut."""
 
-    category = CATEGORY
+    category = Category.GUEST_IDENTITY
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,10 @@ def verify(expected: ExpectedIdentity, reading: object, *, address: str) -> Iden
                 f"the guest's SMBIOS UUID is {smbios} (byte-swapped: {swap_first_fields(smbios)})" + _hint()
             )
     if imds_id is None and smbios is None:
-        imds_why = _one_line(data.get("imds_error")) or ("gave no vmId" if imds is not None else "no answer")
-        smbios_why = _one_line(data.get("smbios_error")) or (
+        imds_why = one_line(data.get("imds_error") or "", 200) or (
+            "gave no vmId" if imds is not None else "no answer"
+        )
+        smbios_why = one_line(data.get("smbios_error") or "", 200) or (
             f"{raw_smbios!r} is not a UUID" if isinstance(raw_smbios, str) else "not readable"
         )
         raise GuestIdentityError(
@@ -177,10 +180,6 @@ def verify(expected: ExpectedIdentity, reading: object, *, address: str) -> Iden
 
 def _hint() -> str:
     return ": a wrong entry in the address map, a stale port forward or a reused IP address"
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())[:200] if value else ""
 
 
 def probe_script(os_type: str) -> str:

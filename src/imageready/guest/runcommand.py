@@ -17,7 +17,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from imageready.guest.base import CommandResult, Guest, GuestError, GuestIdentity, GuestNotAllowed, OsType
+from imageready.guest.base import (
+    CommandResult,
+    Guest,
+    GuestError,
+    GuestIdentity,
+    GuestNotAllowed,
+    GuestTarget,
+    OsType,
+)
 from imageready.guest.identity import Binding, ExpectedIdentity, Pins
 
 if TYPE_CHECKING:
@@ -33,6 +41,7 @@ class RunCommandGuest(Guest):
 
     transport = "run-command"
     read_only = True
+    os_types = ("Linux", "Windows")
 
     def __init__(
         self, azure: AzureSession, ref: VmRef, os_type: OsType, *, expected: ExpectedIdentity | None = None
@@ -44,6 +53,10 @@ class RunCommandGuest(Guest):
         # lead elsewhere, so no probe runs first; a result that carries a proof (the facts) is
         # still judged, and recorded
         self.binding = Binding(expected, Pins(), address=f"Run Command on {ref.id}")
+
+    @classmethod
+    def open(cls, target: GuestTarget) -> RunCommandGuest:
+        return cls(target.azure, target.vm, target.os_type, expected=target.expected)
 
     @property
     def identity(self) -> GuestIdentity:

@@ -24,7 +24,6 @@ import os
 import select
 import shlex
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,25 +33,21 @@ import paramiko
 from testinfra.backend.paramiko import ParamikoBackend
 from testinfra.host import Host
 
+from imageready.categories import Category
 from imageready.guest.base import (
+    AddressedGuest,
     CommandResult,
-    Guest,
     GuestAuthError,
     GuestDisconnected,
     GuestError,
-    GuestIdentity,
+    GuestTarget,
     GuestTimeout,
     GuestUnreachable,
+    ProgressLines,
+    error_line,
     parse_address,
 )
-from imageready.guest.identity import (
-    Binding,
-    ExpectedIdentity,
-    GuestIdentityError,
-    Pins,
-    parse_probe,
-    probe_script,
-)
+from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins, probe_script
 
 #: paramiko's own log, with tracebacks for failures this module reports as one line; it does not
 #: propagate (attach a handler to this logger to see the wire-level detail)
@@ -76,7 +71,7 @@ _READ_SIZE = 65536
 class GuestHostKeyRejected(GuestError):
     """Strict host-key checking refused the server's key (unknown or changed)."""
 
-    category = "guest host key"
+    category = Category.GUEST_HOST_KEY
 
 
 def host_key_evidence(key: paramiko.PKey) -> str:
@@ -114,8 +109,7 @@ class _Backend(ParamikoBackend):  # type: ignore[misc]  # testinfra is untyped
     """testinfra's paramiko backend whose client and commands belong to an :class:`SshGuest`."""
 
     def __init__(self, guest: SshGuest) -> None:
-        host = f"[{guest.host}]" if ":" in guest.host else guest.host
-        super().__init__(f"{guest.user}@{host}:{guest.port}", timeout=int(guest.connect_timeout))
+        super().__init__(f"{guest.user}@{guest.host_port}", timeout=int(guest.connect_timeout))
         self._guest = guest
 
     @functools.cached_property
@@ -134,11 +128,13 @@ class _Backend(ParamikoBackend):  # type: ignore[misc]  # testinfra is untyped
         return str(self.quote("sudo -n -u %s /bin/sh -c %s", sudo_user, command))
 
 
-class SshGuest(Guest):
+class SshGuest(AddressedGuest):
     """One Linux guest over SSH; the connection opens on first use and is reused."""
 
     transport = "ssh"
     os_type = "Linux"
+    os_types = ("Linux",)
+    default_port = 22
 
     def __init__(
         self,
@@ -156,10 +152,7 @@ class SshGuest(Guest):
         expected: ExpectedIdentity | None = None,
         pins: Pins | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.user = user
-        self.vm_key = vm_key
+        super().__init__(host, port, user, vm_key=vm_key, expected=expected, pins=pins)
         self.connect_timeout = connect_timeout
         self.known_hosts = Path(known_hosts) if known_hosts else None
         self.strict = strict
@@ -168,27 +161,23 @@ class SshGuest(Guest):
         self._pkey = pkey
         self._allow_agent = allow_agent
         self._backend = _Backend(self)
-        self._evidence: dict[str, str] = {}
         #: the host key of the current connection (OpenSSH "type base64": a public key)
         self._host_key = ""
-        self.binding = Binding(expected, pins or Pins(), address=f"ssh {user}@{self.endpoint}")
-        #: one command at a time on this connection (the scan may run in a thread of its own
-        #: while a check's testinfra host asks for a command; the proof state is shared)
-        self._serial = threading.RLock()
 
-    @property
-    def endpoint(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def __repr__(self) -> str:
-        return f"SshGuest({self.vm_key} {self.user}@{self.endpoint})"
-
-    @property
-    def identity(self) -> GuestIdentity:
-        assert self.binding is not None
-        evidence = {**self._evidence, **self.binding.evidence}
-        return GuestIdentity(transport="ssh", endpoint=self.endpoint, user=self.user, evidence=evidence)
+    @classmethod
+    def open(cls, target: GuestTarget) -> SshGuest:
+        """``target``'s guest as ``IMAGEREADY_SSH_USER`` (else the VM's admin user), host keys
+        from ``IMAGEREADY_KNOWN_HOSTS``."""
+        return connect_ssh(
+            target.address,
+            os.environ.get("IMAGEREADY_SSH_USER") or target.admin,
+            vm_key=target.vm.key,
+            known_hosts=os.environ.get("IMAGEREADY_KNOWN_HOSTS"),
+            strict=target.ssh_strict_host_keys,
+            expected=target.expected,
+            pins=target.pins,
+            prove=target.prove,
+        )
 
     def pins(self) -> Pins:
         return Pins(ssh_host_key=self._host_key)
@@ -198,9 +187,6 @@ class SshGuest(Guest):
         """A testinfra ``Host`` on this connection (each call bounded by TESTINFRA_TIMEOUT)."""
         return Host(self._backend)
 
-    def _where(self) -> str:
-        return f"{self.vm_key}: ssh {self.user}@{self.endpoint}"
-
     def connect(self, *, prove: bool = True) -> None:
         """Open the connection now (it otherwise opens on the first command) and, with ``prove``
         and an expected identity, prove it right away (else the first command does)."""
@@ -208,11 +194,6 @@ class SshGuest(Guest):
         transport = client.get_transport()
         if prove and self._binding.needs_proof(transport):
             self._prove(transport)
-
-    @property
-    def _binding(self) -> Binding:
-        assert self.binding is not None
-        return self.binding
 
     def _prove(self, transport: paramiko.Transport | None) -> None:
         """Run the identity probe on ``transport`` (this SSH connection) and judge it."""
@@ -222,14 +203,7 @@ class SshGuest(Guest):
             timeout=60.0,
             purpose="the identity probe",
         )
-        reading = parse_probe(result.stdout)
-        if reading is None and not result.ok:
-            # it did not run to its end (it always exits 0 when it does): nothing is proven
-            # either way, so nothing runs now, and the next command tries again
-            stderr = " ".join(result.stderr.decode("utf-8", "replace").split())[:300]
-            why = stderr or f"exit {result.exit_code}"
-            raise GuestDisconnected(f"{self._where()}: the identity probe did not complete: {why}")
-        self._accept(reading, transport)
+        self._accept(self._probe_reading(result.exit_code, result.stdout, result.stderr), transport)
 
     def _accept(self, reading: object, transport: object) -> None:
         """Judge ``reading``; once proven, later connections of this object must show the same
@@ -351,7 +325,7 @@ class SshGuest(Guest):
         if isinstance(err, OSError):
             return GuestUnreachable(f"{where}: {err.strerror or type(err).__name__}")
         if isinstance(err, paramiko.SSHException):
-            return GuestUnreachable(f"{where}: SSH handshake failed: {_one_line(err)}")
+            return GuestUnreachable(f"{where}: SSH handshake failed: {error_line(err)}")
         return err
 
     def run(
@@ -439,9 +413,9 @@ class SshGuest(Guest):
             channel = transport.open_session(timeout=max(0.1, min(timeout, self.connect_timeout)))
             channel.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as err:
-            raise GuestDisconnected(f"{self._where()}: cannot start {purpose}: {_one_line(err)}") from None
+            raise GuestDisconnected(f"{self._where()}: cannot start {purpose}: {error_line(err)}") from None
         stdout, stderr = bytearray(), bytearray()
-        progress = _ProgressLines(on_progress)
+        progress = ProgressLines(on_progress)
         pending = memoryview(stdin)
         # poll, not select: a harness with a large fleet's connections open holds more than
         # select's 1024 descriptors (a channel's fileno() is a pipe paramiko sets when data comes)
@@ -486,7 +460,7 @@ class SshGuest(Guest):
         except (paramiko.SSHException, OSError, EOFError) as err:
             channel.close()
             raise GuestDisconnected(
-                f"{self._where()}: {purpose} lost its connection: {_one_line(err)}"
+                f"{self._where()}: {purpose} lost its connection: {error_line(err)}"
             ) from None
         code = channel.recv_exit_status()
         channel.close()
@@ -537,40 +511,9 @@ def _signal(channel: paramiko.Channel, name: str) -> None:
         channel.get_transport()._send_user_message(message)  # type: ignore[attr-defined]
 
 
-class _ProgressLines:
-    """Calls back with each ``PROGRESS ...`` line of stderr as it completes."""
-
-    def __init__(self, callback: Callable[[str], None] | None) -> None:
-        self._callback = callback
-        self._partial = b""
-
-    def feed(self, chunk: bytes) -> None:
-        if self._callback is None:
-            return
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._emit(line)
-
-    def flush(self) -> None:
-        if self._callback is not None and self._partial:
-            self._emit(self._partial)
-            self._partial = b""
-
-    def _emit(self, line: bytes) -> None:
-        text = line.decode("utf-8", "backslashreplace").rstrip("\r")
-        if text.startswith("PROGRESS ") and self._callback is not None:
-            self._callback(text[len("PROGRESS ") :])
-
-
 def _purpose(script: str) -> str:
     first = next((line.strip() for line in script.splitlines() if line.strip()), "")
     return f"command {first[:60]!r}" if first else "command"
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def connect_ssh(
@@ -591,7 +534,7 @@ def connect_ssh(
     """Connect to ``address`` (``host[:port]``) as ``user`` and return the open guest; with
     ``expected``, proven to be that VM (unless ``prove`` is False: the first command proves)."""
     host, port = parse_address(address, 22)
-    guest = SshGuest(
+    return SshGuest(
         host,
         port,
         user,
@@ -604,10 +547,4 @@ def connect_ssh(
         expected=expected,
         pins=pins,
         **options,
-    )
-    try:
-        guest.connect(prove=prove)
-    except BaseException:
-        guest.close()
-        raise
-    return guest
+    ).connected(prove=prove)

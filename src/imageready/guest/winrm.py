@@ -28,7 +28,6 @@ import os
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -44,25 +43,20 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from imageready.guest.base import (
+    AddressedGuest,
     CommandResult,
-    Guest,
     GuestAuthError,
     GuestDisconnected,
     GuestError,
-    GuestIdentity,
+    GuestTarget,
     GuestTimeout,
     GuestUnreachable,
+    ProgressLines,
     parse_address,
 )
-from imageready.guest.identity import (
-    Binding,
-    ExpectedIdentity,
-    GuestIdentityError,
-    Pins,
-    parse_probe,
-    probe_script,
-)
+from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins, probe_script
 from imageready.redact import register_secret
+from imageready.text import one_line
 
 PASSWORD_ENV = "IMAGEREADY_WINRM_PASSWORD"  # noqa: S105 - a variable name
 CA_BUNDLE_ENVS = ("IMAGEREADY_WINRM_CA_BUNDLE", "IMAGEREADY_CA_BUNDLE")
@@ -113,23 +107,6 @@ def clean_stderr(data: bytes) -> bytes:
     return _CLIXML.sub(text_of, data)
 
 
-def _progress_lines(callback: Callable[[str], None] | None) -> Callable[[bytes], None]:
-    partial = b""
-
-    def feed(chunk: bytes) -> None:
-        nonlocal partial
-        if callback is None:
-            return
-        lines = (partial + chunk).split(b"\n")
-        partial = lines.pop()
-        for line in lines:
-            text = line.decode("utf-8", "backslashreplace").rstrip("\r")
-            if text.startswith("PROGRESS "):
-                callback(text[len("PROGRESS ") :])
-
-    return feed
-
-
 def _purpose(script: str) -> str:
     """A label for error messages: the script's own first comment line (its description), never
     its code, which may embed configuration such as the scan's fingerprint key."""
@@ -138,11 +115,13 @@ def _purpose(script: str) -> str:
     return f"script {comment[:60]!r}" if comment else "script"
 
 
-class WinRmGuest(Guest):
+class WinRmGuest(AddressedGuest):
     """One Windows guest over WinRM; the HTTP session is reused across commands."""
 
     transport = "winrm"
     os_type = "Windows"
+    os_types = ("Windows",)
+    default_port = 5986
 
     def __init__(
         self,
@@ -159,49 +138,38 @@ class WinRmGuest(Guest):
         expected: ExpectedIdentity | None = None,
         pins: Pins | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.user = user
-        self.vm_key = vm_key
-        self.scheme = scheme
+        self.scheme = scheme  # before the endpoint is named
+        super().__init__(host, port, user, vm_key=vm_key, expected=expected, pins=pins)
         self.auth = auth
         env_ca = next((os.environ[name] for name in CA_BUNDLE_ENVS if os.environ.get(name)), None)
         self.ca_bundle = str(ca_bundle) if ca_bundle else env_ca
         self.operation_timeout = operation_timeout
         self._password_source = password_source
         self._protocol: Protocol | None = None
-        self._evidence: dict[str, str] = {}
         #: SHA-256 of the certificate this object trusts (the pinned one, else the first seen)
         self._cert_digest = (pins.tls_cert_sha256 if pins else "") or ""
-        self.binding = Binding(expected, pins or Pins(), address=f"winrm {user}@{self.endpoint}")
-        #: one command at a time on this object (a scan may run in a thread of its own; the
-        #: session's sealing keys and the proof state are shared)
-        self._serial = threading.RLock()
+
+    @classmethod
+    def open(cls, target: GuestTarget) -> WinRmGuest:
+        """``target``'s guest as ``IMAGEREADY_WINRM_USER`` (else the VM's admin user), over
+        HTTPS trusting ``IMAGEREADY_WINRM_CA_BUNDLE`` (else the run's CA bundle)."""
+        return connect_winrm(
+            target.address,
+            os.environ.get("IMAGEREADY_WINRM_USER") or target.admin,
+            vm_key=target.vm.key,
+            auth=target.winrm_auth,  # type: ignore[arg-type]  # --winrm-auth's choices
+            ca_bundle=os.environ.get("IMAGEREADY_WINRM_CA_BUNDLE") or target.ca_bundle,
+            expected=target.expected,
+            pins=target.pins,
+            prove=target.prove,
+        )
 
     @property
     def endpoint(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}/wsman"
-
-    def __repr__(self) -> str:
-        return f"WinRmGuest({self.vm_key} {self.user}@{self.endpoint})"
-
-    @property
-    def identity(self) -> GuestIdentity:
-        assert self.binding is not None
-        evidence = {**self._evidence, **self.binding.evidence}
-        return GuestIdentity(transport="winrm", endpoint=self.endpoint, user=self.user, evidence=evidence)
-
-    @property
-    def _binding(self) -> Binding:
-        assert self.binding is not None
-        return self.binding
+        return f"{self.scheme}://{self.host_port}/wsman"
 
     def pins(self) -> Pins:
         return Pins(tls_cert_sha256=self._cert_digest)
-
-    def _where(self) -> str:
-        return f"{self.vm_key}: winrm {self.user}@{self.endpoint}"
 
     def _password(self) -> str | None:
         if self._password_source is not None:
@@ -295,13 +263,7 @@ class WinRmGuest(Guest):
         """The identity probe, in the shell the next command will run in (a shell lives on one
         machine: a connection that lands elsewhere cannot reach it)."""
         code, out, err = self._command(protocol, shell_id, probe_script("Windows"), deadline, [], None)
-        reading = parse_probe(out)
-        if reading is None and code != 0:
-            # it did not run to its end (e.g. the machine is shutting down): nothing is proven
-            # either way, so nothing runs now, and the next command tries again
-            why = _one_line(clean_stderr(err).decode("utf-8", "replace")) or f"exit {code}"
-            raise GuestDisconnected(f"{self._where()}: the identity probe did not complete: {why}")
-        self._binding.accept(reading, shell_id)
+        self._binding.accept(self._probe_reading(code, out, clean_stderr(err)), shell_id)
 
     def _server_certificate_digest(self) -> str:
         context = (
@@ -378,14 +340,14 @@ class WinRmGuest(Guest):
         protocol = self._get_protocol()
         shell_id = None
         command: list[str] = []  # the running command's id, for _abandon
-        feed_progress = _progress_lines(on_progress)
+        progress = ProgressLines(on_progress)
         try:
             self._bound(protocol, deadline)
             shell_id = self._open_shell(protocol)
             if binding.needs_proof(shell_id) and proof_in is None:
                 self._prove(protocol, shell_id, deadline)
             exit_code, out_bytes, err_bytes = self._command(
-                protocol, shell_id, script, deadline, command, feed_progress
+                protocol, shell_id, script, deadline, command, progress.feed
             )
         except _DeadlinePassed:
             self._abandon(protocol, shell_id, command[-1] if command else None)
@@ -397,7 +359,7 @@ class WinRmGuest(Guest):
             raise
         except Exception as err:
             raise self._error(err, started=bool(command)) from None
-        feed_progress(b"\n")
+        progress.flush()
         self._close_quietly(protocol, shell_id)
         result = CommandResult(
             exit_code=exit_code,
@@ -490,12 +452,12 @@ class WinRmGuest(Guest):
                 f"{where}: {'connection refused' if _refused(err) else 'connection failed'}"
             )
         if isinstance(err, WSManFaultError):
-            return GuestError(f"{where}: WS-Man fault {err.wsman_fault_code}: {_one_line(err.reason)}")
+            return GuestError(f"{where}: WS-Man fault {err.wsman_fault_code}: {one_line(err.reason, 300)}")
         if isinstance(err, WinRMTransportError):
             return GuestError(f"{where}: HTTP {err.code} from the WinRM service")
         if isinstance(err, WinRMError):
-            return GuestError(f"{where}: {_one_line(str(err))}")
-        return GuestError(f"{where}: {type(err).__name__}: {_one_line(str(err))}")
+            return GuestError(f"{where}: {one_line(err, 300)}")
+        return GuestError(f"{where}: {type(err).__name__}: {one_line(err, 300)}")
 
     def close(self) -> None:
         if self._protocol is not None:
@@ -519,10 +481,6 @@ def _refused(err: BaseException) -> bool:
     return "refused" in str(err).lower()
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:300]
-
-
 def connect_winrm(
     address: str,
     user: str,
@@ -539,8 +497,8 @@ def connect_winrm(
 ) -> WinRmGuest:
     """Connect to ``address`` (``host[:port]``; 5986 for HTTPS, 5985 for HTTP) as ``user``; with
     ``expected``, proven to be that VM (unless ``prove`` is False: the first command proves)."""
-    host, port = parse_address(address, 5986 if scheme == "https" else 5985)
-    guest = WinRmGuest(
+    host, port = parse_address(address, WinRmGuest.default_port if scheme == "https" else 5985)
+    return WinRmGuest(
         host,
         port,
         user,
@@ -552,10 +510,4 @@ def connect_winrm(
         operation_timeout=operation_timeout,
         expected=expected,
         pins=pins,
-    )
-    try:
-        guest.connect(prove=prove)
-    except BaseException:
-        guest.close()
-        raise
-    return guest
+    ).connected(prove=prove)

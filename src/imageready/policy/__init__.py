@@ -1,5 +1,5 @@
 """Policy data, not code: the server-role table and its sources (``server_roles.yaml``); the
-sensitive-data rules live beside it (``scan_rules.yaml``, loaded by ``imageready.scan``)."""
+sensitive-data rules live beside it (``scan_rules.yaml``, loaded by ``imageready.scan.rules``)."""
 
 from __future__ import annotations
 

@@ -25,6 +25,11 @@ Passes: (1) a walk that matches paths against location rules (symlinks resolved 
 then the rules' own expressions on the matched lines, in Python; files too large for grep's line
 buffer, UTF-16 text and compressed files are streamed in chunks here; (3) precision: files owned
 by a package and unmodified (dpkg md5sums, rpm digests) are dropped.
+
+One file, on purpose, though it is long: the guest receives it as a single program on stdin
+(``python3 -I -``, no file written, nothing imported from the guest beyond the standard library),
+so it cannot be split into modules the guest would have to find on a path. The engine embeds its
+configuration in place of the ``CONFIG`` line (``imageready.scan.remote.linux_program``).
 """
 
 import base64

@@ -24,6 +24,7 @@ from typing import Any
 
 from imageready import progress
 from imageready.azure_errors import AzureError, AzurePreconditionFailed
+from imageready.categories import Category
 from imageready.facts.gather import AzureFactsProvider
 from imageready.gate import STEP_TAG, WaiverBook, parse_step_tag, sign_step_tag, step_tag_problem
 from imageready.redact import one_line, redact
@@ -42,7 +43,7 @@ SETTLE_POLL_SECONDS = 1.0
 class StepFailed(Exception):
     """A step could not reach its post-condition; the message is one line."""
 
-    category = "action failed"
+    category = Category.ACTION_FAILED
 
 
 @dataclass

@@ -40,6 +40,7 @@ from importlib import resources
 from typing import Any, NoReturn
 
 from imageready import progress
+from imageready.categories import Category
 from imageready.facts import VmFacts
 from imageready.gate import parse_step_tag
 from imageready.guest.base import CommandResult, Guest, GuestError
@@ -478,7 +479,7 @@ def _follow(
             worker is not None
             and worker_gone
             and worker.error is not None
-            and worker.error.category == "timeout"
+            and worker.error.category == Category.TIMEOUT
         ):
             _fail(
                 actions,
