@@ -436,9 +436,10 @@ class WinRmGuest(AddressedGuest):
             self._binding.refuse(error)
             return error
         if isinstance(err, requests.exceptions.SSLError):
-            return GuestUnreachable(
-                f"{where}: TLS handshake failed or certificate not trusted; {self._ca_hint()}"
-            )
+            if "CERTIFICATE_VERIFY_FAILED" in str(err):
+                return GuestUnreachable(f"{where}: TLS certificate not trusted; {self._ca_hint()}")
+            # cut short (the peer closed or reset the connection mid-handshake), not a distrust
+            return GuestUnreachable(f"{where}: TLS handshake failed: {one_line(err, 200)}")
         if isinstance(err, requests.exceptions.ConnectTimeout):
             return GuestTimeout(f"{where}: no connection within the operation timeout")
         if isinstance(err, requests.exceptions.ReadTimeout):
