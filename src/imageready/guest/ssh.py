@@ -10,6 +10,9 @@ testinfra modules (``guest.testinfra_host.file(...)``) go through the same runne
 Credentials: an explicit key file, ``IMAGEREADY_SSH_KEY`` (a key file path), a ``pkey`` handed
 over by a caller (e.g. read from Key Vault), or the ssh-agent. Never a password, never argv,
 never a host string.
+
+One transport, one module (a little over 500 lines): the host-key policy, the client, the identity
+proof and the command loop share the connection's state and are read together.
 """
 
 from __future__ import annotations
@@ -363,36 +366,17 @@ class SshGuest(AddressedGuest):
         """Every command, testinfra's included: on a connection that proved its identity (or,
         with ``proof_in``, one whose result carries the proof); one at a time."""
         with self._serial:
-            return self._exec_serial(
-                command,
-                timeout=timeout,
-                purpose=purpose,
-                stdin=stdin,
-                on_progress=on_progress,
-                proof_in=proof_in,
+            binding = self._binding
+            binding.check()
+            transport = self._client().get_transport()
+            if binding.needs_proof(transport) and proof_in is None:
+                self._prove(transport)
+            result = self._exec_raw(
+                transport, command, timeout=timeout, purpose=purpose, stdin=stdin, on_progress=on_progress
             )
-
-    def _exec_serial(
-        self,
-        command: bytes,
-        *,
-        timeout: float,
-        purpose: str,
-        stdin: bytes = b"",
-        on_progress: Callable[[str], None] | None = None,
-        proof_in: Callable[[CommandResult], object] | None = None,
-    ) -> CommandResult:
-        binding = self._binding
-        binding.check()
-        transport = self._client().get_transport()
-        if binding.needs_proof(transport) and proof_in is None:
-            self._prove(transport)
-        result = self._exec_raw(
-            transport, command, timeout=timeout, purpose=purpose, stdin=stdin, on_progress=on_progress
-        )
-        if binding.needs_proof(transport) and proof_in is not None:
-            self._accept(proof_in(result), transport)
-        return result
+            if binding.needs_proof(transport) and proof_in is not None:
+                self._accept(proof_in(result), transport)
+            return result
 
     def _exec_raw(
         self,

@@ -15,6 +15,9 @@ environment. The password comes only from ``IMAGEREADY_WINRM_PASSWORD`` or a cal
 ``password_source`` (e.g. a Key Vault lookup), never from argv or a host string, and never
 appears in a message or ``repr``. pywinrm's read timeout always stays above its operation
 timeout: each WS-Man request is bounded by what remains of the command's deadline.
+
+One transport, one module (a little over 500 lines): the session, the identity proof, the
+command loop with its deadlines and the error classification share the WS-Man session's state.
 """
 
 from __future__ import annotations
