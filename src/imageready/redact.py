@@ -115,10 +115,27 @@ def environment_secrets(environ: dict[str, str] | None = None) -> set[str]:
     return values
 
 
+#: the environment's secrets, by the environment they were read from (one entry: the last)
+_from_environment: tuple[tuple[tuple[str, str], ...], frozenset[str]] | None = None
+
+
+def _environment_secrets_now() -> frozenset[str]:
+    """``environment_secrets()`` of the environment as it is now, read again only when it
+    changed (judging every variable on every call was most of what redacting a text cost)."""
+    global _from_environment
+    snapshot = tuple(os.environ.items())
+    cached = _from_environment
+    if cached is not None and cached[0] == snapshot:
+        return cached[1]
+    values = frozenset(environment_secrets(dict(snapshot)))
+    _from_environment = (snapshot, values)
+    return values
+
+
 def _known_values() -> list[str]:
     with _lock:
         values = set(_registered)
-    values |= environment_secrets()
+    values |= _environment_secrets_now()
     # longest first, so a secret containing another is masked whole
     return sorted(values, key=len, reverse=True)
 
