@@ -24,9 +24,8 @@ from imageready.checking import EVIDENCE, evidence, finding
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.view import read_live
 from imageready.gate import WaiverBook
-from imageready.gatekeeper import record_waiver
 from imageready.redact import redact
-from imageready.runstate import RunState
+from imageready.runstate import RunState, record_waiver
 from imageready.target import VmRef
 
 CHECK_ID = "IR-SCAN"

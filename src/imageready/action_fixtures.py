@@ -12,7 +12,7 @@ import pytest
 
 from imageready import progress
 from imageready.allure_procedure import show_step
-from imageready.gatekeeper import RUN, record_step, run_state
+from imageready.runstate import RUN, record_step, run_state
 from imageready.steps import ORDER, ActionOptions, Outcome, StepRecord, VmActions
 from imageready.target import VmRef
 

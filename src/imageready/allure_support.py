@@ -28,9 +28,8 @@ from typing import Any
 import pytest
 
 from imageready import allure_procedure
-from imageready.gatekeeper import CASE_WAIVERS, RUN, item_info
 from imageready.redact import one_line, redact, redactor
-from imageready.runstate import ItemInfo, RunState
+from imageready.runstate import CASE_WAIVERS, RUN, ItemInfo, RunState, item_info
 from imageready.text import printable
 
 EPIC = "imageready"

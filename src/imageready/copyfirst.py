@@ -424,7 +424,7 @@ class CopyFirstReport:
         """The copy step opens its VM's actions in the audit (controller only)."""
         if hasattr(session.config, "workerinput"):
             return
-        from imageready.gatekeeper import run_state
+        from imageready.runstate import run_state
 
         state = run_state(session.config)
         for decision in self.decisions:

@@ -33,19 +33,24 @@ from imageready.gate import (
     write_verdict,
 )
 from imageready.redact import one_line, redact
-from imageready.runstate import GateDecision, ItemInfo, RunState
+from imageready.runstate import (
+    AUDIT_WRITTEN,
+    CASE_READS,
+    CASE_WAIVERS,
+    INFO,
+    NOT_APPLICABLE,
+    PHASES,
+    STEP_RECORDS,
+    VERDICTS_WRITTEN,
+    GateDecision,
+    ItemInfo,
+    RunState,
+    item_info,
+    record_waiver,
+)
 from imageready.selection import Selector, covers, parse_selection, split
 from imageready.target import VmRef
 from imageready.text import printable
-
-RUN = pytest.StashKey[RunState]()
-INFO = pytest.StashKey[ItemInfo]()
-PHASES = pytest.StashKey[dict[str, str]]()
-CASE_WAIVERS = pytest.StashKey[list[dict[str, str]]]()
-NOT_APPLICABLE = pytest.StashKey[str]()
-CASE_READS = pytest.StashKey[set[Any]]()
-VERDICTS_WRITTEN = pytest.StashKey[list[Path]]()
-AUDIT_WRITTEN = pytest.StashKey[tuple[Path, Path, str]]()
 
 SEVERITIES = ("critical", "high", "medium", "low")
 OS_VALUES = ("Linux", "Windows", "any")
@@ -56,7 +61,6 @@ STATUS_PROPERTY = "imageready-status"
 #: what a verdict case that recorded no facts read "changed": what it read is live, not on record
 LIVE_READ = "a live read, not on record"
 WAIVED = "waived"
-STEP_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
 
 # how bad a phase outcome is; a case's outcome is the worst of its phases
 _RANK = {
@@ -69,24 +73,6 @@ _RANK = {
     "failed": 6,
     "error": 7,
 }
-
-
-def run_state(config: pytest.Config) -> RunState:
-    return config.stash[RUN]
-
-
-def item_info(item: pytest.Item) -> ItemInfo | None:
-    return item.stash.get(INFO, None)
-
-
-def record_step(item: pytest.Item, step: dict[str, Any]) -> None:
-    """Attach an action step's record to the case reporting it (it reaches the audit)."""
-    item.stash.setdefault(STEP_RECORDS, []).append(step)
-
-
-def record_waiver(item: pytest.Item, waiver: Waiver) -> None:
-    """Note a waiver applied inside a case (e.g. to one sensitive-data finding)."""
-    item.stash.setdefault(CASE_WAIVERS, []).append(waiver.as_record())
 
 
 class GateKeeper:

@@ -20,8 +20,8 @@ from imageready.applicability import unmet_requirement
 from imageready.facts import ITEM_SOURCES, FactsUnavailable, VmFacts
 from imageready.facts.view import recording_reads
 from imageready.gate import WaiverBook, WaiverError, load_waivers, parse_duration
-from imageready.gatekeeper import RUN, GateKeeper, Sorter, run_state
-from imageready.runstate import RunState
+from imageready.gatekeeper import GateKeeper, Sorter
+from imageready.runstate import RUN, RunState, run_state
 from imageready.target import TargetError, VmRef, parse_vms
 
 # Allure's defaults must be set before allure-pytest configures itself, and the record's guard

@@ -35,7 +35,7 @@ def journal_of(config: pytest.Config) -> Journal | None:
 def pytest_configure(config: pytest.Config) -> None:
     """After the plugin built the run's state: this process's journal (nothing is written until
     the first entry) and the guard around Allure's writer."""
-    from imageready.gatekeeper import RUN
+    from imageready.runstate import RUN
 
     state = config.stash.get(RUN, None)
     if state is None or not state.vms or config.option.collectonly:
@@ -115,7 +115,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     """The audit is written first (``GateKeeper``, tryfirst); a later sink that meets a full disk
     or a taken name (JUnit's XML, Allure's environment) is noted in one line instead of ending the
     run in a traceback, and the run does not end green."""
-    from imageready.gatekeeper import RUN
+    from imageready.runstate import RUN
 
     if RUN not in session.config.stash:
         return (yield)  # imageready is dormant in this session: other plugins' errors are theirs
@@ -129,7 +129,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
 
 def _finish_with_failures(session: pytest.Session) -> None:
     from imageready import exitcodes
-    from imageready.gatekeeper import RUN
+    from imageready.runstate import RUN
 
     state = session.config.stash.get(RUN, None)
     if state is None:

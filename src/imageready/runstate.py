@@ -26,6 +26,7 @@ from imageready.gate import (
     VerdictDecision,
     VerdictError,
     VmGate,
+    Waiver,
     WaiverBook,
     describe_outcome,
     judge_verdict,
@@ -54,6 +55,48 @@ class ItemInfo:
     step: str = ""
     #: what the check needs of the run to apply (``requires=`` of its marker; imageready.applicability)
     requires: str = ""
+
+
+# --- where the run keeps its state: the stash keys, defined here so that checks, fixtures and
+# steps read them without importing a hook module -----------------------------------------------
+
+#: the run (config.stash)
+RUN = pytest.StashKey["RunState"]()
+#: what imageready knows about a collected case (item.stash)
+INFO = pytest.StashKey[ItemInfo]()
+#: a case's worst phase outcome, its message and category so far (item.stash)
+PHASES = pytest.StashKey[dict[str, str]]()
+#: waivers applied inside a case (item.stash)
+CASE_WAIVERS = pytest.StashKey[list[dict[str, str]]]()
+#: why a case is not applicable, when the gate skipped it (item.stash)
+NOT_APPLICABLE = pytest.StashKey[str]()
+#: the facts a check case read (item.stash)
+CASE_READS = pytest.StashKey[set[Any]]()
+#: the action step records a case reports to the audit (item.stash)
+STEP_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
+#: the verdict files this run wrote (config.stash)
+VERDICTS_WRITTEN = pytest.StashKey[list[Path]]()
+#: the audit this run wrote: audit.json, audit.html and the JSON's SHA-256 (config.stash)
+AUDIT_WRITTEN = pytest.StashKey[tuple[Path, Path, str]]()
+
+
+def run_state(config: pytest.Config) -> RunState:
+    """The run's state (set at configure time in a session imageready is asked into)."""
+    return config.stash[RUN]
+
+
+def item_info(item: pytest.Item) -> ItemInfo | None:
+    return item.stash.get(INFO, None)
+
+
+def record_step(item: pytest.Item, step: dict[str, Any]) -> None:
+    """Attach an action step's record to the case reporting it (it reaches the audit)."""
+    item.stash.setdefault(STEP_RECORDS, []).append(step)
+
+
+def record_waiver(item: pytest.Item, waiver: Waiver) -> None:
+    """Note a waiver applied inside a case (e.g. to one sensitive-data finding)."""
+    item.stash.setdefault(CASE_WAIVERS, []).append(waiver.as_record())
 
 
 @dataclass(frozen=True)
