@@ -115,7 +115,7 @@ def _start(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> F
 
 def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> Any:
     """``vm``'s scan result, or the one-line error every one of its cases raises."""
-    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
+    from imageready.scan import DeprovisionContext, fingerprint_key, rules_for, scan_guest
 
     try:
         guest_facts = facts.require_guest()
@@ -125,9 +125,9 @@ def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> An
     try:
         return scan_guest(
             provider.guest(vm),
-            rules_for(str(facts.os_type), load_rules(config.getoption("scan_rules"))),
+            rules_for(str(facts.os_type), run.options.scan_rules),
             key=fingerprint_key(),
-            deadline=time.monotonic() + float(config.getoption("scan_deadline")),
+            deadline=time.monotonic() + run.options.scan_deadline,
             context=DeprovisionContext.from_facts(guest_facts, (guest_facts.get("user") or {}).get("name")),
             progress=lambda line: progress.emit(f"{vm.key}: scan: {line}"),
         )

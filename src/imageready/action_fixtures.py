@@ -12,7 +12,7 @@ import pytest
 
 from imageready import progress
 from imageready.allure_procedure import show_step
-from imageready.runstate import RUN, record_step, run_state
+from imageready.runstate import RUN, RunState, record_step, run_state
 from imageready.steps import ORDER, ActionOptions, Outcome, StepRecord, VmActions
 from imageready.target import VmRef
 
@@ -27,33 +27,32 @@ def vm_actions_for(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
         pytest.fail(f"BLOCKED: {vm.key}: no open gate ({why})", pytrace=False)
     found = state.vm_actions.get(vm.key)
     if found is None:
-        from imageready.steps.capture import parse_capture
-
-        config = request.config
-        operator = state.operator()
-        options = ActionOptions(
-            apply=state.apply,
-            run_id=state.run_id,
-            operator=str(
-                operator.get("upn")
-                or operator.get("appid")
-                or operator.get("oid")
-                or operator.get("local_user")
-            ),
-            lease_ttl=state.lease_ttl,
-            break_lease=bool(config.getoption("break_lease")),
-            capture=parse_capture(config.getoption("capture_as")),
-            sysprep_args=tuple(str(config.getoption("sysprep_args")).split()),
-            sysprep_deadline=float(config.getoption("sysprep_deadline")),
-            guest_timeout=float(config.getoption("guest_timeout")),
-            scan_deadline=float(config.getoption("scan_deadline")),
-        )
-        found = VmActions(vm, state.provider, options, state.waivers)  # type: ignore[arg-type]
+        found = VmActions(vm, state.provider, action_options(state), state.waivers)  # type: ignore[arg-type]
         resume = state.resumes.get(vm.key)
         if resume is not None and resume.accepted:
             found.verdict_run = resume.run_id
         state.vm_actions[vm.key] = found
     return found
+
+
+def action_options(state: RunState) -> ActionOptions:
+    """What the steps of this run need of its options, and who runs them."""
+    options = state.options
+    operator = state.operator()
+    return ActionOptions(
+        apply=options.apply,
+        run_id=state.run_id,
+        operator=str(
+            operator.get("upn") or operator.get("appid") or operator.get("oid") or operator.get("local_user")
+        ),
+        lease_ttl=options.lease_ttl,
+        break_lease=options.break_lease,
+        capture=options.capture,
+        sysprep_args=options.sysprep_args,
+        sysprep_deadline=options.sysprep_deadline,
+        guest_timeout=options.guest_timeout,
+        scan_deadline=options.scan_deadline,
+    )
 
 
 @pytest.hookimpl(trylast=True)
@@ -163,10 +162,9 @@ def guest_generalized(request: pytest.FixtureRequest, lease: StepRecord, vm_acti
 
 
 def _linux_scan(request: pytest.FixtureRequest, actions: VmActions) -> Any:
-    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
+    from imageready.scan import DeprovisionContext, fingerprint_key, rules_for, scan_guest
 
-    config = request.config
-    rules = rules_for("Linux", load_rules(config.getoption("scan_rules")))
+    rules = rules_for("Linux", list(run_state(request.config).options.scan_rules))
 
     def run(guest: Any, run_first: str) -> Any:
         return scan_guest(

@@ -222,7 +222,7 @@ class GateKeeper:
             for case in gate.cases.values():
                 if case.case_id not in selected:
                     case.outcome = "deselected"
-        expected = _policy_modules(session.config, state.checks_dir)
+        expected = _policy_modules(session.config.rootpath, state.checks_dir, state.options.python_files)
         for vm in state.vms:
             gate = state.gate(vm)
             seen = {case.case_id.split("::", 1)[0] for case in gate.cases.values()}
@@ -675,18 +675,18 @@ def _in_dir(path: Path, directory: Path) -> bool:
 DEFAULT_POLICY_FILES = ("test_*.py", "*_test.py")
 
 
-def _policy_modules(config: pytest.Config, checks_dir: Path) -> list[str]:
+def _policy_modules(rootpath: Path, checks_dir: Path, python_files: tuple[str, ...]) -> list[str]:
     """Node-id paths of every test module in the policy directory (pytest's default module
     patterns plus the configured ones)."""
     if not checks_dir.is_dir():
         return []
-    patterns = {*DEFAULT_POLICY_FILES, *(config.getini("python_files") or [])}
+    patterns = {*DEFAULT_POLICY_FILES, *python_files}
     modules = []
     for path in sorted(checks_dir.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
         if any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns):
-            modules.append(path.relative_to(config.rootpath).as_posix())
+            modules.append(path.relative_to(rootpath).as_posix())
     return modules
 
 

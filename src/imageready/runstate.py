@@ -35,6 +35,7 @@ from imageready.gate import (
     policy_digest,
     step_tag_problem,
 )
+from imageready.options import RunOptions
 from imageready.signing import verdict_key
 from imageready.target import VmRef
 
@@ -109,14 +110,11 @@ class GateDecision:
 @dataclass
 class RunState:
     config: pytest.Config
+    #: the command line, parsed once (imageready.options)
+    options: RunOptions
+    #: the run's targets: the --vm values, or the copies --copy-first made of them
     vms: list[VmRef]
-    apply: bool
-    verdict_paths: list[Path]
-    verdict_max_age: dt.timedelta
     waivers: WaiverBook
-    change_ticket: str | None
-    report_dir: Path
-    checks_dir: Path
     policy_paths: list[Path]
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -141,9 +139,6 @@ class RunState:
     #: step records of the actions, per VM key, in the order they finished (for the audit)
     step_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     needs_vm: bool = False
-    lease_ttl: dt.timedelta = dt.timedelta(minutes=30)
-    #: --capture-as, parsed (None: this run captures nothing)
-    capture: tuple[str, ...] | None = None
     #: per VM key, the case ids of checks with ``requires=`` (the capture pre-flight): they read
     #: only Azure, so they still judge a VM this run resumes
     capture_cases: dict[str, set[str]] = field(default_factory=dict)
@@ -154,6 +149,41 @@ class RunState:
     _verdict_documents: dict[str, tuple[Path, dict[str, Any]]] | None = None
     _operator: dict[str, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- what the options say ------------------------------------------------------------
+
+    @property
+    def apply(self) -> bool:
+        return self.options.apply
+
+    @property
+    def verdict_paths(self) -> tuple[Path, ...]:
+        return self.options.verdict_paths
+
+    @property
+    def verdict_max_age(self) -> dt.timedelta:
+        return self.options.verdict_max_age
+
+    @property
+    def change_ticket(self) -> str | None:
+        return self.options.change_ticket
+
+    @property
+    def report_dir(self) -> Path:
+        return self.options.report_dir
+
+    @property
+    def checks_dir(self) -> Path:
+        return self.options.checks_dir
+
+    @property
+    def lease_ttl(self) -> dt.timedelta:
+        return self.options.lease_ttl
+
+    @property
+    def capture(self) -> tuple[str, ...] | None:
+        """--capture-as, parsed (None: this run captures nothing)."""
+        return self.options.capture
 
     # --- roles in an xdist run -----------------------------------------------------------
 
@@ -170,11 +200,13 @@ class RunState:
     @property
     def provider(self) -> FactsProvider:
         if self._provider is None:
-            provider = self.config.hook.pytest_imageready_facts_provider(config=self.config)
+            provider = self.config.hook.pytest_imageready_facts_provider(
+                config=self.config, options=self.options
+            )
             if provider is None:
                 from imageready.facts.gather import AzureFactsProvider
 
-                provider = AzureFactsProvider(self.config)
+                provider = AzureFactsProvider(self.options)
             self._provider = provider
         return self._provider
 
@@ -449,7 +481,7 @@ class RunState:
 
         return {
             "key": verdict_key(),
-            "accept_unsigned": bool(self.config.getoption("accept_unsigned_verdicts", False)),
+            "accept_unsigned": self.options.accept_unsigned_verdicts,
         }
 
     def expected_cases(self, vm: VmRef) -> list[str] | None:
