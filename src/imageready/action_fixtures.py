@@ -12,7 +12,7 @@ import pytest
 
 from imageready import progress
 from imageready.allure_procedure import show_step
-from imageready.runstate import RUN, RunState, record_step, run_state
+from imageready.runstate import RunState, record_step, run_state
 from imageready.steps import ORDER, ActionOptions, Outcome, StepRecord, VmActions
 from imageready.target import VmRef
 
@@ -76,13 +76,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     progress.set_sink(None)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Before the audit is written: the steps whose reporting case never finished (Ctrl-C, or
-    SIGTERM, which the plugin turns into it) reach it too, so it shows what the run did."""
-    state = session.config.stash.get(RUN, None)
-    if state is None or state.is_worker:
-        return
+def report_unfinished_steps(state: RunState) -> None:
+    """Before the audit is written (controller): the steps whose reporting case never finished
+    (Ctrl-C, or SIGTERM, which the plugin turns into it) reach it too, so it shows what the run
+    did."""
     for key, actions in state.vm_actions.items():
         reported = state.step_records.setdefault(key, [])
         seen = {(s["step"], s["run_id"], s["started"]) for s in reported}

@@ -348,12 +348,11 @@ def attach_text(name: str, text: str) -> None:
 # --- once per run ----------------------------------------------------------------------------
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    config = session.config
+def write_report_environment(config: pytest.Config, state: RunState) -> None:
+    """Allure's categories.json and, in a run with VMs, environment.properties (controller only,
+    last of the end of the session: imageready.session_end). Raises OSError."""
     results = allure_results_dir(config)
-    state = config.stash.get(RUN, None)
-    if results is None or state is None or state.is_worker or config.option.collectonly:
+    if results is None:
         return
     results.mkdir(parents=True, exist_ok=True)
     (results / "categories.json").write_text(json.dumps(CATEGORIES, indent=2) + "\n", encoding="utf-8")

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from imageready import exitcodes, progress
+from imageready import progress
 from imageready.azure import AzureSession
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts.azure_view import COPY_TAG
@@ -122,7 +122,7 @@ def copy_first(
     finally:
         copier.close()
     report = CopyFirstReport(decisions)
-    config.pluginmanager.register(report, "imageready-copy-first")
+    config.pluginmanager.register(report, REPORT_NAME)
     return _sorted({d.target for d in decisions})
 
 
@@ -146,7 +146,7 @@ def _worker_targets(config: pytest.Config, workerinput: dict[str, Any]) -> list[
     if shipped is None:
         raise pytest.UsageError("--copy-first: this xdist worker did not get the controller's targets")
     data = json.loads(shipped)
-    config.pluginmanager.register(CopyFirstReport([]), "imageready-copy-first")
+    config.pluginmanager.register(CopyFirstReport([]), REPORT_NAME)
     return [VmRef(*parts) for parts in data["targets"]]
 
 
@@ -413,6 +413,17 @@ def _last_line(path: Path) -> str:
     return one_line(lines[-1]) if lines else "no output"
 
 
+#: the name the copy-first report is registered under (a plugin object)
+REPORT_NAME = "imageready-copy-first"
+
+
+def copy_failed(config: pytest.Config) -> bool:
+    """A copy that --copy-first tried to make failed: an action that failed, whatever the checks
+    of the original said (the end of the session ends ACTION_FAILED)."""
+    report = config.pluginmanager.get_plugin(REPORT_NAME)
+    return isinstance(report, CopyFirstReport) and any(d.outcome == "failed" for d in report.decisions)
+
+
 class CopyFirstReport:
     """Hooks for the rest of the run: workers' targets, the audit's copy step and the terminal
     summary."""
@@ -439,19 +450,6 @@ class CopyFirstReport:
                 record = decision.record.as_dict()
                 record["run_id"] = state.run_id
                 state.step_records.setdefault(record["vm"], []).insert(0, record)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """A copy that failed is an action that failed, whatever the checks of the original
-        said (after the gatekeeper has classified the run)."""
-        failed = any(d.outcome == "failed" for d in self.decisions)
-        if failed and session.exitstatus in (
-            exitcodes.GREEN,
-            exitcodes.RED_CHECKS,
-            exitcodes.ACTIONS_BLOCKED,
-            exitcodes.INFRASTRUCTURE_ERROR,
-        ):
-            session.exitstatus = exitcodes.ACTION_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if hasattr(config, "workerinput") or not self.decisions:

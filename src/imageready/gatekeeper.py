@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from _pytest.runner import CallInfo
 
-from imageready import exitcodes
 from imageready.applicability import REQUIREMENTS, unmet_requirement
 from imageready.checking import evidence_summaries
 from imageready.facts import VM_STATE, FactsUnavailable
@@ -29,8 +28,6 @@ from imageready.gate import (
     Waiver,
     facts_digest,
     parse_expiry,
-    verdict_document,
-    write_verdict,
 )
 from imageready.redact import one_line, redact
 from imageready.runstate import (
@@ -310,7 +307,7 @@ class GateKeeper:
                 return why_not
         if decision.via == "checks" and vm.key not in state.verdict_kept:
             try:
-                write_verdict_now(state, vm)
+                recording.write_verdict_now(state, vm)
             except OSError as exc:
                 if state.apply:
                     return (
@@ -490,32 +487,6 @@ class GateKeeper:
         output = getattr(node, "workeroutput", None) or {}
         if "imageready_gates" in output:
             self.state.merge_gates(json.loads(output["imageready_gates"]))
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        state = self.state
-        if session.config.option.collectonly:
-            return
-        for actions in state.vm_actions.values():
-            actions.release_quietly()
-        if state.is_worker:
-            workeroutput: dict[str, Any] = session.config.workeroutput  # type: ignore[attr-defined]
-            workeroutput["imageready_gates"] = json.dumps(state.export_gates())
-            return
-        from imageready import reportdir
-
-        try:
-            session.config.stash[VERDICTS_WRITTEN] = write_verdicts(state)
-        except OSError as exc:
-            reportdir.note_failure(f"verdicts could not be written: {exc.strerror or exc}")
-        if state.vms:
-            try:
-                session.config.stash[AUDIT_WRITTEN] = write_audit(state)
-            except OSError as exc:
-                reportdir.note_failure(
-                    f"the audit could not be written in {state.report_dir} ({exc.strerror or exc}); "
-                    f"rebuild it from the journal: imageready-report {state.report_dir} --from-journal"
-                )
-        session.exitstatus = exitcodes.classify(int(session.exitstatus), state)
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         state = self.state
@@ -746,80 +717,3 @@ def _waiver(raw: dict[str, str]) -> Waiver:
         approver=raw["approver"],
         expires=parse_expiry(raw["expires"], "waiver"),
     )
-
-
-def _verdict(state: RunState, vm: VmRef) -> dict[str, Any]:
-    """The verdict document of ``vm`` as this run sees it now."""
-    facts = state.facts_cache.get(vm.key)
-    return verdict_document(
-        state.gate(vm),
-        vm_id=facts.vm_id if facts is not None else None,
-        policy=state.digest,
-        harness_version=state.harness_version,
-        operator=state.operator(),
-        change_ticket=state.change_ticket,
-        waivers=state.waivers,
-        run_id=state.run_id,
-        guest_identity=facts.guest_identity if facts is not None else None,
-    )
-
-
-def write_verdicts(state: RunState) -> list[Path]:
-    """One verdict file per VM whose checks the command line selected, even partly (controller
-    only). An actions-only stage judged nothing and writes none: the verdict it was given stays
-    the record."""
-    paths = []
-    for vm in state.vms:
-        gate = state.gates.get(vm.key)
-        if gate is None or not gate.cases or vm.key in state.verdict_kept:
-            continue
-        if vm.key not in state.checks_selected:
-            continue
-        # the controller of an xdist run decided nothing itself: ask (it reads the VM's tags)
-        resume = state.resumes[vm.key] if vm.key in state.resumes else state.resume(vm)
-        if resume is not None and resume.accepted:
-            continue  # the resumed run's verdict stays the record; this run judged nothing
-        paths.append(write_verdict(state.report_dir / "verdicts", _verdict(state, vm)))
-    return paths
-
-
-def write_verdict_now(state: RunState, vm: VmRef) -> None:
-    """Before the first action of ``vm`` changes anything: its verdict, so that a run killed
-    mid-way can be resumed (the end of the run writes it again, complete)."""
-    if state.gates.get(vm.key) is None:
-        return
-    document = _verdict(state, vm)
-    if document["green"]:
-        write_verdict(state.report_dir / "verdicts", document)
-
-
-def write_audit(state: RunState) -> tuple[Path, Path, str]:
-    """audit.json, its SHA-256 and audit.html for this run (controller only)."""
-    from imageready import audit
-
-    final_states: dict[str, dict[str, Any]] = {}
-    reader = getattr(state.provider, "current_state", None)
-    for vm in state.vms:
-        if reader is None:
-            continue
-        try:
-            final_states[vm.key] = dict(reader(vm))
-        except Exception as exc:  # the audit records why, one line
-            final_states[vm.key] = {"error": one_line(str(exc)) or type(exc).__name__}
-    from imageready import recording
-    from imageready.journal import JournalError, journal_files, read_entries
-
-    ended = audit.run_entries(state, state.step_records, final_states)
-    journal = recording.journal_of(state.config)
-    entries: list[dict[str, Any]] = []
-    if journal is not None:
-        journal.set_header(ended[0])
-        for entry in ended[1:]:
-            try:
-                journal.append(entry)
-            except JournalError:
-                break  # noted; what this process knows is added below all the same
-        # every process's journal of this run (xdist workers journal the steps they ran)
-        entries = read_entries(journal_files(state.report_dir, state.run_id))
-    record = audit.from_journal([*entries, *ended])
-    return audit.write(record, state.report_dir)

@@ -33,7 +33,13 @@ from imageready.target import VmRef
 pytest_plugins = ["imageready.allure_support", "imageready.recording"]
 #: the fixtures checks and actions request, and the item sources their `each=` names: registered
 #: only in a session imageready is asked into
-SESSION_PLUGINS = ("imageready.fixtures", "imageready.action_fixtures", "imageready.facts.items")
+SESSION_PLUGINS = (
+    "imageready.fixtures",
+    "imageready.action_fixtures",
+    "imageready.facts.items",
+    # the end of the session, in one order (verdicts, audit, exit code, report environment)
+    "imageready.session_end",
+)
 
 MARKERS = (
     "check(id, title, severity, os, doc, each=None, requires=None): an imageready pre-flight check. "
