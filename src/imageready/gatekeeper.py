@@ -11,12 +11,11 @@ import fnmatch
 import inspect
 import json
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
-from _pytest.runner import CallInfo
 
 from imageready.applicability import REQUIREMENTS, unmet_requirement
 from imageready.checking import evidence_summaries
@@ -684,7 +683,9 @@ def _failure_text(call: pytest.CallInfo[None], report: pytest.TestReport) -> str
 
 def _report_blocked(item: pytest.Item, nextitem: pytest.Item | None, decision: GateDecision) -> None:
     """Report a blocked action as failed, running none of its fixtures (pytest's own protocol
-    would set them up before the test body could refuse)."""
+    would set them up before the test body could refuse): no set-up, a call that fails with the
+    reasons, and a tear-down of what earlier cases set up and ``nextitem`` does not need, each
+    phase reported through pytest's public hooks."""
     info = item.stash[INFO]
     message = "\n".join(
         [f"BLOCKED by the gate of {info.vm.key}: step '{info.step}' did not run."]
@@ -694,13 +695,22 @@ def _report_blocked(item: pytest.Item, nextitem: pytest.Item | None, decision: G
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     reraise = (pytest.exit.Exception, KeyboardInterrupt)
-    phases = (
+
+    def teardown() -> None:
+        # Private, pytest 8.0-9.1: Session._setupstate.teardown_exact is what pytest's own
+        # pytest_runtest_teardown calls. The public hook cannot be called instead: other plugins
+        # pair it with a set-up this case never had (pytest 9.1's logging plugin reads the
+        # item.stash entry its pytest_runtest_setup makes: KeyError), and the set-up hook is what
+        # would run the fixtures. tests/plugin/test_gate.py covers a blocked action mid-session.
+        item.session._setupstate.teardown_exact(nextitem)
+
+    phases: tuple[tuple[Literal["setup", "call", "teardown"], Callable[[], None]], ...] = (
         ("setup", lambda: None),
         ("call", lambda: pytest.fail(message, pytrace=False)),
-        ("teardown", lambda: item.session._setupstate.teardown_exact(nextitem)),
+        ("teardown", teardown),
     )
     for when, func in phases:
-        call = CallInfo.from_call(func, when=when, reraise=reraise)  # type: ignore[arg-type]
+        call = pytest.CallInfo.from_call(func, when=when, reraise=reraise)
         report = ihook.pytest_runtest_makereport(item=item, call=call)
         ihook.pytest_runtest_logreport(report=report)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
