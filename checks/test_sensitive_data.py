@@ -25,9 +25,8 @@ from imageready.checking import EVIDENCE, evidence, finding
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.view import read_live
 from imageready.gate import WaiverBook
-from imageready.gatekeeper import record_waiver
 from imageready.redact import redact
-from imageready.runstate import RunState
+from imageready.runstate import RunState, record_waiver
 from imageready.target import VmRef
 
 CHECK_ID = "IR-SCAN"
@@ -117,7 +116,7 @@ def _start(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> F
 
 def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> Any:
     """``vm``'s scan result, or the one-line error every one of its cases raises."""
-    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
+    from imageready.scan import DeprovisionContext, fingerprint_key, rules_for, scan_guest
 
     try:
         guest_facts = facts.require_guest()
@@ -127,9 +126,9 @@ def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> An
     try:
         return scan_guest(
             provider.guest(vm),
-            rules_for(str(facts.os_type), load_rules(config.getoption("scan_rules"))),
+            rules_for(str(facts.os_type), run.options.scan_rules),
             key=fingerprint_key(),
-            deadline=time.monotonic() + float(config.getoption("scan_deadline")),
+            deadline=time.monotonic() + run.options.scan_deadline,
             context=DeprovisionContext.from_facts(guest_facts, (guest_facts.get("user") or {}).get("name")),
             progress=lambda line: progress.emit(f"{vm.key}: scan: {line}"),
         )

@@ -4,16 +4,18 @@ step that failed fails every later one. ``pytest --fixtures`` shows these docstr
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from imageready import progress
 from imageready.allure_procedure import show_step
-from imageready.gatekeeper import RUN, record_step, run_state
-from imageready.steps import ORDER, ActionOptions, Outcome, StepRecord, VmActions
+from imageready.runstate import RunState, record_step, run_state
+from imageready.steps import ORDER, STEPS, ActionOptions, ActionStep, Outcome, StepRecord, VmActions
 from imageready.target import VmRef
 
 
@@ -27,33 +29,32 @@ def vm_actions_for(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
         pytest.fail(f"BLOCKED: {vm.key}: no open gate ({why})", pytrace=False)
     found = state.vm_actions.get(vm.key)
     if found is None:
-        from imageready.steps.capture import parse_capture
-
-        config = request.config
-        operator = state.operator()
-        options = ActionOptions(
-            apply=state.apply,
-            run_id=state.run_id,
-            operator=str(
-                operator.get("upn")
-                or operator.get("appid")
-                or operator.get("oid")
-                or operator.get("local_user")
-            ),
-            lease_ttl=state.lease_ttl,
-            break_lease=bool(config.getoption("break_lease")),
-            capture=parse_capture(config.getoption("capture_as")),
-            sysprep_args=tuple(str(config.getoption("sysprep_args")).split()),
-            sysprep_deadline=float(config.getoption("sysprep_deadline")),
-            guest_timeout=float(config.getoption("guest_timeout")),
-            scan_deadline=float(config.getoption("scan_deadline")),
-        )
-        found = VmActions(vm, state.provider, options, state.waivers)  # type: ignore[arg-type]
+        found = VmActions(vm, state.provider, action_options(state), state.waivers)  # type: ignore[arg-type]
         resume = state.resumes.get(vm.key)
         if resume is not None and resume.accepted:
             found.verdict_run = resume.run_id
         state.vm_actions[vm.key] = found
     return found
+
+
+def action_options(state: RunState) -> ActionOptions:
+    """What the steps of this run need of its options, and who runs them."""
+    options = state.options
+    operator = state.operator()
+    return ActionOptions(
+        apply=options.apply,
+        run_id=state.run_id,
+        operator=str(
+            operator.get("upn") or operator.get("appid") or operator.get("oid") or operator.get("local_user")
+        ),
+        lease_ttl=options.lease_ttl,
+        break_lease=options.break_lease,
+        capture=options.capture,
+        sysprep_args=options.sysprep_args,
+        sysprep_deadline=options.sysprep_deadline,
+        guest_timeout=options.guest_timeout,
+        scan_deadline=options.scan_deadline,
+    )
 
 
 @pytest.hookimpl(trylast=True)
@@ -77,13 +78,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     progress.set_sink(None)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Before the audit is written: the steps whose reporting case never finished (Ctrl-C, or
-    SIGTERM, which the plugin turns into it) reach it too, so it shows what the run did."""
-    state = session.config.stash.get(RUN, None)
-    if state is None or state.is_worker:
-        return
+def report_unfinished_steps(state: RunState) -> None:
+    """Before the audit is written (controller): the steps whose reporting case never finished
+    (Ctrl-C, or SIGTERM, which the plugin turns into it) reach it too, so it shows what the run
+    did."""
     for key, actions in state.vm_actions.items():
         reported = state.step_records.setdefault(key, [])
         seen = {(s["step"], s["run_id"], s["started"]) for s in reported}
@@ -136,37 +134,31 @@ def vm_actions(request: pytest.FixtureRequest, vm: VmRef) -> VmActions:
     return vm_actions_for(request, vm)
 
 
-@pytest.fixture
-def lease(request: pytest.FixtureRequest, vm_actions: VmActions) -> StepRecord:
-    """Step 1: take the VM's lease (a tag written with If-Match), so no other run acts on it."""
-    return _step(request, vm_actions, "lock", vm_actions.acquire)
+def _lock(request: pytest.FixtureRequest, actions: VmActions) -> Callable[[], Outcome]:
+    return actions.acquire
 
 
-@pytest.fixture
-def guest_generalized(request: pytest.FixtureRequest, lease: StepRecord, vm_actions: VmActions) -> StepRecord:
-    """Step 2: deprovision (Linux: waagent) or sysprep (Windows) the guest, proven from its state."""
-    state = run_state(request.config)
-    facts = state.facts(vm_actions.vm)
+def _guest(request: pytest.FixtureRequest, actions: VmActions) -> Callable[[], Outcome]:
+    facts = run_state(request.config).facts(actions.vm)
 
     def body() -> Outcome:
         if facts.os_type == "Linux":
             from imageready.steps.linux import deprovision
 
-            return deprovision(vm_actions, facts, _linux_scan(request, vm_actions))
+            return deprovision(actions, facts, _linux_scan(request, actions))
         if facts.os_type == "Windows":
             from imageready.steps.windows import sysprep
 
-            return sysprep(vm_actions, facts)
+            return sysprep(actions, facts)
         raise RuntimeError(f"unknown OS type {facts.os_type!r}")
 
-    return _step(request, vm_actions, "guest", body)
+    return body
 
 
 def _linux_scan(request: pytest.FixtureRequest, actions: VmActions) -> Any:
-    from imageready.scan import DeprovisionContext, fingerprint_key, load_rules, rules_for, scan_guest
+    from imageready.scan import DeprovisionContext, fingerprint_key, rules_for, scan_guest
 
-    config = request.config
-    rules = rules_for("Linux", load_rules(config.getoption("scan_rules")))
+    rules = rules_for("Linux", run_state(request.config).options.scan_rules)
 
     def run(guest: Any, run_first: str) -> Any:
         return scan_guest(
@@ -182,35 +174,50 @@ def _linux_scan(request: pytest.FixtureRequest, actions: VmActions) -> Any:
     return run
 
 
-@pytest.fixture
-def deallocated(
-    request: pytest.FixtureRequest, guest_generalized: StepRecord, vm_actions: VmActions
-) -> StepRecord:
-    """Step 3: deallocate the VM and wait for PowerState/deallocated."""
-    return _step(request, vm_actions, "deallocate", vm_actions.deallocate)
-
-
-@pytest.fixture
-def generalized(request: pytest.FixtureRequest, deallocated: StepRecord, vm_actions: VmActions) -> StepRecord:
-    """Step 4: mark the VM generalized in Azure (irreversible: it never starts again)."""
-    return _step(request, vm_actions, "generalize", vm_actions.generalize)
-
-
-@pytest.fixture
-def verified(request: pytest.FixtureRequest, generalized: StepRecord, vm_actions: VmActions) -> StepRecord:
-    """Step 5: read back OSState/generalized from the instance view."""
-    return _step(request, vm_actions, "verify", vm_actions.verify)
-
-
-@pytest.fixture
-def captured(request: pytest.FixtureRequest, verified: StepRecord, vm_actions: VmActions) -> StepRecord:
-    """Step 6 (opt-in, --capture-as): a managed image or a gallery image version of the VM."""
+def _capture(request: pytest.FixtureRequest, actions: VmActions) -> Callable[[], Outcome]:
     from imageready.steps.capture import capture
 
-    return _step(request, vm_actions, "capture", lambda: capture(vm_actions))
+    return lambda: capture(actions)
 
 
-@pytest.fixture
-def unlocked(request: pytest.FixtureRequest, captured: StepRecord, vm_actions: VmActions) -> StepRecord:
-    """Step 7: release the lease."""
-    return _step(request, vm_actions, "unlock", vm_actions.release)
+#: what each step of ``imageready.steps.STEPS`` does, given its case's request and the VM's steps
+BODIES: dict[str, Callable[[pytest.FixtureRequest, VmActions], Callable[[], Outcome]]] = {
+    "lock": _lock,
+    "guest": _guest,
+    "deallocate": lambda request, actions: actions.deallocate,
+    "generalize": lambda request, actions: actions.generalize,
+    "verify": lambda request, actions: actions.verify,
+    "capture": _capture,
+    "unlock": lambda request, actions: actions.release,
+}
+
+
+def _step_fixture(number: int, step: ActionStep, previous: ActionStep | None) -> Any:
+    """The fixture of ``step``: it requests the fixture of the step before it (so pytest sets the
+    chain up in the table's order) and the VM's steps, and runs the step once per VM per run."""
+    body = BODIES[step.name]
+
+    def fixture(request: pytest.FixtureRequest, vm_actions: VmActions, **earlier: StepRecord) -> StepRecord:
+        return _step(request, vm_actions, step.name, body(request, vm_actions))
+
+    # pytest reads a fixture's arguments from its signature: the step before, by its fixture's
+    # name, ahead of vm_actions (the order pytest sets them up in)
+    names = ["request", *([previous.fixture] if previous is not None else []), "vm_actions"]
+    fixture.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    )
+    fixture.__name__ = fixture.__qualname__ = step.fixture
+    irreversible = " Irreversible." if step.irreversible else ""
+    fixture.__doc__ = f"Step {number}: {step.summary}.{irreversible}"
+    return pytest.fixture(name=step.fixture)(fixture)
+
+
+def _chain() -> dict[str, Any]:
+    return {
+        step.fixture: _step_fixture(number, step, STEPS[number - 2] if number > 1 else None)
+        for number, step in enumerate(STEPS, start=1)
+    }
+
+
+# the step fixtures (lease, guest_generalized, ..., unlocked), module attributes for pytest to find
+globals().update(_chain())

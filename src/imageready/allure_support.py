@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from imageready import allure_procedure
-from imageready.gatekeeper import CASE_WAIVERS, RUN, item_info
+from imageready.options import RunOptions
 from imageready.redact import one_line, redact, redactor
-from imageready.runstate import ItemInfo, RunState
+from imageready.runstate import CASE_WAIVERS, RUN, ItemInfo, RunState, item_info
 from imageready.text import printable
 
 EPIC = "imageready"
@@ -114,13 +114,9 @@ CATEGORIES: list[dict[str, Any]] = [
 # --- where results go ------------------------------------------------------------------------
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
-    """Before allure-pytest and junitxml configure themselves: default their output paths."""
-    from imageready.plugin import wanted
-
-    if not wanted(config):
-        return  # imageready is dormant in this session: allure-pytest stays as its user set it
+def default_outputs(config: pytest.Config, options: RunOptions) -> None:
+    """Before allure-pytest and junitxml configure themselves (the plugin's first configure
+    hook calls this): default their output paths."""
     option = config.option
     is_worker = hasattr(config, "workerinput")
     if is_worker and getattr(option, "clean_alluredir", False):
@@ -129,9 +125,9 @@ def pytest_configure(config: pytest.Config) -> None:
         option.clean_alluredir = False
     if hasattr(option, "attach_capture"):
         option.attach_capture = False  # raw captured output: we attach it redacted instead
-    if not config.getoption("vm", None):
+    if not options.vms:
         return  # not an imageready run (e.g. the project's own tests): no default paths
-    report_dir = Path(config.getoption("report_dir", None) or Path("reports") / "out").absolute()
+    report_dir = options.report_dir
     if not is_worker and not option.collectonly:
         # before allure-pytest and junitxml create anything in it: the record needs a directory
         # that can take it, or the run stops here, before anything connects
@@ -139,7 +135,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         reportdir.reset()
         try:
-            reportdir.check_report_dir(report_dir, need=reportdir.reserve_bytes(len(config.getoption("vm"))))
+            reportdir.check_report_dir(report_dir, need=reportdir.reserve_bytes(len(options.vms)))
         except reportdir.ReportDirError as exc:
             raise pytest.UsageError(str(exc)) from None
     if hasattr(option, "allure_report_dir") and not option.allure_report_dir:
@@ -352,12 +348,11 @@ def attach_text(name: str, text: str) -> None:
 # --- once per run ----------------------------------------------------------------------------
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    config = session.config
+def write_report_environment(config: pytest.Config, state: RunState) -> None:
+    """Allure's categories.json and, in a run with VMs, environment.properties (controller only,
+    last of the end of the session: imageready.session_end). Raises OSError."""
     results = allure_results_dir(config)
-    state = config.stash.get(RUN, None)
-    if results is None or state is None or state.is_worker or config.option.collectonly:
+    if results is None:
         return
     results.mkdir(parents=True, exist_ok=True)
     (results / "categories.json").write_text(json.dumps(CATEGORIES, indent=2) + "\n", encoding="utf-8")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,13 +29,14 @@ from typing import Any
 
 import pytest
 
-from imageready import exitcodes, progress
+from imageready import progress
 from imageready.azure import AzureSession
 from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.facts.azure_view import COPY_TAG
 from imageready.facts.gather import AzureFactsProvider
 from imageready.gate import GREEN_OUTCOMES, verdict_filename
 from imageready.guest.base import GuestError
+from imageready.options import POLICY_PIN_ENV, RunOptions
 from imageready.redact import one_line
 from imageready.steps import StepRecord
 from imageready.steps.copy import (
@@ -54,8 +54,7 @@ from imageready.target import VmRef
 #: the one check a copy cures (checks/test_provenance.py)
 PROVENANCE_CHECK = "IR-SRC-001"
 WORKERINPUT_KEY = "imageready_copy_first"
-_SUFFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,20}$")
-#: options the nested checks run of an original inherits: (option, dest)
+#: options the nested checks run of an original inherits: (option, RunOptions attribute)
 _PASSED_ON = (
     ("--cloud", "cloud"),
     ("--arm-endpoint", "arm_endpoint"),
@@ -64,9 +63,9 @@ _PASSED_ON = (
     ("--transport", "transport"),
     ("--guest-timeout", "guest_timeout"),
     ("--winrm-auth", "winrm_auth"),
-    ("--scan-rules", "scan_rules"),
+    ("--scan-rules", "scan_rules_file"),
     ("--scan-deadline", "scan_deadline"),
-    ("--waivers", "waivers"),
+    ("--waivers", "waiver_file"),
     ("--change-ticket", "change_ticket"),
 )
 
@@ -91,14 +90,15 @@ class LookUp:
     error: str = ""
 
 
-def copy_first(config: pytest.Config, vms: list[VmRef]) -> list[VmRef]:
+def copy_first(
+    config: pytest.Config, options: RunOptions, vms: list[VmRef], *, policy_digest: str | None
+) -> list[VmRef]:
     """The run's targets: with ``--copy-first``, each original replaced by its copy where one was
-    made or found (see the module's docstring). Without it, ``vms`` as they are."""
-    if not config.getoption("copy_first"):
+    made or found (see the module's docstring). Without it, ``vms`` as they are. The nested
+    checks run of the originals is pinned to ``policy_digest`` (this run's)."""
+    if not options.copy_first:
         return vms
-    suffix = str(config.getoption("copy_suffix"))
-    if not _SUFFIX.match(suffix):
-        raise pytest.UsageError(f"--copy-suffix {suffix!r}: 1-20 letters, digits, '_', '-' or '.'")
+    suffix = options.copy_suffix  # its form was checked with the other options
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         return _worker_targets(config, workerinput)
@@ -110,14 +110,31 @@ def copy_first(config: pytest.Config, vms: list[VmRef]) -> list[VmRef]:
                 f"--copy-first: {vm.name}{suffix} is longer than a VM name may be (64); pass a shorter "
                 "--copy-suffix"
             )
-    copier = Copier(config, suffix)
+    nested = NestedRun(
+        cwd=config.invocation_params.dir,
+        rootdir=config.rootpath,
+        inifile=config.inipath,
+        policy_digest=policy_digest,
+    )
+    copier = Copier(options, nested)
     try:
         decisions = copier.decide(vms)
     finally:
         copier.close()
     report = CopyFirstReport(decisions)
-    config.pluginmanager.register(report, "imageready-copy-first")
+    config.pluginmanager.register(report, REPORT_NAME)
     return _sorted({d.target for d in decisions})
+
+
+@dataclass(frozen=True)
+class NestedRun:
+    """Where the nested checks run of the originals starts: this run's directory, rootdir and
+    ini file, pinned to this run's policy digest."""
+
+    cwd: Path
+    rootdir: Path
+    inifile: Path | None
+    policy_digest: str | None
 
 
 def _sorted(vms: set[VmRef]) -> list[VmRef]:
@@ -129,21 +146,21 @@ def _worker_targets(config: pytest.Config, workerinput: dict[str, Any]) -> list[
     if shipped is None:
         raise pytest.UsageError("--copy-first: this xdist worker did not get the controller's targets")
     data = json.loads(shipped)
-    config.pluginmanager.register(CopyFirstReport([]), "imageready-copy-first")
+    config.pluginmanager.register(CopyFirstReport([]), REPORT_NAME)
     return [VmRef(*parts) for parts in data["targets"]]
 
 
 class Copier:
     """Decides, per original, what the run targets; makes or reuses copies (controller only)."""
 
-    def __init__(self, config: pytest.Config, suffix: str) -> None:
-        self.config = config
-        self.suffix = suffix
-        self.apply = bool(config.getoption("apply"))
-        report_dir = config.getoption("report_dir") or Path("reports") / "out"
+    def __init__(self, options: RunOptions, nested: NestedRun) -> None:
+        self.options = options
+        self.nested = nested
+        self.suffix = options.copy_suffix
+        self.apply = options.apply
         #: the checks of the originals and the copy records
-        self.folder = Path(report_dir).absolute() / "originals"
-        self.provider = AzureFactsProvider(config)
+        self.folder = options.report_dir / "originals"
+        self.provider = AzureFactsProvider(options)
 
     def close(self) -> None:
         self.provider.close()
@@ -273,9 +290,9 @@ class Copier:
 
     def _wait_for_guest(self, copy: VmRef) -> float:
         # a provider of its own: the guest addresses it reads now include the copy's
-        probe = AzureFactsProvider(self.config)
+        probe = AzureFactsProvider(self.options)
         try:
-            deadline = float(self.config.getoption("guest_timeout"))
+            deadline = self.options.guest_timeout
             return wait_for_guest(copy, lambda: probe.connect_guest(copy, fallback=False), deadline)
         finally:
             probe.close()
@@ -293,17 +310,13 @@ class Copier:
         output = folder / "pytest-output.txt"
         names = ", ".join(vm.key for vm in originals)
         progress.emit(f"copy-first: checking the original(s) first: {names} (report: {folder})")
-        config = self.config
-        budget = len(originals) * (
-            float(config.getoption("lro_deadline"))
-            + float(config.getoption("scan_deadline"))
-            + 2 * float(config.getoption("guest_timeout"))
-        )
+        options = self.options
+        budget = len(originals) * (options.lro_deadline + options.scan_deadline + 2 * options.guest_timeout)
         with open(output, "wb") as sink:
             try:
                 done = subprocess.run(
                     self._nested_argv(originals),
-                    cwd=config.invocation_params.dir,
+                    cwd=self.nested.cwd,
                     env=self._nested_env(),
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
@@ -327,41 +340,35 @@ class Copier:
     def _nested_env(self) -> dict[str, str]:
         """This process's environment, the nested run pinned to this run's policy: it names the
         same ini file and rootdir (-c, --rootdir), which only a pinned run may."""
-        from imageready.plugin import POLICY_DIGEST, POLICY_PIN_ENV
-
         env = dict(os.environ)
-        digest = self.config.stash.get(POLICY_DIGEST, None)
-        if digest:
-            env[POLICY_PIN_ENV] = digest
+        if self.nested.policy_digest:
+            env[POLICY_PIN_ENV] = self.nested.policy_digest
         return env
 
     def _nested_argv(self, originals: list[VmRef]) -> list[str]:
-        config = self.config
-        from imageready.plugin import checks_dir_name
-
-        checks = config.rootpath / checks_dir_name(config)
+        options, nested = self.options, self.nested
         argv = [
             sys.executable,
             "-m",
             "pytest",
-            str(checks),
+            str(options.checks_dir),
             *[arg for vm in originals for arg in ("--vm", vm.id)],
             # one token each: pytest takes a bare existing directory argument for its rootdir
             f"--report-dir={self.folder}",
-            f"--rootdir={config.rootpath}",
+            f"--rootdir={nested.rootdir}",
             "-p",
             "no:cacheprovider",
             "-q",
         ]
-        if config.inipath is not None:
-            argv += ["-c", str(config.inipath)]
-        for option, dest in _PASSED_ON:
-            value = config.getoption(dest)
+        if nested.inifile is not None:
+            argv += ["-c", str(nested.inifile)]
+        for flag, name in _PASSED_ON:
+            value = getattr(options, name)
             if value is not None and value != "":
-                argv.append(f"{option}={value}")
-        if config.getoption("ssh_strict_host_keys"):
+                argv.append(f"{flag}={value}")
+        if options.ssh_strict_host_keys:
             argv.append("--ssh-strict-host-keys")
-        argv += [f"--guest-address={value}" for value in config.getoption("guest_address")]
+        argv += [f"--guest-address={value}" for value in options.guest_address_values]
         return argv
 
     def _write_record(self, original: VmRef, record: StepRecord) -> Path:
@@ -406,6 +413,17 @@ def _last_line(path: Path) -> str:
     return one_line(lines[-1]) if lines else "no output"
 
 
+#: the name the copy-first report is registered under (a plugin object)
+REPORT_NAME = "imageready-copy-first"
+
+
+def copy_failed(config: pytest.Config) -> bool:
+    """A copy that --copy-first tried to make failed: an action that failed, whatever the checks
+    of the original said (the end of the session ends ACTION_FAILED)."""
+    report = config.pluginmanager.get_plugin(REPORT_NAME)
+    return isinstance(report, CopyFirstReport) and any(d.outcome == "failed" for d in report.decisions)
+
+
 class CopyFirstReport:
     """Hooks for the rest of the run: workers' targets, the audit's copy step and the terminal
     summary."""
@@ -424,7 +442,7 @@ class CopyFirstReport:
         """The copy step opens its VM's actions in the audit (controller only)."""
         if hasattr(session.config, "workerinput"):
             return
-        from imageready.gatekeeper import run_state
+        from imageready.runstate import run_state
 
         state = run_state(session.config)
         for decision in self.decisions:
@@ -432,19 +450,6 @@ class CopyFirstReport:
                 record = decision.record.as_dict()
                 record["run_id"] = state.run_id
                 state.step_records.setdefault(record["vm"], []).insert(0, record)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """A copy that failed is an action that failed, whatever the checks of the original
-        said (after the gatekeeper has classified the run)."""
-        failed = any(d.outcome == "failed" for d in self.decisions)
-        if failed and session.exitstatus in (
-            exitcodes.GREEN,
-            exitcodes.RED_CHECKS,
-            exitcodes.ACTIONS_BLOCKED,
-            exitcodes.INFRASTRUCTURE_ERROR,
-        ):
-            session.exitstatus = exitcodes.ACTION_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if hasattr(config, "workerinput") or not self.decisions:

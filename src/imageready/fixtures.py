@@ -10,8 +10,7 @@ from imageready.categories import Category
 from imageready.facts import FactsUnavailable, VmFacts
 from imageready.facts.view import FactsView, guest_view, read_live
 from imageready.gate import WaiverBook
-from imageready.gatekeeper import run_state
-from imageready.runstate import RunState
+from imageready.runstate import RunState, run_state
 from imageready.target import VmRef
 
 

@@ -11,14 +11,12 @@ import fnmatch
 import inspect
 import json
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
-from _pytest.runner import CallInfo
 
-from imageready import exitcodes
 from imageready.applicability import REQUIREMENTS, unmet_requirement
 from imageready.categories import Category
 from imageready.checking import evidence_summaries
@@ -30,23 +28,26 @@ from imageready.gate import (
     Waiver,
     facts_digest,
     parse_expiry,
-    verdict_document,
-    write_verdict,
 )
 from imageready.redact import one_line, redact
-from imageready.runstate import GateDecision, ItemInfo, RunState
+from imageready.runstate import (
+    AUDIT_WRITTEN,
+    CASE_READS,
+    CASE_WAIVERS,
+    INFO,
+    NOT_APPLICABLE,
+    PHASES,
+    STEP_RECORDS,
+    VERDICTS_WRITTEN,
+    GateDecision,
+    ItemInfo,
+    RunState,
+    item_info,
+    record_waiver,
+)
 from imageready.selection import Selector, covers, parse_selection, split
 from imageready.target import VmRef
 from imageready.text import printable
-
-RUN = pytest.StashKey[RunState]()
-INFO = pytest.StashKey[ItemInfo]()
-PHASES = pytest.StashKey[dict[str, str]]()
-CASE_WAIVERS = pytest.StashKey[list[dict[str, str]]]()
-NOT_APPLICABLE = pytest.StashKey[str]()
-CASE_READS = pytest.StashKey[set[Any]]()
-VERDICTS_WRITTEN = pytest.StashKey[list[Path]]()
-AUDIT_WRITTEN = pytest.StashKey[tuple[Path, Path, str]]()
 
 SEVERITIES = ("critical", "high", "medium", "low")
 OS_VALUES = ("Linux", "Windows", "any")
@@ -57,7 +58,6 @@ STATUS_PROPERTY = "imageready-status"
 #: what a verdict case that recorded no facts read "changed": what it read is live, not on record
 LIVE_READ = "a live read, not on record"
 WAIVED = "waived"
-STEP_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
 
 # how bad a phase outcome is; a case's outcome is the worst of its phases
 _RANK = {
@@ -70,24 +70,6 @@ _RANK = {
     "failed": 6,
     "error": 7,
 }
-
-
-def run_state(config: pytest.Config) -> RunState:
-    return config.stash[RUN]
-
-
-def item_info(item: pytest.Item) -> ItemInfo | None:
-    return item.stash.get(INFO, None)
-
-
-def record_step(item: pytest.Item, step: dict[str, Any]) -> None:
-    """Attach an action step's record to the case reporting it (it reaches the audit)."""
-    item.stash.setdefault(STEP_RECORDS, []).append(step)
-
-
-def record_waiver(item: pytest.Item, waiver: Waiver) -> None:
-    """Note a waiver applied inside a case (e.g. to one sensitive-data finding)."""
-    item.stash.setdefault(CASE_WAIVERS, []).append(waiver.as_record())
 
 
 class GateKeeper:
@@ -237,7 +219,7 @@ class GateKeeper:
             for case in gate.cases.values():
                 if case.case_id not in selected:
                     case.outcome = "deselected"
-        expected = _policy_modules(session.config, state.checks_dir)
+        expected = _policy_modules(session.config.rootpath, state.checks_dir, state.options.python_files)
         for vm in state.vms:
             gate = state.gate(vm)
             seen = {case.case_id.split("::", 1)[0] for case in gate.cases.values()}
@@ -325,7 +307,7 @@ class GateKeeper:
                 return why_not
         if decision.via == "checks" and vm.key not in state.verdict_kept:
             try:
-                write_verdict_now(state, vm)
+                recording.write_verdict_now(state, vm)
             except OSError as exc:
                 if state.apply:
                     return (
@@ -506,32 +488,6 @@ class GateKeeper:
         if "imageready_gates" in output:
             self.state.merge_gates(json.loads(output["imageready_gates"]))
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        state = self.state
-        if session.config.option.collectonly:
-            return
-        for actions in state.vm_actions.values():
-            actions.release_quietly()
-        if state.is_worker:
-            workeroutput: dict[str, Any] = session.config.workeroutput  # type: ignore[attr-defined]
-            workeroutput["imageready_gates"] = json.dumps(state.export_gates())
-            return
-        from imageready import reportdir
-
-        try:
-            session.config.stash[VERDICTS_WRITTEN] = write_verdicts(state)
-        except OSError as exc:
-            reportdir.note_failure(f"verdicts could not be written: {exc.strerror or exc}")
-        if state.vms:
-            try:
-                session.config.stash[AUDIT_WRITTEN] = write_audit(state)
-            except OSError as exc:
-                reportdir.note_failure(
-                    f"the audit could not be written in {state.report_dir} ({exc.strerror or exc}); "
-                    f"rebuild it from the journal: imageready-report {state.report_dir} --from-journal"
-                )
-        session.exitstatus = exitcodes.classify(int(session.exitstatus), state)
-
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         state = self.state
         if not state.vms or state.is_worker or config.option.collectonly:
@@ -690,18 +646,18 @@ def _in_dir(path: Path, directory: Path) -> bool:
 DEFAULT_POLICY_FILES = ("test_*.py", "*_test.py")
 
 
-def _policy_modules(config: pytest.Config, checks_dir: Path) -> list[str]:
+def _policy_modules(rootpath: Path, checks_dir: Path, python_files: tuple[str, ...]) -> list[str]:
     """Node-id paths of every test module in the policy directory (pytest's default module
     patterns plus the configured ones)."""
     if not checks_dir.is_dir():
         return []
-    patterns = {*DEFAULT_POLICY_FILES, *(config.getini("python_files") or [])}
+    patterns = {*DEFAULT_POLICY_FILES, *python_files}
     modules = []
     for path in sorted(checks_dir.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
         if any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns):
-            modules.append(path.relative_to(config.rootpath).as_posix())
+            modules.append(path.relative_to(rootpath).as_posix())
     return modules
 
 
@@ -728,7 +684,9 @@ def _failure_text(call: pytest.CallInfo[None], report: pytest.TestReport) -> str
 
 def _report_blocked(item: pytest.Item, nextitem: pytest.Item | None, decision: GateDecision) -> None:
     """Report a blocked action as failed, running none of its fixtures (pytest's own protocol
-    would set them up before the test body could refuse)."""
+    would set them up before the test body could refuse): no set-up, a call that fails with the
+    reasons, and a tear-down of what earlier cases set up and ``nextitem`` does not need, each
+    phase reported through pytest's public hooks."""
     info = item.stash[INFO]
     message = "\n".join(
         [f"BLOCKED by the gate of {info.vm.key}: step '{info.step}' did not run."]
@@ -738,13 +696,22 @@ def _report_blocked(item: pytest.Item, nextitem: pytest.Item | None, decision: G
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     reraise = (pytest.exit.Exception, KeyboardInterrupt)
-    phases = (
+
+    def teardown() -> None:
+        # Private, pytest 8.0-9.1: Session._setupstate.teardown_exact is what pytest's own
+        # pytest_runtest_teardown calls. The public hook cannot be called instead: other plugins
+        # pair it with a set-up this case never had (pytest 9.1's logging plugin reads the
+        # item.stash entry its pytest_runtest_setup makes: KeyError), and the set-up hook is what
+        # would run the fixtures. tests/plugin/test_gate.py covers a blocked action mid-session.
+        item.session._setupstate.teardown_exact(nextitem)
+
+    phases: tuple[tuple[Literal["setup", "call", "teardown"], Callable[[], None]], ...] = (
         ("setup", lambda: None),
         ("call", lambda: pytest.fail(message, pytrace=False)),
-        ("teardown", lambda: item.session._setupstate.teardown_exact(nextitem)),
+        ("teardown", teardown),
     )
     for when, func in phases:
-        call = CallInfo.from_call(func, when=when, reraise=reraise)  # type: ignore[arg-type]
+        call = pytest.CallInfo.from_call(func, when=when, reraise=reraise)
         report = ihook.pytest_runtest_makereport(item=item, call=call)
         ihook.pytest_runtest_logreport(report=report)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
@@ -761,80 +728,3 @@ def _waiver(raw: dict[str, str]) -> Waiver:
         approver=raw["approver"],
         expires=parse_expiry(raw["expires"], "waiver"),
     )
-
-
-def _verdict(state: RunState, vm: VmRef) -> dict[str, Any]:
-    """The verdict document of ``vm`` as this run sees it now."""
-    facts = state.facts_cache.get(vm.key)
-    return verdict_document(
-        state.gate(vm),
-        vm_id=facts.vm_id if facts is not None else None,
-        policy=state.digest,
-        harness_version=state.harness_version,
-        operator=state.operator(),
-        change_ticket=state.change_ticket,
-        waivers=state.waivers,
-        run_id=state.run_id,
-        guest_identity=facts.guest_identity if facts is not None else None,
-    )
-
-
-def write_verdicts(state: RunState) -> list[Path]:
-    """One verdict file per VM whose checks the command line selected, even partly (controller
-    only). An actions-only stage judged nothing and writes none: the verdict it was given stays
-    the record."""
-    paths = []
-    for vm in state.vms:
-        gate = state.gates.get(vm.key)
-        if gate is None or not gate.cases or vm.key in state.verdict_kept:
-            continue
-        if vm.key not in state.checks_selected:
-            continue
-        # the controller of an xdist run decided nothing itself: ask (it reads the VM's tags)
-        resume = state.resumes[vm.key] if vm.key in state.resumes else state.resume(vm)
-        if resume is not None and resume.accepted:
-            continue  # the resumed run's verdict stays the record; this run judged nothing
-        paths.append(write_verdict(state.report_dir / "verdicts", _verdict(state, vm)))
-    return paths
-
-
-def write_verdict_now(state: RunState, vm: VmRef) -> None:
-    """Before the first action of ``vm`` changes anything: its verdict, so that a run killed
-    mid-way can be resumed (the end of the run writes it again, complete)."""
-    if state.gates.get(vm.key) is None:
-        return
-    document = _verdict(state, vm)
-    if document["green"]:
-        write_verdict(state.report_dir / "verdicts", document)
-
-
-def write_audit(state: RunState) -> tuple[Path, Path, str]:
-    """audit.json, its SHA-256 and audit.html for this run (controller only)."""
-    from imageready import audit
-
-    final_states: dict[str, dict[str, Any]] = {}
-    reader = getattr(state.provider, "current_state", None)
-    for vm in state.vms:
-        if reader is None:
-            continue
-        try:
-            final_states[vm.key] = dict(reader(vm))
-        except Exception as exc:  # the audit records why, one line
-            final_states[vm.key] = {"error": one_line(str(exc)) or type(exc).__name__}
-    from imageready import recording
-    from imageready.journal import JournalError, journal_files, read_entries
-
-    ended = audit.run_entries(state, state.step_records, final_states)
-    journal = recording.journal_of(state.config)
-    entries: list[dict[str, Any]] = []
-    if journal is not None:
-        journal.set_header(ended[0])
-        for entry in ended[1:]:
-            try:
-                journal.append(entry)
-            except JournalError:
-                break  # noted; what this process knows is added below all the same
-        # every process's journal of this run (xdist workers journal the steps they ran)
-        entries = read_entries(journal_files(state.report_dir, state.run_id))
-    record = audit.from_journal([*entries, *ended])
-    return audit.write(record, state.report_dir)

@@ -12,15 +12,21 @@ import functools
 import json
 import os
 import uuid
-from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from imageready import reportdir
+from imageready.gate import verdict_document, write_verdict
 from imageready.journal import Journal, JournalError
 from imageready.redact import one_line
 from imageready.text import printable
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from imageready.runstate import RunState
+    from imageready.target import VmRef
 
 JOURNAL = pytest.StashKey[Journal]()
 #: set once the report directory was made ready for the first action of this run
@@ -35,7 +41,7 @@ def journal_of(config: pytest.Config) -> Journal | None:
 def pytest_configure(config: pytest.Config) -> None:
     """After the plugin built the run's state: this process's journal (nothing is written until
     the first entry) and the guard around Allure's writer."""
-    from imageready.gatekeeper import RUN
+    from imageready.runstate import RUN
 
     state = config.stash.get(RUN, None)
     if state is None or not state.vms or config.option.collectonly:
@@ -107,34 +113,86 @@ def acted(config: pytest.Config) -> bool:
     return journal is not None and journal.acted
 
 
-# --- sinks that must never crash the run -----------------------------------------------------------
+# --- what the end of the run writes (imageready.session_end calls these in order) -----------------
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
-    """The audit is written first (``GateKeeper``, tryfirst); a later sink that meets a full disk
-    or a taken name (JUnit's XML, Allure's environment) is noted in one line instead of ending the
-    run in a traceback, and the run does not end green."""
-    from imageready.gatekeeper import RUN
+def _verdict(state: RunState, vm: VmRef) -> dict[str, Any]:
+    """The verdict document of ``vm`` as this run sees it now."""
+    facts = state.facts_cache.get(vm.key)
+    return verdict_document(
+        state.gate(vm),
+        vm_id=facts.vm_id if facts is not None else None,
+        policy=state.digest,
+        harness_version=state.harness_version,
+        operator=state.operator(),
+        change_ticket=state.change_ticket,
+        waivers=state.waivers,
+        run_id=state.run_id,
+        guest_identity=facts.guest_identity if facts is not None else None,
+    )
 
-    if RUN not in session.config.stash:
-        return (yield)  # imageready is dormant in this session: other plugins' errors are theirs
-    try:
-        return (yield)
-    except OSError as exc:
-        reportdir.note_failure(f"a report could not be written: {one_line(str(exc))}")
-        _finish_with_failures(session)
-        return None
+
+def write_verdicts(state: RunState) -> list[Path]:
+    """One verdict file per VM whose checks the command line selected, even partly (controller
+    only). An actions-only stage judged nothing and writes none: the verdict it was given stays
+    the record."""
+    paths = []
+    for vm in state.vms:
+        gate = state.gates.get(vm.key)
+        if gate is None or not gate.cases or vm.key in state.verdict_kept:
+            continue
+        if vm.key not in state.checks_selected:
+            continue
+        # the controller of an xdist run decided nothing itself: ask (it reads the VM's tags)
+        resume = state.resumes[vm.key] if vm.key in state.resumes else state.resume(vm)
+        if resume is not None and resume.accepted:
+            continue  # the resumed run's verdict stays the record; this run judged nothing
+        paths.append(write_verdict(state.report_dir / "verdicts", _verdict(state, vm)))
+    return paths
 
 
-def _finish_with_failures(session: pytest.Session) -> None:
-    from imageready import exitcodes
-    from imageready.gatekeeper import RUN
-
-    state = session.config.stash.get(RUN, None)
-    if state is None:
+def write_verdict_now(state: RunState, vm: VmRef) -> None:
+    """Before the first action of ``vm`` changes anything: its verdict, so that a run killed
+    mid-way can be resumed (the end of the run writes it again, complete)."""
+    if state.gates.get(vm.key) is None:
         return
-    session.exitstatus = exitcodes.classify(int(session.exitstatus), state)
+    document = _verdict(state, vm)
+    if document["green"]:
+        write_verdict(state.report_dir / "verdicts", document)
+
+
+def write_audit(state: RunState) -> tuple[Path, Path, str]:
+    """audit.json, its SHA-256 and audit.html for this run (controller only)."""
+    from imageready import audit
+
+    final_states: dict[str, dict[str, Any]] = {}
+    reader = getattr(state.provider, "current_state", None)
+    for vm in state.vms:
+        if reader is None:
+            continue
+        try:
+            final_states[vm.key] = dict(reader(vm))
+        except Exception as exc:  # the audit records why, one line
+            final_states[vm.key] = {"error": one_line(str(exc)) or type(exc).__name__}
+    from imageready.journal import JournalError, journal_files, read_entries
+
+    ended = audit.run_entries(state, state.step_records, final_states)
+    journal = journal_of(state.config)
+    entries: list[dict[str, Any]] = []
+    if journal is not None:
+        journal.set_header(ended[0])
+        for entry in ended[1:]:
+            try:
+                journal.append(entry)
+            except JournalError:
+                break  # noted; what this process knows is added below all the same
+        # every process's journal of this run (xdist workers journal the steps they ran)
+        entries = read_entries(journal_files(state.report_dir, state.run_id))
+    record = audit.from_journal([*entries, *ended])
+    return audit.write(record, state.report_dir)
+
+
+# --- sinks that must never crash the run -----------------------------------------------------------
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,6 +1,9 @@
 """The state of one imageready run: targets, facts, gates, waivers, verdicts.
 
-Lives in ``config.stash[RUN]``; the plugin's hooks and fixtures read and update it.
+Lives in ``config.stash[RUN]``; the plugin's hooks and fixtures read and update it. The stash keys
+of the run and of its cases are defined here too, so that checks, fixtures and steps never import
+a hook module for one. (About 550 lines: the gate's decision rules, ``decide`` and ``resume``, are
+the next candidate to move out, with the other engineer's split of the large modules.)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from imageready.gate import (
     VerdictDecision,
     VerdictError,
     VmGate,
+    Waiver,
     WaiverBook,
     describe_outcome,
     judge_verdict,
@@ -34,6 +38,7 @@ from imageready.gate import (
     policy_digest,
     step_tag_problem,
 )
+from imageready.options import RunOptions
 from imageready.signing import verdict_key
 from imageready.target import VmRef
 
@@ -56,6 +61,48 @@ class ItemInfo:
     requires: str = ""
 
 
+# --- where the run keeps its state: the stash keys, defined here so that checks, fixtures and
+# steps read them without importing a hook module -----------------------------------------------
+
+#: the run (config.stash)
+RUN = pytest.StashKey["RunState"]()
+#: what imageready knows about a collected case (item.stash)
+INFO = pytest.StashKey[ItemInfo]()
+#: a case's worst phase outcome, its message and category so far (item.stash)
+PHASES = pytest.StashKey[dict[str, str]]()
+#: waivers applied inside a case (item.stash)
+CASE_WAIVERS = pytest.StashKey[list[dict[str, str]]]()
+#: why a case is not applicable, when the gate skipped it (item.stash)
+NOT_APPLICABLE = pytest.StashKey[str]()
+#: the facts a check case read (item.stash)
+CASE_READS = pytest.StashKey[set[Any]]()
+#: the action step records a case reports to the audit (item.stash)
+STEP_RECORDS = pytest.StashKey[list[dict[str, Any]]]()
+#: the verdict files this run wrote (config.stash)
+VERDICTS_WRITTEN = pytest.StashKey[list[Path]]()
+#: the audit this run wrote: audit.json, audit.html and the JSON's SHA-256 (config.stash)
+AUDIT_WRITTEN = pytest.StashKey[tuple[Path, Path, str]]()
+
+
+def run_state(config: pytest.Config) -> RunState:
+    """The run's state (set at configure time in a session imageready is asked into)."""
+    return config.stash[RUN]
+
+
+def item_info(item: pytest.Item) -> ItemInfo | None:
+    return item.stash.get(INFO, None)
+
+
+def record_step(item: pytest.Item, step: dict[str, Any]) -> None:
+    """Attach an action step's record to the case reporting it (it reaches the audit)."""
+    item.stash.setdefault(STEP_RECORDS, []).append(step)
+
+
+def record_waiver(item: pytest.Item, waiver: Waiver) -> None:
+    """Note a waiver applied inside a case (e.g. to one sensitive-data finding)."""
+    item.stash.setdefault(CASE_WAIVERS, []).append(waiver.as_record())
+
+
 @dataclass(frozen=True)
 class GateDecision:
     open: bool
@@ -66,14 +113,11 @@ class GateDecision:
 @dataclass
 class RunState:
     config: pytest.Config
+    #: the command line, parsed once (imageready.options)
+    options: RunOptions
+    #: the run's targets: the --vm values, or the copies --copy-first made of them
     vms: list[VmRef]
-    apply: bool
-    verdict_paths: list[Path]
-    verdict_max_age: dt.timedelta
     waivers: WaiverBook
-    change_ticket: str | None
-    report_dir: Path
-    checks_dir: Path
     policy_paths: list[Path]
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -98,9 +142,6 @@ class RunState:
     #: step records of the actions, per VM key, in the order they finished (for the audit)
     step_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     needs_vm: bool = False
-    lease_ttl: dt.timedelta = dt.timedelta(minutes=30)
-    #: --capture-as, parsed (None: this run captures nothing)
-    capture: tuple[str, ...] | None = None
     #: per VM key, the case ids of checks with ``requires=`` (the capture pre-flight): they read
     #: only Azure, so they still judge a VM this run resumes
     capture_cases: dict[str, set[str]] = field(default_factory=dict)
@@ -111,6 +152,41 @@ class RunState:
     _verdict_documents: dict[str, tuple[Path, dict[str, Any]]] | None = None
     _operator: dict[str, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- what the options say ------------------------------------------------------------
+
+    @property
+    def apply(self) -> bool:
+        return self.options.apply
+
+    @property
+    def verdict_paths(self) -> tuple[Path, ...]:
+        return self.options.verdict_paths
+
+    @property
+    def verdict_max_age(self) -> dt.timedelta:
+        return self.options.verdict_max_age
+
+    @property
+    def change_ticket(self) -> str | None:
+        return self.options.change_ticket
+
+    @property
+    def report_dir(self) -> Path:
+        return self.options.report_dir
+
+    @property
+    def checks_dir(self) -> Path:
+        return self.options.checks_dir
+
+    @property
+    def lease_ttl(self) -> dt.timedelta:
+        return self.options.lease_ttl
+
+    @property
+    def capture(self) -> tuple[str, ...] | None:
+        """--capture-as, parsed (None: this run captures nothing)."""
+        return self.options.capture
 
     # --- roles in an xdist run -----------------------------------------------------------
 
@@ -127,11 +203,13 @@ class RunState:
     @property
     def provider(self) -> FactsProvider:
         if self._provider is None:
-            provider = self.config.hook.pytest_imageready_facts_provider(config=self.config)
+            provider = self.config.hook.pytest_imageready_facts_provider(
+                config=self.config, options=self.options
+            )
             if provider is None:
                 from imageready.facts.gather import AzureFactsProvider
 
-                provider = AzureFactsProvider(self.config)
+                provider = AzureFactsProvider(self.options)
             self._provider = provider
         return self._provider
 
@@ -406,7 +484,7 @@ class RunState:
 
         return {
             "key": verdict_key(),
-            "accept_unsigned": bool(self.config.getoption("accept_unsigned_verdicts", False)),
+            "accept_unsigned": self.options.accept_unsigned_verdicts,
         }
 
     def expected_cases(self, vm: VmRef) -> list[str] | None:

@@ -66,7 +66,7 @@ import pytest
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session):
-    from imageready.gatekeeper import run_state
+    from imageready.runstate import run_state
 
     state = run_state(session.config)
     found = {key: facts.to_json() for key, facts in state.facts_cache.items()}

@@ -94,7 +94,7 @@ import datetime as dt
 import pytest
 
 from imageready.allure_support import attach_text, step
-from imageready.gatekeeper import record_step
+from imageready.runstate import record_step
 
 pytestmark = pytest.mark.action(step="generalize")
 

@@ -131,18 +131,25 @@ class FactsProvider(Protocol):
 
 #: An item source turns a VM's facts into the things a check examines: (parameter id, value).
 ItemSource = Callable[[VmFacts], list[tuple[str, Any]]]
-ITEM_SOURCES: dict[str, ItemSource] = {}
+#: One that also reads the run's options (``imageready.options.RunOptions``: its scan rules, say).
+ItemSourceWithOptions = Callable[[VmFacts, Any], list[tuple[str, Any]]]
+#: every item source by name, each called with the VM's facts and the run's options
+ITEM_SOURCES: dict[str, ItemSourceWithOptions] = {}
 
 
-def item_source(name: str) -> Callable[[ItemSource], ItemSource]:
+def item_source(name: str, *, with_options: bool = False) -> Callable[[Any], Any]:
     """Register an item source for ``@pytest.mark.check(..., each=name)``.
 
     The check function then takes an argument called ``name``; it is parametrized per VM with what
     the source returns. A source may raise FactsUnavailable: the VM then gets one erroring case.
+    A source takes the VM's facts, and with ``with_options`` the run's options too.
     """
 
-    def register(source: ItemSource) -> ItemSource:
-        ITEM_SOURCES[name] = source
+    def register(source: Any) -> Any:
+        if with_options:
+            ITEM_SOURCES[name] = source
+        else:
+            ITEM_SOURCES[name] = lambda facts, options: source(facts)
         return source
 
     return register

@@ -23,9 +23,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
-
-import pytest
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from imageready import guest as transports
 from imageready import progress
@@ -58,6 +56,9 @@ FACTS_ATTEMPTS = 2
 #: VM, so a first wave stays well inside ARM's read bucket (250 per subscription and principal)
 DEFAULT_MAX_PARALLEL = 16
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from imageready.options import RunOptions
 
 
 class GuestConfigError(ValueError):
@@ -105,21 +106,21 @@ def parse_guest_addresses(values: list[str], env_value: str | None) -> dict[str,
 class AzureFactsProvider:
     """Facts from Azure and the guest; connections shared with the scan and the actions."""
 
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.cloud = resolve_cloud(config.getoption("cloud"), config.getoption("arm_endpoint"))
-        self.ca_bundle = resolve_ca_bundle(config.getoption("ca_bundle"))
-        self.transport = str(config.getoption("transport"))
-        self.guest_timeout = float(config.getoption("guest_timeout"))
-        self.addresses = parse_guest_addresses(
-            list(config.getoption("guest_address")), os.environ.get("IMAGEREADY_GUEST_ADDRESSES")
-        )
-        from imageready.steps.capture import parse_capture
-
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.cloud = options.cloud_settings or resolve_cloud(options.cloud, options.arm_endpoint)
+        self.ca_bundle = options.ca_bundle_path or resolve_ca_bundle(options.ca_bundle)
+        self.transport = options.transport
+        self.guest_timeout = options.guest_timeout
+        # the environment's addresses are read now: a VM made during the run (a copy) adds its own
+        self.addresses = {
+            **parse_guest_addresses([], os.environ.get("IMAGEREADY_GUEST_ADDRESSES")),
+            **options.guest_addresses,
+        }
         #: --capture-as, parsed (None without it): its target is read once per VM with the facts
-        self.capture = parse_capture(config.getoption("capture_as"))
+        self.capture = options.capture
         #: VMs whose facts are gathered at once (RunState.prefetch_facts reads it)
-        self.max_parallel = int(config.getoption("max_parallel", None) or DEFAULT_MAX_PARALLEL)
+        self.max_parallel = options.max_parallel or DEFAULT_MAX_PARALLEL
         self._sessions: dict[str, AzureSession] = {}
         self._guests: dict[str, Guest] = {}
         #: per VM: what its first proven connection presented (a later one must present the same)
@@ -143,7 +144,7 @@ class AzureFactsProvider:
                     vm.subscription,
                     cloud=self.cloud,
                     ca_bundle=self.ca_bundle,
-                    lro_deadline=float(self.config.getoption("lro_deadline")),
+                    lro_deadline=self.options.lro_deadline,
                     progress=progress.emit,
                     max_connections=4 * self.max_parallel,
                 )
@@ -227,8 +228,8 @@ class AzureFactsProvider:
             pins=pins,
             prove=prove,
             azure=self.azure(vm),
-            ssh_strict_host_keys=bool(self.config.getoption("ssh_strict_host_keys")),
-            winrm_auth=str(self.config.getoption("winrm_auth")),
+            ssh_strict_host_keys=self.options.ssh_strict_host_keys,
+            winrm_auth=self.options.winrm_auth,
             ca_bundle=self.ca_bundle,
         )
         if chosen.default_port is not None:
@@ -334,7 +335,7 @@ class AzureFactsProvider:
             "extensions": listed,
         }
         if self.capture is not None:
-            found["capture"] = capture_facts(azure, vm, self.capture, self.config.getoption("capture_as"))
+            found["capture"] = capture_facts(azure, vm, self.capture, self.options.capture_as or "")
         return found
 
     def _lineage(

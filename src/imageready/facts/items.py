@@ -7,12 +7,15 @@ Each returns ``(parameter id, value)`` pairs; the parameter id becomes part of t
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imageready.categories import Category
 from imageready.facts import FactsUnavailable, VmFacts, item_source
 from imageready.facts.azure_view import azure
 from imageready.facts.view import FactsView, guest_view
+
+if TYPE_CHECKING:
+    from imageready.options import RunOptions
 
 AGENT_SERVICES = ("RdAgent", "WindowsAzureGuestAgent")
 WAAGENT_DEPROVISION_SETTINGS = ("Provisioning.RegenerateSshHostKeyPair", "Provisioning.DeleteRootPassword")
@@ -117,14 +120,10 @@ def swaps(facts: VmFacts) -> list[tuple[str, Any]]:
     return [(param_id(s.need("path", str)), s) for s in entries]
 
 
-#: the extra rule file of this run (--scan-rules); set by the plugin at configure time
-SCAN_RULES: dict[str, Any] = {"extra": None}
-
-
-@item_source("scan_rule")
-def scan_rules(facts: VmFacts) -> list[tuple[str, Any]]:
+@item_source("scan_rule", with_options=True)
+def scan_rules(facts: VmFacts, options: RunOptions) -> list[tuple[str, Any]]:
     """Every sensitive-data rule for the VM's OS (built-in and --scan-rules), by rule id."""
-    from imageready.scan import load_rules, rules_for
+    from imageready.scan import rules_for
 
     if facts.os_type is None:
         if facts.azure_error:
@@ -132,7 +131,7 @@ def scan_rules(facts: VmFacts) -> list[tuple[str, Any]]:
         raise FactsUnavailable(
             f"{facts.vm}: Azure reports no OS type, so no rules can be chosen", Category.VM_STATE
         )
-    rules = rules_for(facts.os_type, load_rules(SCAN_RULES["extra"]))
+    rules = rules_for(facts.os_type, options.scan_rules)
     return [(param_id(rule.id), rule) for rule in rules]
 
 

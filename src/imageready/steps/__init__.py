@@ -32,9 +32,47 @@ from imageready.signing import verdict_key
 from imageready.steps.lease import LEASE_TAG, THEN_NOTHING, Lease, capture_claim, new_lease
 from imageready.target import VmRef
 
-ORDER = ("lock", "guest", "deallocate", "generalize", "verify", "capture", "unlock")
+
+@dataclass(frozen=True)
+class ActionStep:
+    """One action step of a VM: its name (in records, tags and the audit), the fixture that runs
+    it (imageready.action_fixtures), whether what it does to the VM can never be undone, and
+    whether it records itself in a tag on the VM once done (the VM still takes tags then)."""
+
+    name: str
+    fixture: str
+    irreversible: bool
+    summary: str
+    recorded_on_vm: bool = False
+
+
+#: The action steps, in the order they run: the one table from which the fixture chain
+#: (imageready.action_fixtures: each step's fixture requests the one before), the audit's order
+#: (imageready.journal) and the order of an action's Allure page are built.
+STEPS = (
+    ActionStep("lock", "lease", False, "take the VM's lease (an If-Match tag): no other run acts on it"),
+    ActionStep(
+        "guest",
+        "guest_generalized",
+        True,
+        "deprovision (Linux: waagent) or sysprep (Windows) the guest, proven from its state",
+        recorded_on_vm=True,
+    ),
+    ActionStep(
+        "deallocate",
+        "deallocated",
+        False,
+        "deallocate the VM and wait for PowerState/deallocated",
+        recorded_on_vm=True,
+    ),
+    ActionStep("generalize", "generalized", True, "mark the VM generalized in Azure (it never starts again)"),
+    ActionStep("verify", "verified", False, "read back OSState/generalized from the instance view"),
+    ActionStep("capture", "captured", False, "(opt-in, --capture-as) a managed image or gallery version"),
+    ActionStep("unlock", "unlocked", False, "release the lease"),
+)
+ORDER = tuple(step.name for step in STEPS)
 #: the steps that record themselves on the VM once done (the VM still takes tags then)
-RECORDED_ON_VM = ("guest", "deallocate")
+RECORDED_ON_VM = tuple(step.name for step in STEPS if step.recorded_on_vm)
 #: power states of an operation under way (Azure refuses another operation until it ends)
 TRANSITIONAL = ("starting", "stopping", "deallocating")
 SETTLE_POLL_SECONDS = 1.0
