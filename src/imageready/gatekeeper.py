@@ -3,21 +3,22 @@
 One ``GateKeeper`` is registered per run (``plugin.pytest_configure``). It sees each case at
 collection (before any deselection), at each phase report, and at the first action of a VM, where
 it asks ``RunState.decide`` whether that VM's gate is open.
+
+One plugin object in one module (a little over 500 lines): its hooks, in three sections
+(collection, the run protocol that blocks actions, the record of each phase), share the run
+state and are correct only together. What an item is lives in ``inventory``; the terminal summary
+in ``gate_summary``.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import inspect
 import json
-import os
 from collections.abc import Callable, Generator, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
-from imageready.applicability import REQUIREMENTS, unmet_requirement
+from imageready.applicability import unmet_requirement
 from imageready.categories import Category
 from imageready.checking import evidence_summaries
 from imageready.facts import FactsUnavailable
@@ -29,16 +30,16 @@ from imageready.gate import (
     facts_digest,
     parse_expiry,
 )
+from imageready.gate_summary import write_summary
+from imageready.inventory import action_info, check_functions, check_info, in_dir, policy_modules
 from imageready.redact import one_line, redact
 from imageready.runstate import (
-    AUDIT_WRITTEN,
     CASE_READS,
     CASE_WAIVERS,
     INFO,
     NOT_APPLICABLE,
     PHASES,
     STEP_RECORDS,
-    VERDICTS_WRITTEN,
     GateDecision,
     ItemInfo,
     RunState,
@@ -49,8 +50,6 @@ from imageready.selection import Selector, covers, parse_selection, split
 from imageready.target import VmRef
 from imageready.text import printable
 
-SEVERITIES = ("critical", "high", "medium", "low")
-OS_VALUES = ("Linux", "Windows", "any")
 USER_PROPERTY = "imageready"
 STEP_PROPERTY = "imageready-step"
 #: the JUnit property (and report attribute) that says a case is green only under a waiver
@@ -106,7 +105,7 @@ class GateKeeper:
             check = item.get_closest_marker("check")
             action = item.get_closest_marker("action")
             if check is None and action is None:
-                if _in_dir(item.path, state.checks_dir):
+                if in_dir(item.path, state.checks_dir):
                     raise pytest.UsageError(
                         f"{item.nodeid}: every test under {state.checks_dir.name}/ must declare "
                         "@pytest.mark.check(id=..., title=..., severity=..., os=..., doc=...)"
@@ -116,7 +115,7 @@ class GateKeeper:
             vm = callspec.params.get("vm") if callspec is not None else None
             if not isinstance(vm, VmRef):
                 continue
-            info = _check_info(item, check, vm) if check is not None else _action_info(item, action, vm)
+            info = check_info(item, check, vm) if check is not None else action_info(item, action, vm)
             if info.kind == "check":
                 state.gate(vm).expect(
                     CaseRecord(
@@ -219,7 +218,7 @@ class GateKeeper:
             for case in gate.cases.values():
                 if case.case_id not in selected:
                     case.outcome = "deselected"
-        expected = _policy_modules(session.config.rootpath, state.checks_dir, state.options.python_files)
+        expected = policy_modules(session.config.rootpath, state.checks_dir, state.options.python_files)
         for vm in state.vms:
             gate = state.gate(vm)
             seen = {case.case_id.split("::", 1)[0] for case in gate.cases.values()}
@@ -489,176 +488,10 @@ class GateKeeper:
             self.state.merge_gates(json.loads(output["imageready_gates"]))
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
-        state = self.state
-        if not state.vms or state.is_worker or config.option.collectonly:
-            return
-        tr = terminalreporter
-
-        def line(text: str, **markup: bool) -> None:
-            # reasons and messages quote names Azure and the guest control: escaped, redacted
-            tr.line(printable(redact(text)), **markup)
-
-        tr.section("imageready gate")
-        for vm in state.vms:
-            gate = state.gates.get(vm.key)
-            status = gate.status if gate is not None else "absent"
-            decision = state.decisions.get(vm.key)
-            if decision is None:
-                line(f"{vm.key}: checks {status}", green=status == "green", red=status != "green")
-                reasons = gate.blockers() if gate is not None else []
-            else:
-                word = "OPEN" if decision.open else "SHUT"
-                line(
-                    f"{vm.key}: checks {status}; gate {word} (via {decision.via})",
-                    green=decision.open,
-                    red=not decision.open,
-                )
-                reasons = list(decision.reasons)
-            for reason in reasons[:25]:
-                line(f"    {reason}")
-            if len(reasons) > 25:
-                line(f"    ... and {len(reasons) - 25} more")
-        for case_id, waiver in state.waivers.applied:
-            line(
-                f"waiver applied: {case_id} by {waiver.approver} until {waiver.expires:%Y-%m-%d}: "
-                f"{waiver.reason}",
-                yellow=True,
-            )
-        for waiver in state.waivers.expired():
-            line(
-                f"EXPIRED waiver ignored: {waiver.check} [{waiver.vm} {waiver.parameter}] by "
-                f"{waiver.approver}, expired {waiver.expires:%Y-%m-%d}",
-                red=True,
-            )
-        for path in config.stash.get(VERDICTS_WRITTEN, []):
-            line(f"verdict written: {os.path.relpath(path)}")
-        audit_files = config.stash.get(AUDIT_WRITTEN, None)
-        if audit_files is not None:
-            json_path, html_path, digest = audit_files
-            line(f"audit: {os.path.relpath(html_path)} ({os.path.relpath(json_path)} sha256 {digest})")
-        if not state.apply and any(o != "blocked" for o in state.action_outcomes.values()):
-            line("actions ran as a PLAN only (no --apply): nothing was changed", yellow=True)
-
-
-class Sorter:
-    """Each VM: its checks, then its actions; stable within each, after pytest's reordering.
-
-    A separate plugin object because the gatekeeper's own modifyitems hook must run first.
-    Runs before xdist reports the collection to the controller, so every worker agrees."""
-
-    def __init__(self, state: RunState) -> None:
-        self.state = state
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        order = {vm.key: n for n, vm in enumerate(self.state.vms)}
-
-        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
-            index, item = pair
-            info = item_info(item)
-            if info is None:
-                return (-1, 0, index)
-            return (order.get(info.vm.key, len(order)), 0 if info.kind == "check" else 1, index)
-
-        items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+        write_summary(self.state, terminalreporter, config)
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _check_info(item: pytest.Item, mark: pytest.Mark, vm: VmRef) -> ItemInfo:
-    kwargs = mark.kwargs
-    problems = [f"'{k}' is required" for k in ("id", "title", "severity", "os", "doc") if not kwargs.get(k)]
-    if kwargs.get("severity") and kwargs["severity"] not in SEVERITIES:
-        problems.append(f"severity must be one of {', '.join(SEVERITIES)}")
-    if kwargs.get("os") and kwargs["os"] not in OS_VALUES:
-        problems.append(f"os must be one of {', '.join(OS_VALUES)}")
-    if kwargs.get("requires") and kwargs["requires"] not in REQUIREMENTS:
-        problems.append(f"requires must be one of {', '.join(REQUIREMENTS)}")
-    if problems:
-        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.check: {'; '.join(problems)}")
-    return ItemInfo(
-        kind="check",
-        vm=vm,
-        case_id=item.nodeid,
-        check_id=str(kwargs["id"]),
-        title=str(kwargs["title"]),
-        severity=str(kwargs["severity"]),
-        os=str(kwargs["os"]),
-        doc=str(kwargs["doc"]),
-        parameter=_case_parameter(item, vm),
-        requires=str(kwargs.get("requires") or ""),
-    )
-
-
-def _action_info(item: pytest.Item, mark: pytest.Mark | None, vm: VmRef) -> ItemInfo:
-    step = item.name
-    if mark is not None:
-        step = str(mark.kwargs.get("step") or (mark.args[0] if mark.args else item.name))
-    return ItemInfo(kind="action", vm=vm, case_id=item.nodeid, step=step)
-
-
-def _case_parameter(item: pytest.Item, vm: VmRef) -> str:
-    callspec = getattr(item, "callspec", None)
-    ident = str(callspec.id) if callspec is not None else ""
-    # pytest writes a test id in ASCII (non-ASCII escaped): a Unicode resource group's key too
-    for key in dict.fromkeys((vm.key, vm.key.encode("unicode_escape").decode("ascii"))):
-        if ident == key:
-            return ""
-        if ident.startswith(key + "-"):
-            return ident[len(key) + 1 :]
-    return ident
-
-
-def check_functions(module: Any) -> list[str]:
-    """Node-id names (``func`` or ``Class::method``) of what ``module`` defines with
-    ``@pytest.mark.check``."""
-
-    def marked(obj: Any) -> bool:
-        return any(getattr(mark, "name", None) == "check" for mark in getattr(obj, "pytestmark", []))
-
-    found = []
-    for name, obj in vars(module).items():
-        if getattr(obj, "__module__", None) != module.__name__:
-            continue
-        if inspect.isfunction(obj) and marked(obj):
-            found.append(name)
-        elif inspect.isclass(obj):
-            found += [
-                f"{name}::{attr}"
-                for attr, member in vars(obj).items()
-                if inspect.isfunction(member)
-                and (marked(member) or (marked(obj) and attr.startswith("test")))
-            ]
-    return sorted(found)
-
-
-def _in_dir(path: Path, directory: Path) -> bool:
-    try:
-        path.resolve().relative_to(directory.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-#: pytest's default python_files: a module matching these is policy whatever an ini file says,
-#: so a configuration that narrows python_files cannot shrink what the gate expects
-DEFAULT_POLICY_FILES = ("test_*.py", "*_test.py")
-
-
-def _policy_modules(rootpath: Path, checks_dir: Path, python_files: tuple[str, ...]) -> list[str]:
-    """Node-id paths of every test module in the policy directory (pytest's default module
-    patterns plus the configured ones)."""
-    if not checks_dir.is_dir():
-        return []
-    patterns = {*DEFAULT_POLICY_FILES, *python_files}
-    modules = []
-    for path in sorted(checks_dir.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        if any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns):
-            modules.append(path.relative_to(rootpath).as_posix())
-    return modules
 
 
 def _phase_outcome(item: pytest.Item, report: pytest.TestReport) -> str:

@@ -21,7 +21,8 @@ from imageready.categories import Category
 from imageready.facts import ITEM_SOURCES, FactsUnavailable, VmFacts
 from imageready.facts.view import recording_reads
 from imageready.gate import WaiverBook
-from imageready.gatekeeper import GateKeeper, Sorter
+from imageready.gatekeeper import GateKeeper
+from imageready.inventory import Sorter
 from imageready.option_group import add_options
 from imageready.options import OPTIONS, POLICY_PIN_ENV, asked, choose_distribution
 from imageready.options import build as build_options
