@@ -370,7 +370,7 @@ def _waivers(path: Path | None) -> tuple[Waiver, ...]:
 def _guest_addresses(values: tuple[str, ...]) -> dict[str, str]:
     """The --guest-address values, parsed; $IMAGEREADY_GUEST_ADDRESSES is checked here too, and
     read again by each facts provider (a VM made during the run, a copy, adds its address)."""
-    from imageready.facts.gather import GuestConfigError, parse_guest_addresses
+    from imageready.guest.addresses import GuestConfigError, parse_guest_addresses
 
     try:
         parse_guest_addresses(list(values), os.environ.get("IMAGEREADY_GUEST_ADDRESSES"))

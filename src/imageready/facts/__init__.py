@@ -37,7 +37,7 @@ class VmFacts:
         default_factory=lambda: dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
     )
     #: ARM view: {"vm": <VM with instanceView>, "disks": {id: disk}, "sources": {id: model},
-    #: "extensions": [...], and with --capture-as "capture": the target (facts.gather.capture_facts)}
+    #: "extensions": [...], and with --capture-as "capture": the target (facts.capture.capture_facts)}
     azure: dict[str, Any] | None = None
     azure_error: str | None = None
     azure_error_category: str = ""

@@ -242,7 +242,7 @@ def _link(
     }
 
 
-# --- the --capture-as target (facts.gather.capture_facts) ------------------------------------------
+# --- the --capture-as target (facts.capture.capture_facts) ------------------------------------------
 
 
 def capture(facts: VmFacts) -> FactsView:

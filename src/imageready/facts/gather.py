@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import json
 import os
 import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from imageready import guest as transports
@@ -32,6 +30,8 @@ from imageready.azure_errors import AzureError, AzureNotFound
 from imageready.categories import Category
 from imageready.facts import VmFacts
 from imageready.facts.azure_view import lineage_kind, source_id
+from imageready.facts.capture import capture_facts
+from imageready.guest.addresses import parse_guest_addresses
 from imageready.guest.base import (
     CommandResult,
     Guest,
@@ -41,7 +41,7 @@ from imageready.guest.base import (
     GuestUnreachable,
 )
 from imageready.guest.identity import ExpectedIdentity, GuestIdentityError, Pins
-from imageready.redact import one_line, redact, register_secret
+from imageready.redact import one_line
 from imageready.target import VmRef
 from imageready.text import decode_guest
 
@@ -59,48 +59,6 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     from imageready.options import RunOptions
-
-
-class GuestConfigError(ValueError):
-    """A --guest-address or IMAGEREADY_GUEST_ADDRESSES value that cannot be used; one line."""
-
-
-def parse_guest_addresses(values: list[str], env_value: str | None) -> dict[str, str]:
-    """``RG/NAME=HOST:PORT`` options, over ``IMAGEREADY_GUEST_ADDRESSES`` (a JSON object, inline
-    or in a file), keyed by lower-cased ``rg/name``."""
-    found: dict[str, str] = {}
-    if env_value:
-        text = env_value.strip()
-        if not text.startswith("{"):
-            try:
-                text = Path(text).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES {env_value}: {exc.strerror}") from None
-            except UnicodeDecodeError:
-                raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES {env_value}: not UTF-8 text") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GuestConfigError(f"IMAGEREADY_GUEST_ADDRESSES: not a JSON object ({exc.msg})") from None
-        if not isinstance(data, dict):
-            raise GuestConfigError("IMAGEREADY_GUEST_ADDRESSES: not a JSON object")
-        found.update({str(k).lower(): str(v) for k, v in data.items()})
-    for value in values:
-        key, sep, address = value.partition("=")
-        if not sep or "/" not in key or not address.strip():
-            raise GuestConfigError(f"--guest-address {redact(value)!r}: expected RG/NAME=HOST[:PORT]")
-        found[key.strip().lower()] = address.strip()
-    for key, address in found.items():
-        if "@" in address or any(c.isspace() for c in address.strip()):
-            # a user:password@ here would travel to every message that names the address
-            userinfo, _, host = address.rpartition("@")
-            register_secret(userinfo)
-            shown = f"***@{host}" if userinfo else redact(address)
-            raise GuestConfigError(
-                f"guest address of {key}: {shown!r} is not HOST[:PORT] (an address carries no "
-                "user or credentials: they come from the environment, an agent or a key file)"
-            )
-    return found
 
 
 class AzureFactsProvider:
@@ -471,35 +429,6 @@ class AzureFactsProvider:
             guest.close()
         for session in sessions:
             session.close()
-
-
-def capture_facts(azure: AzureSession, vm: VmRef, capture: tuple[str, ...], requested: str) -> dict[str, Any]:
-    """What the --capture-as target of ``vm`` holds now, for the capture pre-flight checks
-    (checks/test_capture.py): one read of each resource the capture touches (the artifact; for a
-    gallery also the gallery and the image definition). A 404 is an answer (``not_found``: the
-    name is free, the gallery or definition is missing); any other failure is recorded in
-    ``unreadable`` and makes the checks that need that resource error, never pass."""
-    from imageready.steps.capture import resolve, target_resources
-
-    resources = target_resources(capture, vm)
-    found: dict[str, Any] = {}
-    not_found: list[str] = []
-    unreadable: dict[str, str] = {}
-    for role, (resource_id, api) in resources.items():
-        try:
-            found[role] = azure.get_resource(resource_id, api)
-        except AzureNotFound:
-            not_found.append(role)
-        except AzureError as exc:
-            unreadable[role] = one_line(str(exc))
-    return {
-        "requested": requested,
-        "target": list(resolve(capture, vm)),
-        "ids": {role: resource_id for role, (resource_id, _api) in resources.items()},
-        "found": found,
-        "not_found": not_found,
-        "unreadable": unreadable,
-    }
 
 
 def _identity(guest: Guest) -> dict[str, Any]:
