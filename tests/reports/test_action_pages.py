@@ -19,7 +19,7 @@ from imageready import exitcodes
 from imageready.steps import ORDER
 from tests.e2e.conftest import REPO, Azsim, Run, harness, start_azsim
 
-from .test_report_html import chromium, run_report_script, wait_for
+from .test_report_html import SCREENSHOTS, chromium, run_report_script, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.azsim, pytest.mark.root, pytest.mark.slow]
 
@@ -147,7 +147,8 @@ def test_a_plan_shows_each_step_planned(plan: Run) -> None:
 @pytest.mark.browser
 def test_the_last_action_page_in_chromium_reads_as_the_procedure(applied: Run, tmp_path: Path) -> None:
     """Build the Allure HTML, open the page of the case that went through all seven steps, open
-    one step, and check what a reader sees (a screenshot is kept in the test's tmp dir)."""
+    one step, and check what a reader sees (the screenshot is kept in reports/screenshots/, from
+    where docs/img/allure-action.png is refreshed)."""
     done = run_report_script(applied.report_dir)
     assert done.returncode == 0, done.stderr
     case = f"{CASES['unlock']}[{VM}]"
@@ -177,6 +178,8 @@ def test_the_last_action_page_in_chromium_reads_as_the_procedure(applied: Run, t
         assert driver.find_elements(By.CSS_SELECTOR, "[data-testid=test-result-status-passed]")
     assert screenshot.stat().st_size > 20_000
     _attach_to_this_test(screenshot)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "allure-action-procedure.png").write_bytes(screenshot.read_bytes())
 
 
 def _leaf(driver: Any, name: str) -> Any:
