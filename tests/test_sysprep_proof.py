@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from imageready.steps.windows import COMPLETE, RESEALED, UNDEPLOYABLE, Seal, sysprep_arguments
+from imageready.steps.sysprep_proof import COMPLETE, RESEALED, UNDEPLOYABLE, Seal
+from imageready.steps.sysprep_run import sysprep_arguments
 
 SINCE = "2026-11-25T21:13:18.1234567Z"
 BEFORE = "2026-11-25T21:13:18.1234560Z"

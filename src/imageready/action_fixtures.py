@@ -16,6 +16,7 @@ from imageready import progress
 from imageready.allure_procedure import show_step
 from imageready.runstate import RunState, record_step, run_state
 from imageready.steps import ORDER, STEPS, ActionOptions, ActionStep, Outcome, StepRecord, VmActions
+from imageready.steps.platform import deallocate, generalize, verify
 from imageready.target import VmRef
 
 
@@ -184,9 +185,9 @@ def _capture(request: pytest.FixtureRequest, actions: VmActions) -> Callable[[],
 BODIES: dict[str, Callable[[pytest.FixtureRequest, VmActions], Callable[[], Outcome]]] = {
     "lock": _lock,
     "guest": _guest,
-    "deallocate": lambda request, actions: actions.deallocate,
-    "generalize": lambda request, actions: actions.generalize,
-    "verify": lambda request, actions: actions.verify,
+    "deallocate": lambda request, actions: lambda: deallocate(actions),
+    "generalize": lambda request, actions: lambda: generalize(actions),
+    "verify": lambda request, actions: lambda: verify(actions),
     "capture": _capture,
     "unlock": lambda request, actions: actions.release,
 }

@@ -323,7 +323,7 @@ def _capture(value: str | None) -> tuple[str, ...] | None:
 
 def _sysprep_args(value: str) -> tuple[str, ...]:
     from imageready.steps import StepFailed
-    from imageready.steps.windows import sysprep_arguments
+    from imageready.steps.sysprep_run import sysprep_arguments
 
     configured = tuple(value.split())
     try:

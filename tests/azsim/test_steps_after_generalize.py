@@ -14,6 +14,7 @@ from imageready.azure import AzureSession
 from imageready.steps import ActionOptions, StepFailed, VmActions
 from imageready.steps.capture import RUN_TAG, capture
 from imageready.steps.lease import LEASE_TAG, THEN_NOTHING, Lease, capture_claim
+from imageready.steps.platform import generalize, verify
 from tests.azsim.conftest import Azsim
 
 pytestmark = pytest.mark.azsim
@@ -69,9 +70,9 @@ def test_the_last_write_comes_before_generalize_and_nothing_after(fleet: Azsim, 
     mark = fleet.mark()
     actions = steps_for("lin-seal-capture", "run-seal-1", capture_as=("image", "img-sealed"))
     assert actions.run("lock", actions.acquire).status == "done"
-    generalized = actions.run("generalize", actions.generalize)
+    generalized = actions.run("generalize", lambda: generalize(actions))
     assert generalized.status == "done"
-    assert actions.run("verify", actions.verify).status == "done"
+    assert actions.run("verify", lambda: verify(actions)).status == "done"
     captured = actions.run("capture", lambda: capture(actions))
     assert captured.status == "done" and "recorded on it: imageready-run=run-seal-1" in captured.detail
     released = actions.run("unlock", actions.release)
@@ -95,7 +96,7 @@ def test_the_last_write_comes_before_generalize_and_nothing_after(fleet: Azsim, 
     mark = fleet.mark()
     lock = again.run("lock", again.acquire)
     assert lock.status == "done" and "img-sealed exists already" in lock.detail
-    assert again.run("generalize", again.generalize).status == "already done"
+    assert again.run("generalize", lambda: generalize(again)).status == "already done"
     assert again.run("capture", lambda: capture(again)).status == "already done"
     assert again.run("unlock", again.release).status == "done"
     again.release_quietly()
@@ -107,7 +108,7 @@ def test_a_live_final_lease_binds_another_run_only_for_the_capture_it_claims(
 ) -> None:
     first = steps_for("lin-seal-claimed", "run-claim-1", capture_as=("image", "img-claimed"))
     first.run("lock", first.acquire)
-    first.run("generalize", first.generalize)  # and then, say, it is still capturing
+    first.run("generalize", lambda: generalize(first))  # and then, say, it is still capturing
 
     same = steps_for("lin-seal-claimed", "run-claim-2", capture_as=("image", "img-claimed"))
     with pytest.raises(
@@ -131,7 +132,7 @@ def test_a_live_final_lease_binds_another_run_only_for_the_capture_it_claims(
 def test_a_final_lease_that_claims_no_capture_binds_nobody(fleet: Azsim, steps_for: Any) -> None:
     first = steps_for("lin-seal-nothing", "run-none-1")
     first.run("lock", first.acquire)
-    first.run("generalize", first.generalize)
+    first.run("generalize", lambda: generalize(first))
     lease = Lease.parse(fleet.vm_status(RG, "lin-seal-nothing")["tags"][LEASE_TAG])
     assert lease is not None and lease.then == THEN_NOTHING and lease.final
     later = steps_for("lin-seal-nothing", "run-none-2", capture_as=("image", "img-later"))
@@ -152,7 +153,7 @@ def test_no_tag_is_sent_to_a_generalized_vm_and_a_failed_generalize_takes_the_se
     )
     try:
         with pytest.raises(StepFailed, match="permission denied"):
-            refused.run("generalize", refused.generalize)
+            refused.run("generalize", lambda: generalize(refused))
     finally:
         fleet.admin("DELETE", f"/azsim/faults/{fault}")
     refused.release_quietly()  # Azure did not generalize it: the seal and the lease go
@@ -161,7 +162,7 @@ def test_no_tag_is_sent_to_a_generalized_vm_and_a_failed_generalize_takes_the_se
 
     sealed = steps_for("lin-seal-refused", "run-refused-2")
     sealed.run("lock", sealed.acquire)
-    sealed.run("generalize", sealed.generalize)
+    sealed.run("generalize", lambda: generalize(sealed))
     mark = fleet.mark()
     with pytest.raises(
         StepFailed, match="the VM is generalized and Azure takes no change to it, not even a tag"

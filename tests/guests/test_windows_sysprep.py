@@ -16,7 +16,7 @@ from azsim.windows import catalog
 from azsim.windows.guest import WindowsGuest
 from imageready.facts import windows as windows_facts
 from imageready.guest.base import GuestDisconnected, GuestTimeout, GuestUnreachable
-from imageready.steps.windows import sysprep_script
+from imageready.steps.sysprep_run import sysprep_script
 
 __all__ = ["boot_windows", "windows_tls", "winrm_password"]
 pytestmark = pytest.mark.azsim

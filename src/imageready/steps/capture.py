@@ -12,7 +12,8 @@ from typing import Any
 
 from imageready import progress
 from imageready.azure_errors import AzureError, AzureNotFound
-from imageready.steps import Outcome, StepFailed, VmActions, utc_now
+from imageready.steps.records import Outcome, StepFailed, utc_now
+from imageready.steps.vm_actions import VmActions
 from imageready.target import VmRef
 
 IMAGE_API = "2024-11-01"

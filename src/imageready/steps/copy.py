@@ -22,7 +22,7 @@ from imageready.azure import AzureSession
 from imageready.azure_errors import AzureNotFound
 from imageready.facts.azure_view import COPY_TAG
 from imageready.guest.base import Guest, GuestError
-from imageready.steps import StepRecord, call_record
+from imageready.steps.records import StepRecord, call_record
 from imageready.target import VmRef
 
 

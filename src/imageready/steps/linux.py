@@ -17,7 +17,8 @@ from imageready.facts import VmFacts
 from imageready.gate import parse_step_tag
 from imageready.guest.base import GuestError
 from imageready.guest.identity import GuestIdentityError
-from imageready.steps import Outcome, StepFailed, VmActions
+from imageready.steps.records import Outcome, StepFailed
+from imageready.steps.vm_actions import VmActions
 
 #: why an earlier run's deprovisioning could not be proven (the ``why=`` of a failed guest tag)
 FAILURES = {
