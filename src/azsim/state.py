@@ -67,8 +67,12 @@ class Store:
         found = self.resource_groups.get(rg.lower())
         return found[0] if found else None
 
+    def resource_id(self, rg: str, type_name: str, name: str) -> str:
+        """The id of resource ``name`` of ``type_name`` (``Microsoft.Compute/disks``) in ``rg``."""
+        return f"{rg_id(self.subscription_id, rg)}/providers/{type_name}/{name}"
+
     def compute_id(self, rg: str, kind: str, name: str) -> str:
-        return f"{rg_id(self.subscription_id, rg)}/providers/{COMPUTE}/{kind}/{name}"
+        return self.resource_id(rg, f"{COMPUTE}/{kind}", name)
 
     def source_id(self, rg: str, source: str) -> str:
         """The resource id of a scenario ``source``: disks/NAME, snapshots/NAME or
@@ -83,7 +87,7 @@ class Store:
         return self.compute_id(rg, kind, rest)
 
     def network_id(self, rg: str, kind: str, name: str) -> str:
-        return f"{rg_id(self.subscription_id, rg)}/providers/Microsoft.Network/{kind}/{name}"
+        return self.resource_id(rg, f"Microsoft.Network/{kind}", name)
 
     def get(self, resource_id: str) -> Resource | None:
         return self.resources.get(resource_id.lower().rstrip("/"))
