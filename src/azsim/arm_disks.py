@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, route
-from azsim.arm_resources import CP, created, location_in, reader, resource_group, retag, tags_in
+from azsim.arm_resources import CP, created, location_in, reader, resource_group, retagged, tags_in
 from azsim.guestapi import disk_home
 from azsim.state import Disk, DiskEncryptionSet, Store
 
@@ -35,9 +35,8 @@ def _put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str], *, snapshot: b
     rg = resource_group(sim, m)
     with sim.store.lock:
         resource_id = sim.store.compute_id(rg, kind, m["name"])
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, Disk):
-            retag(existing, body)
+        existing = retagged(sim, resource_id, Disk, body)
+        if existing is not None:
             return ArmReply(200, existing.to_arm(sim.store.subscription_id))
         props = body.get("properties") or {}
         creation = props.get("creationData") or {}

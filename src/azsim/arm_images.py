@@ -11,7 +11,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, not_allowed, not_found, route
-from azsim.arm_resources import CP, created, location_in, reader, resource_group, retag, tags_in
+from azsim.arm_resources import CP, created, location_in, reader, resource_group, retag, retagged, tags_in
 from azsim.state import Gallery, GalleryImage, GalleryImageVersion, Image, Vm
 
 if TYPE_CHECKING:
@@ -125,9 +125,8 @@ def put_gallery(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     rg = resource_group(sim, m)
     with sim.store.lock:
         resource_id = sim.store.compute_id(rg, "galleries", m["gallery"])
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, Gallery):
-            retag(existing, body)
+        existing = retagged(sim, resource_id, Gallery, body)
+        if existing is not None:
             return ArmReply(200, existing.to_arm(sim.store.subscription_id))
         gallery = Gallery(
             id=resource_id,

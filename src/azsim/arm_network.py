@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from azsim.arm_http import ArmReply, ArmRequest, Route, route
-from azsim.arm_resources import RG, location_in, reader, resource_group, retag, tags_in
+from azsim.arm_resources import RG, location_in, reader, resource_group, retagged, tags_in
 from azsim.state import Nic
 
 if TYPE_CHECKING:
@@ -20,9 +20,8 @@ def put_nic(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     rg = resource_group(sim, m)
     with sim.store.lock:
         resource_id = sim.store.network_id(rg, "networkInterfaces", m["name"])
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, Nic):
-            retag(existing, body)
+        existing = retagged(sim, resource_id, Nic, body)
+        if existing is not None:
             return ArmReply(200, existing.to_arm())
         nic = sim.store.new_nic(rg, m["name"], location_in(sim, body, rg), None)
         nic.tags = tags_in(body)

@@ -51,6 +51,16 @@ def retag(existing: Resource, body: dict[str, Any]) -> None:
         existing.tags = tags_in(body)
 
 
+def retagged(sim: Simulator, resource_id: str, cls: type[R], body: dict[str, Any]) -> R | None:
+    """The ``cls`` at ``resource_id`` with its tags updated by the PUT, if it exists (a PUT on a
+    resource that exists updates it); None: the PUT creates it."""
+    existing = sim.store.get(resource_id)
+    if not isinstance(existing, cls):
+        return None
+    retag(existing, body)
+    return existing
+
+
 def location_in(sim: Simulator, body: dict[str, Any], rg: str) -> str:
     """The PUT's location, else the resource group's."""
     return str(body.get("location") or sim.store.resource_groups[rg.lower()][1])

@@ -6,6 +6,7 @@ Names compare case-insensitively, as in ARM, and are shown as created.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from typing import Any
@@ -256,21 +257,14 @@ class Store:
                 )
                 self.add(gallery)
                 for image in gallery_spec.images:
+                    # a definition's spec names the same fields as the resource (plan copied)
+                    fields = dataclasses.asdict(image)
                     self.add(
                         GalleryImage(
                             id=f"{gallery.id}/images/{image.name}",
-                            name=image.name,
                             resource_group=rg.name,
                             location=rg.location,
-                            os=image.os,
-                            os_state=image.os_state,
-                            hyper_v_generation=image.hyper_v_generation,
-                            publisher=image.publisher,
-                            offer=image.offer,
-                            sku=image.sku,
-                            security_type=image.security_type,
-                            architecture=image.architecture,
-                            plan=dict(image.plan) if image.plan else None,
+                            **fields,
                         )
                     )
         # Second pass: a source named in the scenario gives its unique id and its lineage; a
