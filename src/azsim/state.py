@@ -24,7 +24,8 @@ from azsim.resources import (
     Nic,
     Resource,
 )
-from azsim.scenario import DiskSpec, Scenario, VmSpec
+from azsim.scenario import Scenario
+from azsim.scenario_resources import DiskSpec, VmSpec
 from azsim.vm import Extension, Vm
 
 __all__ = [
