@@ -7,7 +7,7 @@ and its test: docs/azsim-rules.md).
   API at its scope) are refused with ``OperationNotAllowedOnGeneralizedVM``;
 - one operation at a time per VM (another one is refused with 409);
 - the etag changes on every mutation; ``If-Match`` that does not match is 412;
-- a list names each VM's extensions by id only; a GET shows them whole;
+- a list names each VM's extensions by id only; a GET shows them whole.
 
 Creating a VM: :mod:`azsim.arm_vm_create`; Run Command: :mod:`azsim.arm_run_command`.
 """
