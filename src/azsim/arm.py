@@ -1,34 +1,44 @@
 """Azure Resource Manager as azsim serves it: one request in, one reply out.
 
 :class:`Simulator` owns the state, the operations, the faults, the guests and the request log;
-:meth:`Simulator.handle_arm` runs each ARM request through what Azure's front door does (request
-ids, authentication, throttling, RBAC) and then its route. Routes live in :mod:`azsim.arm_vms`
-and :mod:`azsim.arm_resources`.
+:meth:`Simulator.handle_arm` matches each ARM request to its route, runs it through what Azure's
+front door does (:mod:`azsim.arm_front_door`: authentication, throttling, RBAC) and then the
+route. The routes live in the ``azsim.arm_*`` modules, one per kind of resource; ``ROUTES``
+lists them all.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from azsim import arm_groups, arm_resources, arm_restore_points, arm_vms
-from azsim.aad import Directory, TokenError
-from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, route
-from azsim.faults import Fault, FaultSet, RequestFacts
+from azsim import (
+    arm_disks,
+    arm_groups,
+    arm_images,
+    arm_network,
+    arm_restore_points,
+    arm_run_command,
+    arm_subscriptions,
+    arm_vm_create,
+    arm_vms,
+)
+from azsim.aad import Directory
+from azsim.arm_front_door import authenticate, authorize, http_fault_error, throttle
+from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route
+from azsim.faults import FaultSet, RequestFacts
 from azsim.guests import Guests, GuestSettings
 from azsim.lro import Operation, Operations, Outcome
+from azsim.request_log import RequestLog
 from azsim.scenario import Scenario
 from azsim.state import Store, Vm
-from azsim.throttling import Throttle, Throttled
+from azsim.throttling import Throttle
 
 DEFAULT_LRO_ERROR = (
     "InternalExecutionError",
@@ -49,127 +59,15 @@ class Secrets:
         return "Secrets(<redacted>)"
 
 
-class RequestLog:
-    """Every ARM and Entra ID request, for tests that count calls (``GET /azsim/requests``)."""
-
-    def __init__(self, limit: int = 50_000) -> None:
-        self._lock = threading.Lock()
-        self._entries: deque[dict[str, Any]] = deque(maxlen=limit)
-        self._seq = 0
-
-    def add(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self._seq += 1
-            entry["seq"] = self._seq
-            self._entries.append(entry)
-
-    def entries(self, since: int = 0) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(e) for e in self._entries if e["seq"] > since]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-def _subscriptions(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    return ArmReply(200, {"value": [sim.subscription_json()], "count": {"type": "Total", "value": 1}})
-
-
-def _subscription(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    sim.check_subscription(m["sub"])
-    return ArmReply(200, sim.subscription_json())
-
-
-def _resource_group(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    sim.check_subscription(m["sub"])
-    name = sim.check_rg(m["rg"])
-    _, location, tags = sim.store.resource_groups[name.lower()]
-    return ArmReply(
-        200,
-        {
-            "id": f"/subscriptions/{sim.store.subscription_id}/resourceGroups/{name}",
-            "name": name,
-            "type": "Microsoft.Resources/resourceGroups",
-            "location": location,
-            "tags": tags,
-            "properties": {"provisioningState": "Succeeded"},
-        },
-    )
-
-
-def _operation(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    """Both LRO URLs: the status (Azure-AsyncOperation) and, with ``monitor=true``, the result."""
-    sim.check_subscription(m["sub"])
-    op = sim.ops.get(m["op"])
-    if op is None:
-        raise ArmError(404, "OperationNotFound", f"The operation '{m['op']}' was not found.")
-    if req.query.get("monitor", "").lower() == "true":
-        if op.status == "InProgress":
-            return ArmReply(
-                202,
-                None,
-                {"Location": sim.operation_url(req, op, monitor=True), "Retry-After": "1"},
-            )
-        if op.status == "Failed" and op.error is not None:
-            raise ArmError(500, op.error["code"], op.error["message"])
-        return ArmReply(200, op.result)
-    headers = {"Retry-After": "1"} if op.status == "InProgress" else {}
-    return ArmReply(200, op.status_body(), headers)
-
-
-def _cloud_metadata(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    """``/metadata/endpoints`` for ``az cloud register`` with endpoint discovery."""
-    base = req.base_url
-    aad = base.replace("127.0.0.1", "localhost")
-    return ArmReply(
-        200,
-        {
-            "name": "AzSim",
-            "resourceManager": f"{base}/",
-            "portal": f"{base}/",
-            "authentication": {
-                "loginEndpoint": aad,
-                "audiences": [
-                    "https://management.core.windows.net/",
-                    "https://management.azure.com/",
-                ],
-                "tenant": "common",
-                "identityProvider": "AAD",
-            },
-            "suffixes": {},
-        },
-    )
-
-
-SUB = "/subscriptions/{sub}"
 ROUTES: list[Route] = [
-    route(
-        "GET",
-        "/subscriptions",
-        _subscriptions,
-        "Microsoft.Resources/subscriptions/read",
-        "listSubscriptions",
-    ),
-    route("GET", SUB, _subscription, "Microsoft.Resources/subscriptions/read", "getSubscription"),
-    route(
-        "GET",
-        SUB + "/resourceGroups/{rg}",
-        _resource_group,
-        "Microsoft.Resources/subscriptions/resourceGroups/read",
-        "getResourceGroup",
-    ),
-    route(
-        "GET",
-        SUB + "/providers/Microsoft.Compute/locations/{loc}/operations/{op}",
-        _operation,
-        "Microsoft.Compute/locations/operations/read",
-        "operationStatus",
-    ),
-    route("GET", "/metadata/endpoints", _cloud_metadata, "", "metadata", auth=False),
+    *arm_subscriptions.ROUTES,
     *arm_groups.ROUTES,
     *arm_vms.ROUTES,
-    *arm_resources.ROUTES,
+    *arm_vm_create.ROUTES,
+    *arm_run_command.ROUTES,
+    *arm_disks.ROUTES,
+    *arm_images.ROUTES,
+    *arm_network.ROUTES,
     *arm_restore_points.ROUTES,
 ]
 
@@ -215,15 +113,21 @@ class Simulator:
             vms = self.store.vms()
         self.guests.check_classes({vm.os for vm in vms})
         for vm in vms:
-            self.guests.create(
-                vm.key,
-                resource_group=vm.resource_group,
-                vm_name=vm.name,
-                os_type=vm.os,
-                admin_user=vm.admin_user,
-                spec=vm.guest_spec,
-                platform=vm.platform(),
-            )
+            self.create_guest(vm)
+
+    def create_guest(self, vm: Vm, disk_home: str | None = None) -> None:
+        """Create (not boot) ``vm``'s guest; it boots from its OS disk's content at ``disk_home``
+        (None: the guest's own directory, as a scenario VM's)."""
+        self.guests.create(
+            vm.key,
+            resource_group=vm.resource_group,
+            vm_name=vm.name,
+            os_type=vm.os,
+            admin_user=vm.admin_user,
+            spec=vm.guest_spec,
+            disk_home=disk_home,
+            platform=vm.platform(),
+        )
 
     def boot_guests(self) -> dict[str, str]:
         with self.store.lock:
@@ -251,23 +155,6 @@ class Simulator:
         return True
 
     # -- helpers for routes --------------------------------------------------------------------
-
-    def subscription_json(self) -> dict[str, Any]:
-        sub = self.store.subscription_id
-        return {
-            "id": f"/subscriptions/{sub}",
-            "authorizationSource": "RoleBased",
-            "managedByTenants": [],
-            "subscriptionId": sub,
-            "tenantId": self.store.tenant,
-            "displayName": self.store.subscription_name,
-            "state": "Enabled",
-            "subscriptionPolicies": {
-                "locationPlacementId": "Public_2014-09-01",
-                "quotaId": "PayAsYouGo_2014-09-01",
-                "spendingLimit": "Off",
-            },
-        }
 
     def check_subscription(self, sub: str) -> None:
         if sub.lower() != self.store.subscription_id:
@@ -370,84 +257,6 @@ class Simulator:
             "be found in azsim (it serves the Microsoft.Compute subset imageready uses).",
         )
 
-    def _authenticate(self, req: ArmRequest, base_url: str) -> dict[str, Any]:
-        try:
-            return self.directory.verify(req.header("Authorization"), self.faults.token_cutoff())
-        except TokenError as err:
-            authority = f"{base_url.replace('127.0.0.1', 'localhost')}/{self.store.tenant}"
-            if err.cae:
-                # a client that declared CAE gets a claims challenge and can recover in-flight
-                cutoff = int(self.faults.token_cutoff() or time.time())
-                claims = json.dumps({"access_token": {"nbf": {"essential": True, "value": str(cutoff)}}})
-                encoded = base64.b64encode(claims.encode()).decode()
-                challenge = (
-                    f'Bearer authorization_uri="{authority}", error="insufficient_claims", claims="{encoded}"'
-                )
-            else:
-                challenge = (
-                    f'Bearer authorization_uri="{authority}", error="invalid_token", '
-                    f'error_description="{err.message}"'
-                )
-            raise ArmError(401, err.code, err.message, {"WWW-Authenticate": challenge}) from None
-
-    def _authorize(self, req: ArmRequest, matched: Route, facts: RequestFacts) -> None:
-        denied = not self.scenario.principal.may(matched.action)
-        if denied or self.faults.forbidden(facts):
-            segments = req.path.rstrip("/").split("/")
-            scope = "/".join(segments[: len(segments) - matched.scope_trim])
-            principal = self.scenario.principal
-            raise ArmError(
-                403,
-                "AuthorizationFailed",
-                f"The client '{principal.client_id}' with "
-                f"object id '{principal.object_id}' does not have authorization to "
-                f"perform action '{matched.action}' over scope '{scope}' or the scope is "
-                "invalid. If access was recently granted, please refresh your credentials.",
-            )
-
-    @staticmethod
-    def _http_fault_reply(fault: Fault) -> ArmError:
-        headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-        if fault.kind == "throttle":
-            return ArmError(
-                429,
-                "TooManyRequests",
-                "The request is being throttled as the limit "
-                "has been reached for operation type - Read_30Min. For more information, "
-                "see - https://aka.ms/throttling",
-                headers,
-            )
-        default_code = {
-            500: "InternalServerError",
-            502: "BadGateway",
-            503: "ServiceUnavailable",
-            504: "GatewayTimeout",
-        }[fault.status]
-        return ArmError(
-            fault.status,
-            fault.code or default_code,
-            fault.message or "The service is temporarily unavailable; try again later.",
-            headers,
-        )
-
-    def _throttle(self, req: ArmRequest, groups: Mapping[str, str]) -> dict[str, str]:
-        """ARM's front door spends a token of the caller's buckets (rulebook THR-1..3)."""
-        subscription = groups.get("sub")
-        principal = str(req.claims.get("oid") or req.claims.get("appid") or "")
-        try:
-            return self.throttle.take(req.method, subscription, principal)
-        except Throttled as err:
-            scope = "subscription" if subscription else "tenant"
-            what = {"reads": "read", "writes": "write", "deletes": "delete"}[err.kind]
-            raise ArmError(
-                429,
-                "SubscriptionRequestsThrottled" if subscription else "TenantRequestsThrottled",
-                f"Number of '{what}' requests for {scope} '{subscription or self.store.tenant}' actor "
-                f"'{principal}' exceeded. Please try again after '{err.retry_after}' seconds after "
-                "additional tokens are available. Refer to https://aka.ms/arm-throttling",
-                {"Retry-After": str(err.retry_after), f"x-ms-ratelimit-remaining-{scope}-{err.kind}": "0"},
-            ) from None
-
     def handle_arm(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes, base_url: str
     ) -> ArmReply:
@@ -476,12 +285,12 @@ class Simulator:
                 time.sleep(delay)
             limits: dict[str, str] = {}
             if matched.auth:
-                req.claims = self._authenticate(req, base_url)
-                limits = self._throttle(req, groups)
+                req.claims = authenticate(self, req, base_url)
+                limits = throttle(self, req, groups)
                 fault = self.faults.http_fault(facts)
                 if fault is not None:
-                    raise self._http_fault_reply(fault)
-                self._authorize(req, matched, facts)
+                    raise http_fault_error(fault)
+                authorize(self, req, matched, facts)
             reply = matched.handler(self, req, groups)
             reply.headers.update(limits)
         except ArmError as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, route
+from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, route, string_tags
 from azsim.state import Vm
 
 if TYPE_CHECKING:
@@ -35,6 +35,11 @@ def group_json(sim: Simulator, name: str, state: str = "Succeeded") -> dict[str,
     }
 
 
+def get_group(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+    sim.check_subscription(m["sub"])
+    return ArmReply(200, group_json(sim, sim.check_rg(m["rg"])))
+
+
 def put_group(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     """Create a resource group, or update the tags of one that exists (its location stays)."""
     sim.check_subscription(m["sub"])
@@ -42,9 +47,7 @@ def put_group(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
     location = body.get("location")
     if not isinstance(location, str) or not location:
         raise invalid("The location property is required for this definition.", "LocationRequired")
-    tags = body.get("tags") or {}
-    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-        raise invalid("tags: expected an object of string values.")
+    tags = string_tags(body.get("tags") or {}, "tags")
     with sim.store.lock:
         known = sim.store.resource_groups.get(m["rg"].lower())
         if known is not None:
@@ -124,6 +127,13 @@ ROUTES: list[Route] = [
         list_groups,
         "Microsoft.Resources/subscriptions/resourceGroups/read",
         "listResourceGroups",
+    ),
+    route(
+        "GET",
+        SUB + "/resourceGroups/{rg}",
+        get_group,
+        "Microsoft.Resources/subscriptions/resourceGroups/read",
+        "getResourceGroup",
     ),
     route(
         "PUT",

@@ -126,3 +126,10 @@ def not_allowed(message: str) -> ArmError:
 
 def invalid(message: str, code: str = "InvalidParameter") -> ArmError:
     return ArmError(400, code, message)
+
+
+def string_tags(value: Any, where: str) -> dict[str, str]:
+    """A tags object whose values are all strings (a VM's, a resource group's), else a 400."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise invalid(f"{where}: expected an object of string values.")
+    return {str(k): v for k, v in value.items()}

@@ -1,69 +1,96 @@
-"""Disks, snapshots, images, galleries, disk encryption sets and network interfaces.
+"""What the routes of resources other than VMs share: the resource group a request names, a
+resource looked up by type, the tags of a PUT, a GET of one resource, and a creating PUT.
 
-Creation is an LRO (the resource shows ``Creating`` until it ends) and copies what Azure copies:
-a snapshot or a disk made from one keeps the OS type, size, Hyper-V generation, encryption
-settings, the lineage of the VM whose OS disk it was and its content (the guest's files as they
-are when the copy starts; see ``azsim.guestapi``). The rules an image or a gallery image version
-made from a VM must meet (generalized source, security type, generation, architecture, plan) are
-listed with their Microsoft sources in docs/azsim-rules.md.
+Creation is an LRO (the resource shows ``Creating`` until it ends). The routes themselves:
+:mod:`azsim.arm_disks` (disks, snapshots, disk encryption sets), :mod:`azsim.arm_images`
+(images, galleries and what is in them), :mod:`azsim.arm_network` (network interfaces).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from azsim.arm_http import ArmError, ArmReply, ArmRequest, Route, invalid, not_allowed, not_found, route
-from azsim.guestapi import disk_home
-from azsim.state import (
-    Disk,
-    DiskEncryptionSet,
-    Gallery,
-    GalleryImage,
-    GalleryImageVersion,
-    Image,
-    Nic,
-    Resource,
-    Vm,
-)
+from azsim.arm_http import ArmReply, ArmRequest, Handler, invalid, not_found
+from azsim.state import Disk, Resource, Store
 
 if TYPE_CHECKING:
     from azsim.arm import Simulator
 
 RG = "/subscriptions/{sub}/resourceGroups/{rg}"
 CP = RG + "/providers/Microsoft.Compute"
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+R = TypeVar("R", bound=Resource)
 
 
-def _rg(sim: Simulator, m: dict[str, str]) -> str:
+def resource_group(sim: Simulator, m: dict[str, str]) -> str:
+    """The request's resource group as it was created (404 for an unknown subscription or group)."""
     sim.check_subscription(m["sub"])
     return sim.check_rg(m["rg"])
 
 
-def _get(sim: Simulator, m: dict[str, str], resource_id: str, kind: str, cls: type[Resource]) -> Any:
+def get_or_404(sim: Simulator, m: dict[str, str], resource_id: str, type_name: str, cls: type[R]) -> R:
+    """The resource at ``resource_id`` if it is a ``cls`` (a disk is not a snapshot), else 404."""
     found = sim.store.get(resource_id)
     if not isinstance(found, cls) or (
-        isinstance(found, Disk) and found.snapshot != (kind.endswith("snapshots"))
+        isinstance(found, Disk) and found.snapshot != (type_name.endswith("snapshots"))
     ):
-        raise not_found(kind, resource_id.rsplit("/", 1)[-1], m["rg"])
+        raise not_found(type_name, resource_id.rsplit("/", 1)[-1], m["rg"])
     return found
 
 
-def _tags(body: dict[str, Any]) -> dict[str, str]:
+def tags_in(body: dict[str, Any]) -> dict[str, str]:
     tags = body.get("tags") or {}
     if not isinstance(tags, dict):
         raise invalid("tags: expected an object.")
     return {str(k): str(v) for k, v in tags.items()}
 
 
-def _created(
+def retag(existing: Resource, body: dict[str, Any]) -> None:
+    """A PUT on a resource that exists updates its tags, if it names any."""
+    if "tags" in body:
+        existing.tags = tags_in(body)
+
+
+def retagged(sim: Simulator, resource_id: str, cls: type[R], body: dict[str, Any]) -> R | None:
+    """The ``cls`` at ``resource_id`` with its tags updated by the PUT, if it exists (a PUT on a
+    resource that exists updates it); None: the PUT creates it."""
+    existing = sim.store.get(resource_id)
+    if not isinstance(existing, cls):
+        return None
+    retag(existing, body)
+    return existing
+
+
+def location_in(sim: Simulator, body: dict[str, Any], rg: str) -> str:
+    """The PUT's location, else the resource group's."""
+    return str(body.get("location") or sim.store.resource_groups[rg.lower()][1])
+
+
+def reader(
+    type_name: str,
+    cls: type[R],
+    render: Callable[[R, Store], dict[str, Any]],
+    *,
+    key: str = "name",
+) -> Handler:
+    """The GET of one resource of ``type_name`` named by the route's ``key``, shown by ``render``."""
+
+    def read(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
+        rg = resource_group(sim, m)
+        with sim.store.lock:
+            resource_id = sim.store.resource_id(rg, type_name, m[key])
+            return ArmReply(200, render(get_or_404(sim, m, resource_id, type_name, cls), sim.store))
+
+    return read
+
+
+def created(
     sim: Simulator,
     req: ArmRequest,
     resource: Resource,
     kind: str,
     status: int,
-    render: Any,
+    render: Callable[[], Any],
     work: Callable[[], Any] | None = None,
     source_vm: str | None = None,
 ) -> ArmReply:
@@ -97,521 +124,3 @@ def _created(
         status=status,
         body=body,
     )
-
-
-# -- disks and snapshots -------------------------------------------------------------------------
-
-
-def get_disk(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        disk = _get(sim, m, sim.store.compute_id(rg, "disks", m["name"]), "Microsoft.Compute/disks", Disk)
-        return ArmReply(200, disk.to_arm(sim.store.subscription_id))
-
-
-def get_snapshot(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        snap = _get(
-            sim, m, sim.store.compute_id(rg, "snapshots", m["name"]), "Microsoft.Compute/snapshots", Disk
-        )
-        return ArmReply(200, snap.to_arm(sim.store.subscription_id))
-
-
-def _put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str], *, snapshot: bool) -> ArmReply:
-    kind = "snapshots" if snapshot else "disks"
-    body = req.json()
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        resource_id = sim.store.compute_id(rg, kind, m["name"])
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, Disk):
-            existing.tags = _tags(body) if "tags" in body else existing.tags
-            return ArmReply(200, existing.to_arm(sim.store.subscription_id))
-        props = body.get("properties") or {}
-        creation = props.get("creationData") or {}
-        option = creation.get("createOption")
-        disk = Disk(
-            id=resource_id,
-            name=m["name"],
-            resource_group=rg,
-            location=str(body.get("location") or sim.store.resource_groups[rg.lower()][1]),
-            tags=_tags(body),
-            snapshot=snapshot,
-            create_option=str(option),
-            content_home=str(disk_home(rg, kind, m["name"])),
-        )
-        source_home: str | None = None
-        if option in ("Copy", "Restore"):
-            source_id = creation.get("sourceResourceId")
-            source = sim.store.get(str(source_id or ""))
-            if not isinstance(source, Disk):
-                raise ArmError(
-                    404,
-                    "NotFound",
-                    f"Resource '{source_id}' was not found (properties.creationData.sourceResourceId).",
-                )
-            disk.source_id = source.id
-            disk.source_unique_id = source.unique_id
-            disk.size_gb = int(props.get("diskSizeGB") or source.size_gb)
-            disk.os = source.os
-            disk.hyper_v_generation = source.hyper_v_generation
-            disk.architecture = source.architecture
-            disk.encryption, disk.des_id, disk.ade = source.encryption, source.des_id, source.ade
-            disk.lineage = sim.store.lineage_of(source)
-            source_home = source.content_home
-        elif option == "Empty" and not snapshot:
-            size = props.get("diskSizeGB")
-            if not isinstance(size, int) or size < 1:
-                raise invalid("properties.diskSizeGB: required for an empty disk.")
-            disk.size_gb = size
-        else:
-            allowed = "Copy or Restore" if snapshot else "Copy, Restore or Empty"
-            raise invalid(f"properties.creationData.createOption: azsim supports {allowed}, got {option!r}.")
-        encryption = props.get("encryption") or {}
-        if encryption.get("diskEncryptionSetId"):
-            disk.encryption, disk.des_id = "customer", str(encryption["diskEncryptionSetId"])
-    operation = "createSnapshot" if snapshot else "createDisk"
-
-    def copy_content() -> None:
-        if source_home is not None:
-            sim.guests.copy_disk_content(source_home, disk.content_home)
-
-    return _created(
-        sim, req, disk, operation, 202, lambda: disk.to_arm(sim.store.subscription_id), copy_content
-    )
-
-
-def put_disk(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    return _put_disk(sim, req, m, snapshot=False)
-
-
-def put_snapshot(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    return _put_disk(sim, req, m, snapshot=True)
-
-
-def list_disks(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        disks = [r for r in sim.store.of_type(Disk, rg) if isinstance(r, Disk) and not r.snapshot]
-        return ArmReply(200, {"value": [d.to_arm(sim.store.subscription_id) for d in disks]})
-
-
-# -- images and galleries ---------------------------------------------------------------------------
-
-
-def _source_vm(sim: Simulator, vm_id: Any, where: str) -> Vm:
-    vm = sim.store.get(str(vm_id or ""))
-    if not isinstance(vm, Vm):
-        raise ArmError(404, "NotFound", f"Virtual machine '{vm_id}' was not found ({where}).")
-    return vm
-
-
-def get_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        image = _get(sim, m, sim.store.compute_id(rg, "images", m["name"]), "Microsoft.Compute/images", Image)
-        return ArmReply(200, image.to_arm())
-
-
-#: a VM's security type -> the SecurityType its image definition must declare (None: no feature)
-_DEFINITION_FOR = {"Standard": None, "TrustedLaunch": "TrustedLaunch", "ConfidentialVM": "ConfidentialVM"}
-#: SecurityTypes whose images hold no VM guest state: a VM cannot be their source
-_NO_VM_SOURCE = (
-    "TrustedLaunchSupported",
-    "ConfidentialVMSupported",
-    "TrustedLaunchAndConfidentialVmSupported",
-)
-
-
-def _same_source(existing: Image | GalleryImageVersion, vm: Vm, what: str) -> None:
-    """A PUT on an artifact that exists updates it (200); one made from another VM azsim refuses,
-    so that no test can rely on re-pointing an image (Azure's answer to that is not documented)."""
-    if existing.source_vm_id.lower() != vm.id.lower():
-        raise ArmError(
-            409,
-            "Conflict",
-            f"{what} '{existing.name}' exists and was made from '{existing.source_vm_id}'; azsim does not "
-            f"re-point it to '{vm.id}'.",
-        )
-
-
-def put_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    body = req.json()
-    rg = _rg(sim, m)
-    props = body.get("properties") or {}
-    with sim.store.lock:
-        resource_id = sim.store.compute_id(rg, "images", m["name"])
-        vm = _source_vm(
-            sim, (props.get("sourceVirtualMachine") or {}).get("id"), "properties.sourceVirtualMachine.id"
-        )
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, Image):
-            _same_source(existing, vm, "Image")
-            if "tags" in body:
-                existing.tags = _tags(body)
-            return ArmReply(200, existing.to_arm())
-        if vm.security_type != "Standard":
-            raise not_allowed(
-                "Creation of managed images are not supported for virtual machine with "
-                f"{vm.security_type} security type."
-            )
-        if vm.architecture != "x64":
-            raise not_allowed(
-                f"Creation of managed images is not supported for virtual machine '{vm.name}' with the "
-                f"{vm.architecture} architecture: capture it to an Azure Compute Gallery."
-            )
-        if not vm.generalized:
-            raise not_allowed("Capture operation cannot be completed because the VM is not generalized.")
-        assert vm.os_disk is not None
-        image = Image(
-            id=resource_id,
-            name=m["name"],
-            resource_group=rg,
-            location=str(body.get("location") or vm.location),
-            tags=_tags(body),
-            source_vm_id=vm.id,
-            os=vm.os,
-            os_disk_id=vm.os_disk.id,
-            os_disk_size_gb=vm.os_disk.size_gb,
-            data_disks=[(lun, d.id, d.size_gb) for lun, d in sorted(vm.data_disks, key=lambda x: x[0])],
-            # the request's value when given (Microsoft tells `az image create` users to pass V2 for a
-            # generation 2 VM), else the source's
-            hyper_v_generation=str(props.get("hyperVGeneration") or vm.hyper_v_generation),
-        )
-    return _created(sim, req, image, "createImage", 201, image.to_arm, source_vm=vm.key)
-
-
-def _gallery_image(sim: Simulator, m: dict[str, str], rg: str) -> GalleryImage:
-    gallery_id = sim.store.compute_id(rg, "galleries", m["gallery"])
-    if not isinstance(sim.store.get(gallery_id), Gallery):
-        raise not_found("Microsoft.Compute/galleries", m["gallery"], m["rg"])
-    image = sim.store.get(f"{gallery_id}/images/{m['image']}")
-    if not isinstance(image, GalleryImage):
-        raise not_found("Microsoft.Compute/galleries/images", f"{m['gallery']}/{m['image']}", m["rg"])
-    return image
-
-
-def get_gallery(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        gallery = _get(
-            sim,
-            m,
-            sim.store.compute_id(rg, "galleries", m["gallery"]),
-            "Microsoft.Compute/galleries",
-            Gallery,
-        )
-        return ArmReply(200, gallery.to_arm(sim.store.subscription_id))
-
-
-def get_gallery_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        return ArmReply(200, _gallery_image(sim, m, rg).to_arm())
-
-
-def put_gallery(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    """Create a gallery (an LRO: Creating, then Succeeded), or update the tags of one."""
-    body = req.json()
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        resource_id = sim.store.compute_id(rg, "galleries", m["gallery"])
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, Gallery):
-            if "tags" in body:
-                existing.tags = _tags(body)
-            return ArmReply(200, existing.to_arm(sim.store.subscription_id))
-        gallery = Gallery(
-            id=resource_id,
-            name=m["gallery"],
-            resource_group=rg,
-            location=str(body.get("location") or sim.store.resource_groups[rg.lower()][1]),
-            tags=_tags(body),
-        )
-    return _created(
-        sim, req, gallery, "createGallery", 201, lambda: gallery.to_arm(sim.store.subscription_id)
-    )
-
-
-#: what an image definition must declare (GalleryImageProperties' required properties)
-_DEFINITION_REQUIRED = ("osType", "osState", "identifier")
-
-
-def put_gallery_image(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    """Create an image definition in an existing gallery. A definition that exists is answered
-    as it is when the request declares the same properties; azsim refuses to change them."""
-    body = req.json()
-    rg = _rg(sim, m)
-    props = body.get("properties") or {}
-    missing = [key for key in _DEFINITION_REQUIRED if not props.get(key)]
-    if missing:
-        raise invalid(f"Required parameter 'properties.{missing[0]}' is missing (null).")
-    for key in ("hyperVGeneration", "architecture"):
-        if not props.get(key):
-            # Azure has defaults for these; azsim does not guess them
-            raise invalid(f"azsim needs properties.{key} on an image definition (no default modelled).")
-    features = props.get("features") or []
-    security = None
-    for feature in features if isinstance(features, list) else [None]:
-        if not isinstance(feature, dict) or feature.get("name") != "SecurityType":
-            raise invalid(f"azsim models only the SecurityType feature of a definition; got {feature!r}.")
-        security = str(feature.get("value") or "")
-    identifier = props["identifier"] if isinstance(props["identifier"], dict) else {}
-    plan = props.get("purchasePlan")
-    with sim.store.lock:
-        gallery_id = sim.store.compute_id(rg, "galleries", m["gallery"])
-        gallery = sim.store.get(gallery_id)
-        if not isinstance(gallery, Gallery):
-            raise not_found("Microsoft.Compute/galleries", m["gallery"], m["rg"])
-        image = GalleryImage(
-            id=f"{gallery_id}/images/{m['image']}",
-            name=m["image"],
-            resource_group=rg,
-            location=str(body.get("location") or gallery.location),
-            tags=_tags(body),
-            os=str(props["osType"]),
-            os_state=str(props["osState"]),
-            hyper_v_generation=str(props["hyperVGeneration"]),
-            publisher=str(identifier.get("publisher") or ""),
-            offer=str(identifier.get("offer") or ""),
-            sku=str(identifier.get("sku") or ""),
-            security_type=security,
-            architecture=str(props["architecture"]),
-            plan={str(k): str(v) for k, v in plan.items()} if isinstance(plan, dict) and plan else None,
-        )
-        existing = sim.store.get(image.id)
-        if isinstance(existing, GalleryImage):
-            settled = {"provisioningState": ""}
-            if existing.to_arm()["properties"] | settled != image.to_arm()["properties"] | settled:
-                raise ArmError(
-                    409,
-                    "Conflict",
-                    f"azsim does not change the properties of definition '{m['image']}' once it exists.",
-                )
-            return ArmReply(200, existing.to_arm())
-    return _created(sim, req, image, "createGalleryImage", 201, image.to_arm)
-
-
-def get_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        image = _gallery_image(sim, m, rg)
-        version = sim.store.get(f"{image.id}/versions/{m['version']}")
-        if not isinstance(version, GalleryImageVersion):
-            raise not_found(
-                "Microsoft.Compute/galleries/images/versions",
-                f"{m['gallery']}/{m['image']}/{m['version']}",
-                m["rg"],
-            )
-        return ArmReply(200, version.to_arm())
-
-
-def _check_definition_takes(image: GalleryImage, vm: Vm) -> None:
-    """What an image definition requires of a source VM (docs/azsim-rules.md, gallery rules)."""
-    if image.security_type in _NO_VM_SOURCE:
-        raise invalid(
-            f"The security type '{image.security_type}' is not supported for the source id '{vm.id}'. "
-            "Currently only Vhd Blob, User Image and Gallery Image Version sources are supported for "
-            f"'{image.security_type}' images."
-        )
-
-    def differs(what: str, source: str, parent: str, status: int = 400, code: str = "BadRequest") -> ArmError:
-        return ArmError(
-            status,
-            code,
-            f"The resource with id '{vm.id}' has a different {what} ['{source}'] than the parent gallery "
-            f"image {what} ['{parent}'].",
-        )
-
-    if vm.os != image.os:
-        raise differs("OS type", vm.os, image.os)
-    state = "Generalized" if vm.generalized else "Specialized"
-    if state != image.os_state:
-        raise differs("OS state", state, image.os_state)
-    if vm.hyper_v_generation != image.hyper_v_generation:
-        generations = (vm.hyper_v_generation, image.hyper_v_generation)
-        raise differs("Hypervisor generation", *generations, 409, "Conflict")
-    wanted = _DEFINITION_FOR.get(vm.security_type, vm.security_type)
-    if image.security_type != wanted:
-        raise invalid(
-            f"The source virtual machine '{vm.id}' has security type '{vm.security_type}', but the gallery "
-            f"image definition '{image.name}' declares SecurityType '{image.security_type or 'none'}' "
-            f"(it must declare '{wanted or 'none'}')."
-        )
-    if vm.architecture != image.architecture:
-        raise invalid(
-            f"The source virtual machine '{vm.id}' has architecture '{vm.architecture}', but the gallery "
-            f"image definition '{image.name}' has architecture '{image.architecture}'."
-        )
-    if vm.plan and {k: vm.plan.get(k) for k in ("name", "publisher", "product")} != (image.plan or {}):
-        raise invalid(
-            f"The source virtual machine '{vm.id}' carries the Marketplace purchase plan "
-            f"{vm.plan.get('publisher')}/{vm.plan.get('product')}/{vm.plan.get('name')}; the gallery image "
-            f"definition '{image.name}' must declare the same purchasePlan."
-        )
-
-
-def put_gallery_image_version(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    body = req.json()
-    rg = _rg(sim, m)
-    props = body.get("properties") or {}
-    if not _VERSION.match(m["version"]):
-        raise invalid(
-            f"The gallery image version name '{m['version']}' is invalid; it must be "
-            "MajorVersion.MinorVersion.Patch (e.g. 1.0.0)."
-        )
-    with sim.store.lock:
-        image = _gallery_image(sim, m, rg)
-        resource_id = f"{image.id}/versions/{m['version']}"
-        source = (props.get("storageProfile") or {}).get("source") or {}
-        vm = _source_vm(
-            sim,
-            source.get("virtualMachineId") or source.get("id"),
-            "properties.storageProfile.source.virtualMachineId",
-        )
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, GalleryImageVersion):
-            _same_source(existing, vm, "Gallery image version")
-            if "tags" in body:
-                existing.tags = _tags(body)
-            return ArmReply(200, existing.to_arm())
-        _check_definition_takes(image, vm)
-        assert vm.os_disk is not None
-        publishing = props.get("publishingProfile") or {}
-        regions = publishing.get("targetRegions") or [{"name": image.location}]
-        version = GalleryImageVersion(
-            id=resource_id,
-            name=m["version"],
-            resource_group=rg,
-            location=str(body.get("location") or image.location),
-            tags=_tags(body),
-            source_vm_id=vm.id,
-            os_disk_size_gb=vm.os_disk.size_gb,
-            data_disks=[(lun, d.size_gb) for lun, d in sorted(vm.data_disks, key=lambda x: x[0])],
-            target_regions=[
-                {
-                    "name": r.get("name"),
-                    "regionalReplicaCount": r.get("regionalReplicaCount", 1),
-                    "storageAccountType": r.get("storageAccountType", "Standard_LRS"),
-                }
-                for r in regions
-                if isinstance(r, dict)
-            ],
-            exclude_from_latest=bool(publishing.get("excludeFromLatest", False)),
-        )
-    return _created(sim, req, version, "createGalleryImageVersion", 201, version.to_arm)
-
-
-# -- disk encryption sets and network interfaces ---------------------------------------------------
-
-
-def get_des(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        des = _get(
-            sim,
-            m,
-            sim.store.compute_id(rg, "diskEncryptionSets", m["name"]),
-            "Microsoft.Compute/diskEncryptionSets",
-            DiskEncryptionSet,
-        )
-        return ArmReply(200, des.to_arm(sim.store.tenant))
-
-
-def get_nic(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        nic = _get(
-            sim,
-            m,
-            sim.store.network_id(rg, "networkInterfaces", m["name"]),
-            "Microsoft.Network/networkInterfaces",
-            Nic,
-        )
-        return ArmReply(200, nic.to_arm())
-
-
-def put_nic(sim: Simulator, req: ArmRequest, m: dict[str, str]) -> ArmReply:
-    """A network interface for a copy VM; created at once (Succeeded), as Azure usually does."""
-    body = req.json()
-    rg = _rg(sim, m)
-    with sim.store.lock:
-        resource_id = sim.store.network_id(rg, "networkInterfaces", m["name"])
-        existing = sim.store.get(resource_id)
-        if isinstance(existing, Nic):
-            existing.tags = _tags(body) if "tags" in body else existing.tags
-            return ArmReply(200, existing.to_arm())
-        nic = sim.store.new_nic(
-            rg, m["name"], str(body.get("location") or sim.store.resource_groups[rg.lower()][1]), None
-        )
-        nic.tags = _tags(body)
-        configs = (body.get("properties") or {}).get("ipConfigurations") or []
-        subnet = ((configs[0].get("properties") or {}).get("subnet") or {}).get("id") if configs else None
-        if isinstance(subnet, str) and subnet:
-            nic.subnet_id = subnet
-        return ArmReply(201, nic.to_arm())
-
-
-_C = "Microsoft.Compute"
-GALLERY = CP + "/galleries/{gallery}"
-ROUTES: list[Route] = [
-    route("GET", CP + "/disks", list_disks, f"{_C}/disks/read", "listDisks"),
-    route("GET", CP + "/disks/{name}", get_disk, f"{_C}/disks/read", "getDisk"),
-    route("PUT", CP + "/disks/{name}", put_disk, f"{_C}/disks/write", "createDisk"),
-    route("GET", CP + "/snapshots/{name}", get_snapshot, f"{_C}/snapshots/read", "getSnapshot"),
-    route("PUT", CP + "/snapshots/{name}", put_snapshot, f"{_C}/snapshots/write", "createSnapshot"),
-    route("GET", CP + "/images/{name}", get_image, f"{_C}/images/read", "getImage"),
-    route("PUT", CP + "/images/{name}", put_image, f"{_C}/images/write", "createImage"),
-    route("GET", GALLERY, get_gallery, f"{_C}/galleries/read", "getGallery"),
-    route("PUT", GALLERY, put_gallery, f"{_C}/galleries/write", "createGallery"),
-    route(
-        "GET",
-        GALLERY + "/images/{image}",
-        get_gallery_image,
-        f"{_C}/galleries/images/read",
-        "getGalleryImage",
-    ),
-    route(
-        "PUT",
-        GALLERY + "/images/{image}",
-        put_gallery_image,
-        f"{_C}/galleries/images/write",
-        "createGalleryImage",
-    ),
-    route(
-        "GET",
-        GALLERY + "/images/{image}/versions/{version}",
-        get_gallery_image_version,
-        f"{_C}/galleries/images/versions/read",
-        "getGalleryImageVersion",
-    ),
-    route(
-        "PUT",
-        GALLERY + "/images/{image}/versions/{version}",
-        put_gallery_image_version,
-        f"{_C}/galleries/images/versions/write",
-        "createGalleryImageVersion",
-    ),
-    route(
-        "GET",
-        CP + "/diskEncryptionSets/{name}",
-        get_des,
-        f"{_C}/diskEncryptionSets/read",
-        "getDiskEncryptionSet",
-    ),
-    route(
-        "GET",
-        RG + "/providers/Microsoft.Network/networkInterfaces/{name}",
-        get_nic,
-        "Microsoft.Network/networkInterfaces/read",
-        "getNetworkInterface",
-    ),
-    route(
-        "PUT",
-        RG + "/providers/Microsoft.Network/networkInterfaces/{name}",
-        put_nic,
-        "Microsoft.Network/networkInterfaces/write",
-        "createNetworkInterface",
-    ),
-]

@@ -372,14 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--port", type=int, default=0, help="HTTPS port on 127.0.0.1 (default: a free one)")
 
+    def timeout_option(p: argparse.ArgumentParser, default: float, what: str) -> None:
+        p.add_argument("--timeout", type=float, default=default, help=f"seconds {what} (default %(default)s)")
+
     up = sub.add_parser("up", parents=[common], help="start azsim in the background and write STATE/env")
     guests_option(up)
-    up.add_argument(
-        "--timeout",
-        type=float,
-        default=UP_TIMEOUT,
-        help="seconds to wait for ARM and the guests (default %(default)s)",
-    )
+    timeout_option(up, UP_TIMEOUT, "to wait for ARM and the guests")
     up.set_defaults(func=cmd_up)
     serve_parser = sub.add_parser(
         "serve", parents=[common], help="run azsim in the foreground (what `up` starts)"
@@ -387,12 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     guests_option(serve_parser)
     serve_parser.set_defaults(func=cmd_serve)
     down = sub.add_parser("down", parents=[common], help="stop azsim and its guests")
-    down.add_argument(
-        "--timeout",
-        type=float,
-        default=DOWN_TIMEOUT,
-        help="seconds for a clean shutdown before signals (default %(default)s)",
-    )
+    timeout_option(down, DOWN_TIMEOUT, "for a clean shutdown before signals")
     down.set_defaults(func=cmd_down)
     sub.add_parser(
         "status",

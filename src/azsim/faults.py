@@ -245,7 +245,18 @@ class FaultSet:
             return False
         if fault.vm and (request.vm is None or fault.vm.lower() != request.vm.lower()):
             return False
+        if fault.action and fault.action.lower() != request.action.lower():  # forbidden faults only
+            return False
         return not (fault.operation and fault.operation != request.operation)
+
+    def _take(self, kinds: tuple[str, ...], request: RequestFacts) -> Fault | None:
+        """The first fault of one of ``kinds`` that matches ``request``, consumed."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind in kinds and self._matches(fault, request):
+                    self._consume(fault)
+                    return fault
+        return None
 
     @staticmethod
     def _consume(fault: Fault) -> None:
@@ -264,35 +275,15 @@ class FaultSet:
 
     def http_fault(self, request: RequestFacts) -> Fault | None:
         """The first matching throttle or error fault, consumed; None to serve normally."""
-        with self._lock:
-            for fault in self._faults:
-                if fault.kind in ("throttle", "error") and self._matches(fault, request):
-                    self._consume(fault)
-                    return fault
-        return None
+        return self._take(("throttle", "error"), request)
 
     def forbidden(self, request: RequestFacts) -> bool:
         """True when a forbidden fault denies this request's action."""
-        with self._lock:
-            for fault in self._faults:
-                if (
-                    fault.kind == "forbidden"
-                    and (fault.action or "").lower() == request.action.lower()
-                    and self._matches(fault, request)
-                ):
-                    self._consume(fault)
-                    return True
-        return False
+        return self._take(("forbidden",), request) is not None
 
     def lro_outcome(self, operation: str, vm: str | None) -> Fault | None:
         """An lro_failed or lro_never_ends fault for a starting operation, consumed."""
-        facts = RequestFacts("", "", vm, "", operation)
-        with self._lock:
-            for fault in self._faults:
-                if fault.kind in ("lro_failed", "lro_never_ends") and self._matches(fault, facts):
-                    self._consume(fault)
-                    return fault
-        return None
+        return self._take(("lro_failed", "lro_never_ends"), RequestFacts("", "", vm, "", operation))
 
     def guest_fault(self, kind: str, vm: str, *, consume: bool) -> Fault | None:
         """The first live ``kind`` fault (guest_unreachable, guest_drop) of ``vm`` (rg/name)."""

@@ -38,14 +38,18 @@ class Resource:
     provisioning_state: str = "Succeeded"
     time_created: str = field(default_factory=now_iso)
 
-    def envelope(self, type_name: str) -> dict[str, Any]:
-        return {
+    def envelope(self, type_name: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fields every resource shows, then its ``properties`` when given."""
+        body: dict[str, Any] = {
             "name": self.name,
             "id": self.id,
             "type": type_name,
             "location": self.location,
             "tags": dict(self.tags),
         }
+        if properties is not None:
+            body["properties"] = properties
+        return body
 
 
 @dataclass
@@ -267,39 +271,41 @@ class Image(Resource):
     hyper_v_generation: str = "V2"
 
     def to_arm(self) -> dict[str, Any]:
-        body = self.envelope(f"{COMPUTE}/images")
-        body["properties"] = {
-            "sourceVirtualMachine": {"id": self.source_vm_id},
-            "storageProfile": {
-                "osDisk": {
-                    "osType": self.os,
-                    "osState": "Generalized",
-                    "managedDisk": {"id": self.os_disk_id},
-                    "caching": "ReadWrite",
-                    "diskSizeGB": self.os_disk_size_gb,
-                    "storageAccountType": "Premium_LRS",
+        return self.envelope(
+            f"{COMPUTE}/images",
+            {
+                "sourceVirtualMachine": {"id": self.source_vm_id},
+                "storageProfile": {
+                    "osDisk": {
+                        "osType": self.os,
+                        "osState": "Generalized",
+                        "managedDisk": {"id": self.os_disk_id},
+                        "caching": "ReadWrite",
+                        "diskSizeGB": self.os_disk_size_gb,
+                        "storageAccountType": "Premium_LRS",
+                    },
+                    "dataDisks": [
+                        {"lun": lun, "managedDisk": {"id": disk_id}, "diskSizeGB": size}
+                        for lun, disk_id, size in self.data_disks
+                    ],
+                    "zoneResilient": False,
                 },
-                "dataDisks": [
-                    {"lun": lun, "managedDisk": {"id": disk_id}, "diskSizeGB": size}
-                    for lun, disk_id, size in self.data_disks
-                ],
-                "zoneResilient": False,
+                "provisioningState": self.provisioning_state,
+                "hyperVGeneration": self.hyper_v_generation,
             },
-            "provisioningState": self.provisioning_state,
-            "hyperVGeneration": self.hyper_v_generation,
-        }
-        return body
+        )
 
 
 @dataclass
 class Gallery(Resource):
     def to_arm(self, subscription: str) -> dict[str, Any]:
-        body = self.envelope(f"{COMPUTE}/galleries")
-        body["properties"] = {
-            "identifier": {"uniqueName": f"{subscription}-{self.name.upper()}"},
-            "provisioningState": self.provisioning_state,
-        }
-        return body
+        return self.envelope(
+            f"{COMPUTE}/galleries",
+            {
+                "identifier": {"uniqueName": f"{subscription}-{self.name.upper()}"},
+                "provisioningState": self.provisioning_state,
+            },
+        )
 
 
 @dataclass
@@ -316,7 +322,6 @@ class GalleryImage(Resource):
     plan: dict[str, str] | None = None
 
     def to_arm(self) -> dict[str, Any]:
-        body = self.envelope(f"{COMPUTE}/galleries/images")
         props: dict[str, Any] = {
             "osType": self.os,
             "osState": self.os_state,
@@ -329,8 +334,7 @@ class GalleryImage(Resource):
             props["features"] = [{"name": "SecurityType", "value": self.security_type}]
         if self.plan:
             props["purchasePlan"] = dict(self.plan)
-        body["properties"] = props
-        return body
+        return self.envelope(f"{COMPUTE}/galleries/images", props)
 
 
 @dataclass
@@ -342,23 +346,24 @@ class GalleryImageVersion(Resource):
     exclude_from_latest: bool = False
 
     def to_arm(self) -> dict[str, Any]:
-        body = self.envelope(f"{COMPUTE}/galleries/images/versions")
-        body["properties"] = {
-            "publishingProfile": {
-                "targetRegions": self.target_regions,
-                "replicaCount": 1,
-                "excludeFromLatest": self.exclude_from_latest,
-                "publishedDate": self.time_created,
-                "storageAccountType": "Standard_LRS",
+        return self.envelope(
+            f"{COMPUTE}/galleries/images/versions",
+            {
+                "publishingProfile": {
+                    "targetRegions": self.target_regions,
+                    "replicaCount": 1,
+                    "excludeFromLatest": self.exclude_from_latest,
+                    "publishedDate": self.time_created,
+                    "storageAccountType": "Standard_LRS",
+                },
+                "storageProfile": {
+                    "source": {"virtualMachineId": self.source_vm_id},
+                    "osDiskImage": {"sizeInGB": self.os_disk_size_gb, "hostCaching": "ReadWrite"},
+                    "dataDiskImages": [
+                        {"lun": lun, "sizeInGB": size, "hostCaching": "None"} for lun, size in self.data_disks
+                    ],
+                },
+                "safetyProfile": {"allowDeletionOfReplicatedLocations": True},
+                "provisioningState": self.provisioning_state,
             },
-            "storageProfile": {
-                "source": {"virtualMachineId": self.source_vm_id},
-                "osDiskImage": {"sizeInGB": self.os_disk_size_gb, "hostCaching": "ReadWrite"},
-                "dataDiskImages": [
-                    {"lun": lun, "sizeInGB": size, "hostCaching": "None"} for lun, size in self.data_disks
-                ],
-            },
-            "safetyProfile": {"allowDeletionOfReplicatedLocations": True},
-            "provisioningState": self.provisioning_state,
-        }
-        return body
+        )

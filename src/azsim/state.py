@@ -6,6 +6,7 @@ Names compare case-insensitively, as in ARM, and are shown as created.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from typing import Any
@@ -23,7 +24,8 @@ from azsim.resources import (
     Nic,
     Resource,
 )
-from azsim.scenario import DiskSpec, Scenario, VmSpec
+from azsim.scenario import Scenario
+from azsim.scenario_resources import DiskSpec, VmSpec
 from azsim.vm import Extension, Vm
 
 __all__ = [
@@ -67,8 +69,12 @@ class Store:
         found = self.resource_groups.get(rg.lower())
         return found[0] if found else None
 
+    def resource_id(self, rg: str, type_name: str, name: str) -> str:
+        """The id of resource ``name`` of ``type_name`` (``Microsoft.Compute/disks``) in ``rg``."""
+        return f"{rg_id(self.subscription_id, rg)}/providers/{type_name}/{name}"
+
     def compute_id(self, rg: str, kind: str, name: str) -> str:
-        return f"{rg_id(self.subscription_id, rg)}/providers/{COMPUTE}/{kind}/{name}"
+        return self.resource_id(rg, f"{COMPUTE}/{kind}", name)
 
     def source_id(self, rg: str, source: str) -> str:
         """The resource id of a scenario ``source``: disks/NAME, snapshots/NAME or
@@ -83,7 +89,7 @@ class Store:
         return self.compute_id(rg, kind, rest)
 
     def network_id(self, rg: str, kind: str, name: str) -> str:
-        return f"{rg_id(self.subscription_id, rg)}/providers/Microsoft.Network/{kind}/{name}"
+        return self.resource_id(rg, f"Microsoft.Network/{kind}", name)
 
     def get(self, resource_id: str) -> Resource | None:
         return self.resources.get(resource_id.lower().rstrip("/"))
@@ -252,21 +258,14 @@ class Store:
                 )
                 self.add(gallery)
                 for image in gallery_spec.images:
+                    # a definition's spec names the same fields as the resource (plan copied)
+                    fields = dataclasses.asdict(image)
                     self.add(
                         GalleryImage(
                             id=f"{gallery.id}/images/{image.name}",
-                            name=image.name,
                             resource_group=rg.name,
                             location=rg.location,
-                            os=image.os,
-                            os_state=image.os_state,
-                            hyper_v_generation=image.hyper_v_generation,
-                            publisher=image.publisher,
-                            offer=image.offer,
-                            sku=image.sku,
-                            security_type=image.security_type,
-                            architecture=image.architecture,
-                            plan=dict(image.plan) if image.plan else None,
+                            **fields,
                         )
                     )
         # Second pass: a source named in the scenario gives its unique id and its lineage; a

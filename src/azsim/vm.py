@@ -115,6 +115,13 @@ class Vm(Resource):
         """Every mutation changes the etag (If-Match leases rely on it)."""
         self.etag_counter += 1
 
+    def end_operation(self, power: str, provisioning_state: str = "Succeeded") -> None:
+        """The operation in progress has ended, leaving the VM ``power`` and ``provisioning_state``."""
+        self.power = power
+        self.provisioning_state = provisioning_state
+        self.busy = None
+        self.touch()
+
     def computer_name(self) -> str:
         hostname = self.guest_spec.get("hostname")
         return str(hostname) if hostname else self.name[:15]

@@ -227,7 +227,7 @@ def test_run_command_output_shapes(result: dict[str, Any], expected: tuple[str, 
 
 
 def test_run_command_result_shapes_and_azure_4096_byte_tail() -> None:
-    from azsim.arm_vms import run_command_result
+    from azsim.arm_run_command import run_command_result
 
     linux = run_command_result("Linux", 0, "x" * 5000 + "END", "")
     stdout, _ = parse_run_command_output(linux)

@@ -190,9 +190,9 @@ def register_handler(handler: ScriptHandler) -> None:
 
 def default_handlers() -> list[ScriptHandler]:
     """Plugged handlers first, then the harness's scripts, then plain statements."""
-    from azsim.windows import facts, scan_handler, sysprep  # imported here: they import this module
+    from azsim.windows import facts, scan_handler, sysprep_scripts  # imported here: they import this module
 
-    return [*_PLUGGED, *scan_handler.HANDLERS, *sysprep.HANDLERS, *facts.HANDLERS, SimpleStatements()]
+    return [*_PLUGGED, *scan_handler.HANDLERS, *sysprep_scripts.HANDLERS, *facts.HANDLERS, SimpleStatements()]
 
 
 class HandlerRegistry:

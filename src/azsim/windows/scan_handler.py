@@ -16,6 +16,11 @@ and a ``Subject`` value for the subject.
 
 Register it with ``azsim.windows.powershell.register_handler(ScanScript())`` (or list
 ``HANDLERS`` in ``default_handlers``).
+
+One module of a little over 500 lines, on purpose: it is the model's side of one script
+(``scan_windows.ps1``, itself one file of some 570 lines), read next to it step by step, and every
+step works on the one scan's state (``_Scan``: the rules, the findings, what was not scanned).
+Split by step, each part would need that state and the script's order from the other.
 """
 
 from __future__ import annotations
