@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shlex
 import subprocess
 import sys
@@ -276,14 +277,18 @@ def measure_apply(vms: int, args: argparse.Namespace, work: Path) -> Row:
     scenario_file.write_text(text)
     sim = Azsim(work / f"azsim-{tag}")
     sim.up(scenario_file)
+    # both stages share a verdict key, as a pipeline's stages do (an unsigned verdict is refused)
+    env = {**sim.env, "IMAGEREADY_VERDICT_KEY": secrets.token_hex(32)}
     try:
         reports = work / f"report-{tag}"
-        code, *_, output = run_measured(harness_argv(names, reports, 0, ["checks"]), sim.env)
+        # the checks stage checks the capture target too (IR-CAP-*): the verdict covers it
+        capture = "--capture-as=image:img-{vm}"
+        code, *_, output = run_measured(harness_argv(names, reports, 0, ["checks", capture]), env)
         if code != 0:
             print(output[-3000:], file=sys.stderr)
             raise RuntimeError(f"{tag}: the checks stage exited {code}")
-        stage = ["actions", "--apply", f"--verdict={reports / 'verdicts'}", "--capture-as=image:img-{vm}"]
-        code, wall, cpu, rss, output = run_measured(harness_argv(names, reports, row.workers, stage), sim.env)
+        stage = ["actions", "--apply", f"--verdict={reports / 'verdicts'}", capture]
+        code, wall, cpu, rss, output = run_measured(harness_argv(names, reports, row.workers, stage), env)
         if code != 0:
             print(output[-3000:], file=sys.stderr)
             raise RuntimeError(f"{tag}: the actions stage exited {code}")
