@@ -68,6 +68,25 @@ def test_facts_of_a_fleet_are_gathered_at_once_within_the_bound(
     assert at_least <= most_at_once(spans) <= at_most, spans
 
 
+def test_the_audit_reads_the_fleet_s_final_state_at_once(azsim: Azsim, tmp_path: Path) -> None:
+    """At the end the audit reads what Azure shows of each VM (one read each, on its own
+    correlation id): together, not one ARM round trip per VM after another."""
+    seq = azsim.last_seq()
+    run = harness(azsim, SELECTION, *vm_args(), "--max-parallel=16", report_dir=tmp_path / "report")
+    assert run.returncode == exitcodes.INFRASTRUCTURE_ERROR, run.output[-3000:]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in azsim.requests():
+        if entry.get("kind") == "arm" and int(entry["seq"]) > seq:
+            groups.setdefault(entry["correlation_id"], []).append(entry)
+    finals = [
+        (group[0]["time"] - group[0]["duration"], group[0]["time"])
+        for group in groups.values()
+        if len(group) == 1 and "/virtualMachines/" in group[0]["path"] and group[0]["method"] == "GET"
+    ]
+    assert len(finals) >= len(FLEET), finals
+    assert most_at_once(finals[-len(FLEET) :]) >= 3, finals
+
+
 def test_one_vm_s_broken_azure_errors_that_vm_only(azsim: Azsim, tmp_path: Path) -> None:
     """Fail closed per VM under concurrency: every case of the VM whose disk Azure refuses errors
     or fails (never passes, as when VMs were read one by one); the five others pass; the run
