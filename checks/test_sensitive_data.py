@@ -27,6 +27,7 @@ from imageready.facts.view import read_live
 from imageready.gate import WaiverBook
 from imageready.redact import redact
 from imageready.runstate import RunState, record_waiver
+from imageready.scan import fingerprint_key
 from imageready.target import VmRef
 
 CHECK_ID = "IR-SCAN"
@@ -109,14 +110,18 @@ def _start(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> F
         pool = config.stash[SCAN_POOL] = ThreadPoolExecutor(parallel, thread_name_prefix="imageready-scan")
         # an interrupted run does not wait for scans still out (each has its own deadline)
         config.add_cleanup(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    try:
+        key: bytes | Exception = fingerprint_key()  # read (or made) once, here, not by each thread
+    except Exception as exc:  # a key problem: every rule of the VM errors with this line
+        key = exc
     # a thread's own context: what the scan reads of the facts is no case's record (its cases
     # record that they read the guest live, which is what decides whether they run again)
-    return pool.submit(_scan, config, run, vm, facts)
+    return pool.submit(_scan, run, vm, facts, key)
 
 
-def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> Any:
+def _scan(run: RunState, vm: VmRef, facts: VmFacts, key: bytes | Exception) -> Any:
     """``vm``'s scan result, or the one-line error every one of its cases raises."""
-    from imageready.scan import DeprovisionContext, fingerprint_key, rules_for, scan_guest
+    from imageready.scan import DeprovisionContext, rules_for, scan_guest
 
     try:
         guest_facts = facts.require_guest()
@@ -124,10 +129,12 @@ def _scan(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> An
         return exc
     provider: Any = run.provider
     try:
+        if isinstance(key, Exception):
+            raise key
         return scan_guest(
             provider.guest(vm),
             rules_for(str(facts.os_type), run.options.scan_rules),
-            key=fingerprint_key(),
+            key=key,
             deadline=time.monotonic() + run.options.scan_deadline,
             context=DeprovisionContext.from_facts(guest_facts, (guest_facts.get("user") or {}).get("name")),
             progress=lambda line: progress.emit(f"{vm.key}: scan: {line}"),

@@ -360,6 +360,32 @@ def test_the_key_file_is_created_once_private_and_stable(
     assert fingerprint_key() == first
 
 
+def test_the_key_file_made_by_threads_at_once_is_one_whole_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet's scans start together: on the first run every thread asks for the key at once and
+    each must read the same whole key (none an empty or half-written file)."""
+    import secrets
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    token_hex = secrets.token_hex
+
+    def slow_token_hex(n: int) -> str:  # a slow disk or a busy machine: the write takes a while
+        time.sleep(0.05)
+        return token_hex(n)
+
+    monkeypatch.setattr(secrets, "token_hex", slow_token_hex)
+    monkeypatch.delenv(scan.KEY_ENV, raising=False)
+    for attempt in range(3):
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / str(attempt)))
+        with ThreadPoolExecutor(16) as pool:
+            keys = list(pool.map(lambda _: fingerprint_key(), range(16)))
+        assert len(set(keys)) == 1 and len(keys[0]) == 32
+        directory = tmp_path / str(attempt) / "imageready"
+        assert [p.name for p in directory.iterdir()] == ["fingerprint.key"]  # no leftover
+
+
 def test_the_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = os.urandom(32)
     monkeypatch.setenv(scan.KEY_ENV, raw.hex())

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from imageready.redact import register_secret
@@ -29,15 +31,9 @@ def fingerprint_key() -> bytes:
         path = Path(config) / "imageready" / "fingerprint.key"
         source = str(path)
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
+            _create_once(path)
         except OSError as exc:
             raise ScanKeyError(f"fingerprint key {path}: cannot create: {exc.strerror}") from None
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32) + "\n")
         try:
             text = path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
@@ -48,6 +44,23 @@ def fingerprint_key() -> bytes:
     for form in (key.hex(), base64.b64encode(key).decode(), text):
         register_secret(form)
     return key
+
+
+def _create_once(path: Path) -> None:
+    """Create the key file unless it exists, whole or not at all: the key is written to a file of
+    its own and linked into place (a reader, another thread or process included, never sees an
+    empty or half-written key; the first link wins, the others keep what it wrote)."""
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".fingerprint-")
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp: mode 0600
+            handle.write(secrets.token_hex(32) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def _decode_key(text: str) -> bytes | None:
