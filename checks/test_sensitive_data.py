@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -31,9 +32,8 @@ from imageready.scan import fingerprint_key
 from imageready.target import VmRef
 
 CHECK_ID = "IR-SCAN"
-#: each VM's scan, started at the first scan case (its result: a ScanResult or the error to raise)
-SCANS = pytest.StashKey[dict[str, "Future[Any]"]]()
-SCAN_POOL = pytest.StashKey[ThreadPoolExecutor]()
+#: this run's scans (each VM's result: a ScanResult or the error its cases raise)
+SCANS = pytest.StashKey["Scans"]()
 #: findings of one case listed line by line in the audit
 AUDIT_FINDINGS = 25
 
@@ -46,10 +46,7 @@ def scan_result(
     error for every rule: it proves nothing about the guest. So is a scan that could not read
     some path in full, unless a waiver names that path."""
     read_live()  # the scan reads the disk now, not the facts: behind a verdict it runs again
-    scans = _scans(request, run)
-    if vm.key not in scans:
-        scans[vm.key] = _start(request.config, run, vm, facts)
-    found = scans[vm.key].result()
+    found = _scans(request, run).of(run, vm, facts).result()
     if isinstance(found, FactsUnavailable):
         raise found
     if not found.complete:
@@ -74,22 +71,48 @@ def scan_result(
     return found
 
 
-def _scans(request: pytest.FixtureRequest, run: RunState) -> dict[str, Future[Any]]:
-    """The scans of this run, started together at the first scan case: every VM this session
-    scans, up to --max-parallel at once, each in a thread that waits on its guest (a scan is
-    read-only, so it may run while other cases do). An xdist worker scans only the VMs of the
-    cases it is given, one at a time, when it meets them."""
+@dataclass
+class Scans:
+    """This run's scans of its VMs' guests, one each, on a pool of their own."""
+
+    pool: ThreadPoolExecutor
+    #: the fingerprint key, read (or made) once in pytest's thread, or why it could not be
+    key: bytes | Exception
+    started: dict[str, Future[Any]] = field(default_factory=dict)
+
+    def of(self, run: RunState, vm: VmRef, facts: VmFacts) -> Future[Any]:
+        """``vm``'s scan, started now unless it was already."""
+        if vm.key not in self.started:
+            # a thread's own context: what the scan reads of the facts is no case's record (its
+            # cases record that they read the guest live, which decides whether they run again)
+            self.started[vm.key] = self.pool.submit(_scan, run, vm, facts, self.key)
+        return self.started[vm.key]
+
+
+def _scans(request: pytest.FixtureRequest, run: RunState) -> Scans:
+    """The scans of this run. A run that checks only starts them all at its first scan case,
+    ``run.parallel`` at once, each in a thread that waits on its guest (a scan is read-only, so it
+    may run while other cases do). A run with --apply scans each VM when its own cases come, right
+    before its actions, never while other VMs' actions run first (the scan would be that much
+    older when the VM is generalized); so does an xdist worker, for the VMs it is given."""
     config = request.config
     scans = config.stash.get(SCANS, None)
     if scans is not None:
         return scans
-    scans = config.stash[SCANS] = {}
-    if hasattr(config, "workerinput"):
-        return scans
-    for vm in _scanned_vms(request.session):
-        facts = run.facts(vm)
-        if facts.azure is not None:  # else its cases error in the facts fixture, unscanned
-            scans[vm.key] = _start(config, run, vm, facts)
+    ahead = not run.apply and not hasattr(config, "workerinput")
+    pool = ThreadPoolExecutor(run.parallel if ahead else 1, thread_name_prefix="imageready-scan")
+    # an interrupted run does not wait for scans still out (each has its own deadline)
+    config.add_cleanup(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    try:
+        key: bytes | Exception = fingerprint_key()
+    except Exception as exc:  # a key problem: every rule errors with this line
+        key = exc
+    scans = config.stash[SCANS] = Scans(pool, key)
+    if ahead:
+        for vm in _scanned_vms(request.session):
+            facts = run.facts(vm)
+            if facts.azure is not None:  # else its cases error in the facts fixture, unscanned
+                scans.of(run, vm, facts)
     return scans
 
 
@@ -101,22 +124,6 @@ def _scanned_vms(session: pytest.Session) -> list[VmRef]:
         if isinstance(vm, VmRef) and "scan_result" in getattr(item, "fixturenames", ()):
             found.setdefault(vm.key, vm)
     return list(found.values())
-
-
-def _start(config: pytest.Config, run: RunState, vm: VmRef, facts: VmFacts) -> Future[Any]:
-    pool = config.stash.get(SCAN_POOL, None)
-    if pool is None:
-        parallel = 1 if hasattr(config, "workerinput") else int(getattr(run.provider, "max_parallel", 1) or 1)
-        pool = config.stash[SCAN_POOL] = ThreadPoolExecutor(parallel, thread_name_prefix="imageready-scan")
-        # an interrupted run does not wait for scans still out (each has its own deadline)
-        config.add_cleanup(lambda: pool.shutdown(wait=False, cancel_futures=True))
-    try:
-        key: bytes | Exception = fingerprint_key()  # read (or made) once, here, not by each thread
-    except Exception as exc:  # a key problem: every rule of the VM errors with this line
-        key = exc
-    # a thread's own context: what the scan reads of the facts is no case's record (its cases
-    # record that they read the guest live, which is what decides whether they run again)
-    return pool.submit(_scan, run, vm, facts, key)
 
 
 def _scan(run: RunState, vm: VmRef, facts: VmFacts, key: bytes | Exception) -> Any:

@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -163,8 +162,8 @@ def write_verdict_now(state: RunState, vm: VmRef) -> None:
 
 
 def _final_states(state: RunState) -> dict[str, dict[str, Any]]:
-    """What Azure shows of each VM at the end, read for up to ``max_parallel`` VMs at once (one
-    VM after another, a fleet's end waited one ARM round trip per VM)."""
+    """What Azure shows of each VM at the end, read for ``state.parallel`` VMs at once (one VM
+    after another, a fleet's end waited one ARM round trip per VM)."""
     reader = getattr(state.provider, "current_state", None)
     if reader is None or not state.vms:
         return {}
@@ -175,11 +174,7 @@ def _final_states(state: RunState) -> dict[str, dict[str, Any]]:
         except Exception as exc:  # the audit records why, one line
             return vm.key, {"error": one_line(str(exc)) or type(exc).__name__}
 
-    parallel = min(len(state.vms), int(getattr(state.provider, "max_parallel", 1) or 1))
-    if parallel < 2:
-        return dict(map(read, state.vms))
-    with ThreadPoolExecutor(parallel, thread_name_prefix="imageready-final") as pool:
-        return dict(pool.map(read, state.vms))
+    return dict(state.map_vms(read, state.vms))
 
 
 def write_audit(state: RunState) -> tuple[Path, Path, str]:

@@ -13,9 +13,10 @@ import getpass
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -41,6 +42,8 @@ from imageready.gate import (
 from imageready.options import RunOptions
 from imageready.signing import verdict_key
 from imageready.target import VmRef
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -238,25 +241,33 @@ class RunState:
                 self.facts_cache.setdefault(vm.key, cached)
         return cached
 
-    def prefetch_facts(self) -> None:
-        """Gather the facts of every target VM not gathered yet, up to the provider's
-        ``max_parallel`` at once (a provider without it is asked one VM at a time). A provider
-        records each VM's errors in its facts, so one VM's broken Azure or guest stays that VM's."""
-        with self._lock:
-            missing = [vm for vm in self.vms if vm.key not in self.facts_cache]
-        parallel = int(getattr(self.provider, "max_parallel", 1) or 1)
-        if len(missing) < 2 or parallel < 2:
-            for vm in missing:
-                self.facts(vm)
-            return
+    @property
+    def parallel(self) -> int:
+        """How many VMs the provider is asked about at once: its ``max_parallel`` (--max-parallel),
+        1 for a provider without it."""
+        return max(1, int(getattr(self.provider, "max_parallel", 1) or 1))
+
+    def map_vms(self, fn: Callable[[VmRef], T], vms: Sequence[VmRef]) -> list[T]:
+        """``fn`` of each of ``vms``, in their order, up to ``parallel`` VMs at once."""
+        if len(vms) < 2 or self.parallel < 2:
+            return [fn(vm) for vm in vms]
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(max_workers=min(parallel, len(missing)), thread_name_prefix="imageready-vm")
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.parallel, len(vms)), thread_name_prefix="imageready-vm"
+        )
         try:
-            list(pool.map(self.facts, missing))
+            return list(pool.map(fn, vms))
         finally:
             # Ctrl-C or SIGTERM: do not wait for the reads still out (each has its own deadline)
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def prefetch_facts(self) -> None:
+        """Gather the facts of every target VM not gathered yet, ``parallel`` at once. A provider
+        records each VM's errors in its facts, so one VM's broken Azure or guest stays that VM's."""
+        with self._lock:
+            missing = [vm for vm in self.vms if vm.key not in self.facts_cache]
+        self.map_vms(self.facts, missing)
 
     def operator(self) -> dict[str, str]:
         if self._operator is None:
